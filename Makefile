@@ -1,0 +1,25 @@
+# astroclass: `make demo` installs into .venv and runs the demo; `make test` installs and runs the tests.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install demo test bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --progress-bar off -e '.[dev]'
+	touch $@
+
+demo: install
+	$(BIN)/astroclass --help
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python benchmarks/bench_import.py
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache

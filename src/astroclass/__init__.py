@@ -1,0 +1,8 @@
+"""astroclass: classify astronomical objects in survey images with deep ConvNets.
+
+The data flow is one direction, one artefact per step: sources → prepared dataset (HDF5) →
+training run (checkpoint + metrics) → comparison grid (SQLite store) → report; and a trained
+checkpoint → predictions for new images.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,40 @@
+"""The ``astroclass`` command line: a thin layer over the Python API of the same shape."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from astroclass import __version__
+from astroclass.cli.data import data_app
+from astroclass.errors import AstroclassError
+
+app = typer.Typer(
+    name="astroclass",
+    help="Classify astronomical objects in survey images with deep ConvNets: prepare labelled cutouts, "
+         "train and compare the paper's models, report, and classify new images.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(data_app, name="data")
+
+
+@app.callback(invoke_without_command=True)
+def _root(version: bool = typer.Option(False, "--version", help="Print the version and exit.")) -> None:
+    if version:
+        typer.echo(f"astroclass {__version__}")
+        raise typer.Exit()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors print one clear line on stderr and exit 1, never a traceback."""
+    try:
+        app(args=argv, standalone_mode=True)
+    except AstroclassError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        typer.secho("interrupted", fg=typer.colors.RED, err=True)
+        sys.exit(130)

@@ -1,0 +1,149 @@
+"""``astroclass data ...``: import sources into prepared datasets, inspect them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+data_app = typer.Typer(help="Prepare labelled datasets (HDF5) from images and catalogues; inspect them.",
+                       no_args_is_help=True)
+import_app = typer.Typer(help="Import a source into a prepared dataset (one HDF5 file).", no_args_is_help=True)
+data_app.add_typer(import_app, name="import")
+
+Output = Annotated[Path, typer.Option("--output", "-o", help="The prepared dataset to write (.h5).")]
+Size = Annotated[int, typer.Option(help="Stored image size in pixels (square); the paper uses 76.")]
+Channels = Annotated[int, typer.Option(help="Channels for 8-bit images: 3 (RGB) or 1 (grey). FITS keeps its bands.")]
+Bands = Annotated[Optional[str], typer.Option(help="FITS bands to keep, in order: indices or names from the "
+                                                   "header keyword BANDS, e.g. 'g,r,i' or '1,2,3'.")]
+Stretch = Annotated[str, typer.Option(help="FITS stretch per band after the interval: asinh, linear, sqrt, log.")]
+Interval = Annotated[str, typer.Option(help="FITS interval per band: percentile or minmax.")]
+Percentile = Annotated[float, typer.Option(help="FITS percentile interval: keep the central P per cent of values.")]
+Magnitudes = Annotated[bool, typer.Option("--fits-magnitudes", help="FITS pixel values are magnitudes "
+                                                                  "(smaller = brighter): convert to flux first.")]
+Split = Annotated[str, typer.Option(help="train,val,test fractions (stratified by class).")]
+Seed = Annotated[int, typer.Option(help="Seed of the split; same input and seed give a byte-identical file.")]
+Workers = Annotated[Optional[int], typer.Option(help="Decoding processes (default: all cores).")]
+SkipBad = Annotated[bool, typer.Option("--skip-bad", help="Leave out unreadable images instead of failing; they are "
+                                                         "listed in OUTPUT.skipped.csv.")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace the output file if it exists.")]
+MinPerClass = Annotated[int, typer.Option(help="Warn when a class has fewer images than this.")]
+Duplicates = Annotated[str, typer.Option(help="Identical images: 'together' keeps each group in one split, "
+                                              "'drop' keeps the first copy, 'error' refuses.")]
+
+
+def _common(size, channels, bands, stretch, interval, percentile, magnitudes, split, seed, workers, skip_bad, overwrite,
+            min_per_class, duplicates) -> dict:
+    from astroclass.data.images import ImageSpec
+    from astroclass.data.splits import parse_fractions
+
+    spec = ImageSpec(size=size, channels=channels,
+                     bands=tuple(b.strip() for b in bands.split(",") if b.strip()) if bands else None,
+                     fits_interval=interval, fits_percentile=percentile, fits_stretch=stretch,
+                     fits_magnitudes=magnitudes)
+    return dict(spec=spec, fractions=parse_fractions(split), seed=seed, workers=workers, skip_bad=skip_bad,
+                overwrite=overwrite, min_per_class=min_per_class, duplicates=duplicates)
+
+
+def _done(report) -> None:
+    from astroclass.data.importers import describe
+
+    typer.echo(describe(report))
+
+
+@import_app.command("folder")
+def import_folder_cmd(root: Annotated[Path, typer.Argument(help="ROOT/CLASS/image files (PNG, JPEG, FITS...).")],
+                      output: Output, size: Size = 76, channels: Channels = 3, bands: Bands = None,
+                      stretch: Stretch = "asinh", interval: Interval = "percentile", percentile: Percentile = 99.5,
+                      fits_magnitudes: Magnitudes = False, split: Split = "0.8,0.1,0.1", seed: Seed = 0, workers: Workers = None, skip_bad: SkipBad = False,
+                      overwrite: Overwrite = False, min_per_class: MinPerClass = 10, duplicates: Duplicates = "together"):
+    """Import an ImageFolder-style tree: one sub-folder per class."""
+    from astroclass.data.importers import import_folder
+
+    _done(import_folder(root, output, **_common(size, channels, bands, stretch, interval, percentile, fits_magnitudes, split, seed,
+                                                workers, skip_bad, overwrite, min_per_class, duplicates)))
+
+
+@import_app.command("catalog")
+def import_catalog_cmd(catalog: Annotated[Path, typer.Argument(help="CSV or FITS table with a path and a label column.")],
+                       output: Output,
+                       root: Annotated[Optional[Path], typer.Option(help="Folder the paths are relative to "
+                                                                         "(default: the catalogue's folder).")] = None,
+                       path_col: Annotated[str, typer.Option(help="Column with image paths.")] = "path",
+                       label_col: Annotated[str, typer.Option(help="Column with class labels.")] = "label",
+                       id_col: Annotated[Optional[str], typer.Option(help="Column with object ids "
+                                                                          "(default: file stem).")] = None,
+                       size: Size = 76, channels: Channels = 3, bands: Bands = None, stretch: Stretch = "asinh",
+                       interval: Interval = "percentile", percentile: Percentile = 99.5,
+                       fits_magnitudes: Magnitudes = False, split: Split = "0.8,0.1,0.1",
+                       seed: Seed = 0, workers: Workers = None, skip_bad: SkipBad = False, overwrite: Overwrite = False,
+                       min_per_class: MinPerClass = 10, duplicates: Duplicates = "together"):
+    """Import images listed in a catalogue (CSV or FITS table)."""
+    from astroclass.data.importers import import_catalog
+
+    _done(import_catalog(catalog, output, root=root, path_col=path_col, label_col=label_col, id_col=id_col,
+                         **_common(size, channels, bands, stretch, interval, percentile, fits_magnitudes, split, seed, workers,
+                                   skip_bad, overwrite, min_per_class, duplicates)))
+
+
+@import_app.command("efigi")
+def import_efigi_cmd(catalog: Annotated[Path, typer.Argument(help="EFIGI_attributes.txt (EFIGI catalogue).")],
+                     images: Annotated[Path, typer.Argument(help="Folder or .tgz with the EFIGI PGC*.png images.")],
+                     output: Output,
+                     view: Annotated[str, typer.Option(help="EF-2, EF-4 or EF-15 (the paper's groupings).")] = "EF-4",
+                     size: Size = 76, split: Split = "0.8,0.1,0.1", seed: Seed = 0, workers: Workers = None,
+                     skip_bad: SkipBad = False, overwrite: Overwrite = False, min_per_class: MinPerClass = 10,
+                     duplicates: Duplicates = "together"):
+    """Import EFIGI galaxies as the paper's EF-2, EF-4 or EF-15 view."""
+    from astroclass.data.importers import import_efigi
+
+    _done(import_efigi(catalog, images, view, output, **_common(size, 3, None, "asinh", "percentile", 99.5, False, split,
+                                                                seed, workers, skip_bad, overwrite, min_per_class,
+                                                                duplicates)))
+
+
+@import_app.command("galaxy10")
+def import_galaxy10_cmd(h5: Annotated[Path, typer.Argument(help="Galaxy10_DECals.h5 or Galaxy10.h5 (SDSS).")],
+                        output: Output, size: Size = 76, split: Split = "0.8,0.1,0.1", seed: Seed = 0,
+                        workers: Workers = None, skip_bad: SkipBad = False, overwrite: Overwrite = False,
+                        min_per_class: MinPerClass = 10, duplicates: Duplicates = "together"):
+    """Import an official Galaxy10 file (DECaLS or SDSS layout) with its 10 class names."""
+    from astroclass.data.importers import import_galaxy10
+
+    _done(import_galaxy10(h5, output, **_common(size, 3, None, "asinh", "percentile", 99.5, False, split, seed, workers,
+                                                skip_bad, overwrite, min_per_class, duplicates)))
+
+
+@data_app.command("info")
+def info_cmd(file: Annotated[Path, typer.Argument(help="A prepared dataset (.h5).")],
+             preview: Annotated[Optional[Path], typer.Option(help="Write a contact sheet PNG of random examples "
+                                                                  "per class.")] = None,
+             per_class: Annotated[int, typer.Option(help="Examples per class in the preview.")] = 8):
+    """Classes, counts per split, image shape and dtype, provenance; optionally a contact sheet."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from astroclass.data.prepared import PreparedDataset
+
+    with PreparedDataset(file) as ds:
+        console = Console()
+        counts = ds.counts()
+        table = Table(title=f"{file} — {len(ds)} images {ds.image_shape} {ds.dtype}")
+        table.add_column("class")
+        for s in counts:
+            table.add_column(s, justify="right")
+        table.add_column("total", justify="right")
+        for c in ds.class_names:
+            row = [counts[s][c] for s in counts]
+            table.add_row(c, *map(str, row), str(sum(row)))
+        table.add_row("all", *[str(sum(counts[s].values())) for s in counts], str(len(ds)), style="bold")
+        console.print(table)
+        console.print(f"source: {ds.source}")
+        console.print(f"bands: {ds.band_names or '(8-bit image channels)'}; image spec: {ds.spec.to_dict()}")
+        console.print(f"split seed: {ds.attrs.get('split_seed')}; content hash: {ds.content_hash}; "
+                      f"astroclass {ds.attrs.get('astroclass_version')}")
+        if preview is not None:
+            from astroclass.data.preview import contact_sheet
+
+            console.print(f"preview: {contact_sheet(ds, preview, per_class=per_class)}")

@@ -1,0 +1,509 @@
+"""Importers: turn images and labels from a source into a prepared dataset.
+
+Every importer lists :class:`Item` s (where an image is, its label, its id) and hands them to
+:func:`build_dataset`, which decodes them in parallel, checks them, splits them and writes the
+HDF5 file. Bad items (missing, unreadable, all-NaN, wrong band count) stop the import with an
+error naming the file, or, with ``skip_bad=True``, are left out and listed in
+``OUTPUT.skipped.csv`` beside the output.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import multiprocessing
+import os
+import re
+import sys
+import tarfile
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from astroclass.data.images import ImageSpec, array_to_stored, is_image_file, read_image
+from astroclass.data.prepared import write_prepared
+from astroclass.data.splits import stratified_split
+from astroclass.errors import AstroclassError, BadImageError
+
+DUPLICATE_POLICIES = ("together", "drop", "error")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One object to import: an image file (or a row of an HDF5 image array) and its label."""
+
+    source: str
+    label: str
+    id: str
+    rel: str  # the path recorded in the dataset (relative to the source root)
+    h5_key: str | None = None  # when set, source is an .h5 file and the image is h5[h5_key][h5_row]
+    h5_row: int = -1
+
+
+@dataclass
+class ImportReport:
+    """What an import did: written counts, skipped items, duplicate groups, warnings."""
+
+    output: Path
+    n_written: int = 0
+    content_hash: str = ""
+    class_counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (source, reason)
+    duplicates: list[list[str]] = field(default_factory=list)  # groups of ids with identical pixels
+    warnings: list[str] = field(default_factory=list)
+    images_per_second: float = 0.0
+
+
+def _decode(item: Item, spec: ImageSpec) -> tuple[np.ndarray | None, tuple[str, ...], str]:
+    """Decode one item; returns (array, band names, error text). Runs in worker processes."""
+    try:
+        if item.h5_key is not None:
+            import h5py
+
+            with h5py.File(item.source, "r") as f:
+                arr = array_to_stored(np.asarray(f[item.h5_key][item.h5_row]), spec,
+                                      f"{item.source}[{item.h5_key}][{item.h5_row}]")
+            return arr, (), ""
+        dec = read_image(item.source, spec)
+        return dec.array, dec.band_names, ""
+    except BadImageError as exc:
+        return None, (), str(exc)
+
+
+def _decode_chunk(args: tuple[list[Item], ImageSpec]):
+    items, spec = args
+    return [_decode(it, spec) for it in items]
+
+
+def decode_items(items: Sequence[Item], spec: ImageSpec, workers: int | None = None,
+                 progress: Callable[[int], None] | None = None):
+    """Decode every item, in ``workers`` processes (default: all cores); order is preserved."""
+    workers = max(1, workers or os.cpu_count() or 1)
+    chunk = 16
+    chunks = [list(items[i:i + chunk]) for i in range(0, len(items), chunk)]
+    results: list = []
+    if workers == 1 or len(items) <= chunk:
+        for ch in chunks:
+            results.extend(_decode_chunk((ch, spec)))
+            if progress:
+                progress(len(ch))
+        return results
+    ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        for ch, res in zip(chunks, pool.map(_decode_chunk, [(ch, spec) for ch in chunks])):
+            results.extend(res)
+            if progress:
+                progress(len(ch))
+    return results
+
+
+def build_dataset(items: Sequence[Item], output: str | Path, spec: ImageSpec = ImageSpec(), *,
+                  source: dict, class_names: Sequence[str] | None = None,
+                  fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0,
+                  workers: int | None = None, skip_bad: bool = False, overwrite: bool = False,
+                  min_per_class: int = 10, duplicates: str = "together",
+                  columns: dict[str, np.ndarray] | None = None, show_progress: bool = True) -> ImportReport:
+    """Decode, check, split and write ``items`` as a prepared dataset at ``output``."""
+    import time
+
+    output = Path(output)
+    if output.exists() and not overwrite:
+        raise AstroclassError(f"{output}: output exists (pass --overwrite to replace it)")
+    if not output.parent.is_dir():
+        raise AstroclassError(f"{output.parent}: output folder does not exist")
+    if duplicates not in DUPLICATE_POLICIES:
+        raise AstroclassError(f"duplicates policy must be one of {DUPLICATE_POLICIES}, got {duplicates!r}")
+    if not items:
+        raise AstroclassError(f"{source.get('path', 'source')}: no images to import")
+    report = ImportReport(output=output)
+    if class_names is None:
+        class_names = sorted({it.label for it in items})
+    class_index = {c: i for i, c in enumerate(class_names)}
+    unknown = sorted({it.label for it in items} - set(class_index))
+    if unknown:
+        raise AstroclassError(f"labels {unknown[:5]} are not among the classes {list(class_names)}")
+
+    t0 = time.perf_counter()
+    with _progress(show_progress, len(items), f"decoding {len(items)} images") as advance:
+        decoded = decode_items(items, spec, workers, advance)
+    elapsed = time.perf_counter() - t0
+    report.images_per_second = len(items) / elapsed if elapsed > 0 else 0.0
+
+    keep: list[int] = []
+    bad: list[tuple[int, str]] = []
+    for i, (arr, _, err) in enumerate(decoded):
+        (bad.append((i, err)) if arr is None else keep.append(i))
+    # every image must have the same band count; the most common one wins
+    shapes = Counter(decoded[i][0].shape for i in keep)
+    if len(shapes) > 1:
+        main_shape = shapes.most_common(1)[0][0]
+        for i in list(keep):
+            shp = decoded[i][0].shape
+            if shp != main_shape:
+                bad.append((i, f"{items[i].source}: has {shp[0]} band(s), while {shapes[main_shape]} other "
+                               f"images have {main_shape[0]}"))
+                keep.remove(i)
+    if bad and not skip_bad:
+        first = sorted(bad)[0][1]
+        more = f" (and {len(bad) - 1} more bad image(s); pass --skip-bad to leave them out)" if len(bad) > 1 else \
+            " (pass --skip-bad to leave it out)"
+        raise AstroclassError(first + more)
+    report.skipped = [(items[i].source, err) for i, err in sorted(bad)]
+    if not keep:
+        raise AstroclassError(f"{source.get('path', 'source')}: no readable images")
+
+    kept_items = [items[i] for i in keep]
+    arrays = [decoded[i][0] for i in keep]
+    as_float = any(a.dtype == np.float16 for a in arrays)
+    images = np.stack([a.astype(np.float16) / np.float16(255) if as_float and a.dtype == np.uint8 else a
+                       for a in arrays])
+    band_names = next((decoded[i][1] for i in keep if decoded[i][1]), ())
+    labels = np.array([class_index[it.label] for it in kept_items], dtype=np.int64)
+
+    # exact duplicates: identical stored pixels
+    digests = [hashlib.sha1(a.tobytes()).hexdigest() for a in images]
+    first_of: dict[str, int] = {}
+    groups = np.empty(len(digests), dtype=np.int64)
+    for i, d in enumerate(digests):
+        groups[i] = first_of.setdefault(d, i)
+    dup_groups = [np.flatnonzero(groups == g) for g in np.unique(groups) if (groups == g).sum() > 1] \
+        if len(first_of) < len(digests) else []
+    report.duplicates = [[kept_items[j].id for j in g] for g in dup_groups]
+    if dup_groups:
+        conflicting = [g for g in dup_groups if len(set(labels[g])) > 1]
+        desc = f"{len(dup_groups)} group(s) of identical images, e.g. {[kept_items[j].rel for j in dup_groups[0]]}"
+        if duplicates == "error":
+            raise AstroclassError(f"duplicate images found: {desc} (use --duplicates together|drop)")
+        if conflicting:
+            report.warnings.append(f"{len(conflicting)} group(s) of identical images carry different labels, e.g. "
+                                   f"{[(kept_items[j].rel, kept_items[j].label) for j in conflicting[0]]}")
+        if duplicates == "drop":
+            drop = {int(j) for g in dup_groups for j in g[1:]}
+            sel = np.array([i for i in range(len(kept_items)) if i not in drop])
+            report.skipped += [(kept_items[j].source, "duplicate of " + kept_items[groups[j]].source) for j in sorted(drop)]
+            kept_items = [kept_items[i] for i in sel]
+            images, labels, groups = images[sel], labels[sel], groups[sel]
+            keep = [keep[i] for i in sel]
+        else:
+            report.warnings.append(f"{desc}: each group is kept within one split")
+
+    present = np.bincount(labels, minlength=len(class_names))
+    empty = [c for c, n in zip(class_names, present) if n == 0]
+    if empty:
+        raise AstroclassError(f"class(es) {empty} have no readable images")
+    split = stratified_split(labels, class_names, fractions, seed, groups)
+    for c, n in zip(class_names, present):
+        if n < min_per_class:
+            report.warnings.append(f"class {c!r} has only {n} images (minimum {min_per_class})")
+
+    col_arrays = {k: np.asarray(v)[keep] for k, v in (columns or {}).items()}
+    options = {"image_spec": spec.to_dict(), "fractions": list(fractions), "seed": seed,
+               "skip_bad": skip_bad, "duplicates": duplicates, "n_skipped": len(report.skipped)}
+    report.content_hash = write_prepared(
+        output, images=images, labels=labels, split=split, class_names=class_names,
+        ids=[it.id for it in kept_items], paths=[it.rel for it in kept_items], spec=spec,
+        source=source, options=options, band_names=band_names, split_seed=seed,
+        columns=col_arrays, overwrite=overwrite)
+    report.n_written = len(kept_items)
+    report.class_counts = {
+        s: {c: int(((split == k) & (labels == i)).sum()) for i, c in enumerate(class_names)}
+        for k, s in enumerate(("train", "val", "test"))}
+    _write_side_reports(report)
+    return report
+
+
+def _write_side_reports(report: ImportReport) -> None:
+    side = report.output.with_name(report.output.name + ".skipped.csv")
+    if report.skipped:
+        with open(side, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["source", "reason"])
+            w.writerows(report.skipped)
+    elif side.exists():
+        side.unlink()
+
+
+class _progress:
+    """A rich progress bar (or nothing), as a context manager yielding an advance(n) callback."""
+
+    def __init__(self, enabled: bool, total: int, description: str):
+        self.enabled, self.total, self.description = enabled, total, description
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda n: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                           TimeRemainingColumn(), transient=True)
+        self._p.start()
+        task = self._p.add_task(self.description, total=self.total)
+        return lambda n: self._p.advance(task, n)
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self._p.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# sources
+
+
+def folder_items(root: str | Path, skip_bad: bool = False, skipped: list | None = None) -> list[Item]:
+    """An ImageFolder-style tree: one sub-folder per class, images anywhere below it."""
+    root = Path(root)
+    if not root.is_dir():
+        raise AstroclassError(f"{root}: folder not found")
+    items: list[Item] = []
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise AstroclassError(f"{root}: no class sub-folders (expected ROOT/CLASS/image files)")
+    for d in class_dirs:
+        files = sorted(p for p in d.rglob("*") if p.is_file() and is_image_file(p))
+        if not files:
+            msg = f"{d}: class folder {d.name!r} holds no images"
+            if not skip_bad:
+                raise AstroclassError(msg + " (remove it, or pass --skip-bad to leave the class out)")
+            if skipped is not None:
+                skipped.append((str(d), msg))
+            continue
+        for p in files:
+            rel = p.relative_to(root).as_posix()
+            items.append(Item(str(p), d.name, rel.rsplit(".", 1)[0], rel))
+    return items
+
+
+def read_table(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
+    """Columns and rows of a CSV or FITS table, values as strings."""
+    path = Path(path)
+    if not path.is_file():
+        raise AstroclassError(f"{path}: catalogue not found")
+    if path.suffix.lower() in (".fits", ".fit", ".fts"):
+        from astropy.table import Table
+
+        try:
+            tab = Table.read(path)
+        except Exception as exc:
+            raise AstroclassError(f"{path}: not a readable FITS table ({exc})") from None
+        cols = list(tab.colnames)
+        rows = [{c: (v.decode() if isinstance(v, bytes) else str(v)).strip() for c, v in zip(cols, r)} for r in tab]
+        return cols, rows
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            cols = list(reader.fieldnames or [])
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise AstroclassError(f"{path}: not a readable CSV file ({exc})") from None
+    return cols, rows
+
+
+def catalog_items(catalog: str | Path, root: str | Path | None = None, path_col: str = "path",
+                  label_col: str = "label", id_col: str | None = None) -> list[Item]:
+    """A CSV (or FITS table) with an image-path column and a label column; paths relative to root."""
+    catalog = Path(catalog)
+    root = Path(root) if root is not None else catalog.parent
+    cols, rows = read_table(catalog)
+    for name, col in (("path", path_col), ("label", label_col), ("id", id_col)):
+        if col is not None and col not in cols:
+            raise AstroclassError(f"{catalog}: no {name} column {col!r}; columns are {cols}")
+    items = []
+    for n, row in enumerate(rows, start=2):  # row 1 is the header
+        rel, label = (row.get(path_col) or "").strip(), (row.get(label_col) or "").strip()
+        if not rel:
+            raise AstroclassError(f"{catalog}, row {n}: empty {path_col!r}")
+        if not label:
+            raise AstroclassError(f"{catalog}, row {n}: empty {label_col!r} for {rel}")
+        ident = (row.get(id_col) or "").strip() if id_col else Path(rel).stem
+        items.append(Item(str(root / rel), label, ident or Path(rel).stem, rel))
+    return items
+
+
+# ---------------------------------------------------------------------------------------------
+# EFIGI
+
+EFIGI_VIEWS = ("EF-2", "EF-4", "EF-15")
+_EFIGI_GROUPS = {  # the paper's groupings of the EFIGI Hubble type T
+    "Elliptical": range(-6, -3),   # -6, -5, -4
+    "Lenticular": range(-3, 0),    # -3, -2, -1
+    "Spiral": range(0, 10),        # 0 .. 9
+    "Irregular": range(10, 11),    # 10
+}
+
+
+def read_efigi_catalog(path: str | Path) -> list[tuple[str, int]]:
+    """(PGC name, Hubble type T) for every galaxy of an EFIGI_attributes.txt file."""
+    path = Path(path)
+    if not path.is_file():
+        raise AstroclassError(f"{path}: EFIGI catalogue not found")
+    out: list[tuple[str, int]] = []
+    header: list[str] | None = None
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for n, line in enumerate(fh, start=1):
+            if line.startswith("#") or not line.strip():
+                continue
+            parts = line.split()
+            if header is None:
+                header = parts
+                if "PGCname" not in header or "T" not in header:
+                    raise AstroclassError(f"{path}, line {n}: expected a header with PGCname and T, got {parts[:4]}")
+                continue
+            try:
+                out.append((parts[header.index("PGCname")], int(float(parts[header.index("T")]))))
+            except (IndexError, ValueError):
+                raise AstroclassError(f"{path}, line {n}: cannot read PGCname and T from {line.strip()[:60]!r}") from None
+    if not out:
+        raise AstroclassError(f"{path}: no galaxies in the EFIGI catalogue")
+    return out
+
+
+def efigi_view(catalog: Sequence[tuple[str, int]], view: str, min_count: int = 100) -> tuple[list[str], dict[str, str]]:
+    """The paper's EF-2 / EF-4 / EF-15 class names and {PGC name: class} for a catalogue.
+
+    EF-2: Elliptical (T -6..-4) vs Spiral (T 0..9). EF-4 adds Lenticular (T -3..-1) and
+    Irregular (T 10). EF-15: one class per T value with more than ``min_count`` galaxies,
+    named after its group (e.g. ``Spiral:3``). T = 11 (dwarfs) is in no view.
+    """
+    if view not in EFIGI_VIEWS:
+        raise AstroclassError(f"unknown EFIGI view {view!r}; choose from {EFIGI_VIEWS}")
+
+    def group(t: int) -> str | None:
+        return next((g for g, r in _EFIGI_GROUPS.items() if t in r), None)
+
+    if view == "EF-15":
+        counts = Counter(t for _, t in catalog)
+        kept = sorted(t for t, c in counts.items() if c > min_count and group(t) is not None)
+        names = {t: f"{group(t)}:{t}" for t in kept}
+        return [names[t] for t in kept], {pgc: names[t] for pgc, t in catalog if t in names}
+    groups = ["Elliptical", "Spiral"] if view == "EF-2" else ["Elliptical", "Lenticular", "Spiral", "Irregular"]
+    return groups, {pgc: g for pgc, t in catalog if (g := group(t)) in groups}
+
+
+def efigi_items(catalog: str | Path, images: str | Path, view: str, workdir: str | Path | None = None) -> tuple[list[str], list[Item]]:
+    """Items of an EFIGI view; ``images`` is a folder or a .tgz holding PGC*.png files."""
+    classes, label_of = efigi_view(read_efigi_catalog(catalog), view)
+    images = Path(images)
+    if images.is_file() and tarfile.is_tarfile(images):
+        if workdir is None:
+            raise AstroclassError("extracting an EFIGI archive needs a working folder")
+        with tarfile.open(images) as tar:
+            members = [m for m in tar.getmembers() if m.isfile() and re.search(r"PGC\d+.*\.png$", m.name)]
+            tar.extractall(workdir, members=members, filter="data")
+        base = Path(workdir)
+    elif images.is_dir():
+        base = images
+    else:
+        raise AstroclassError(f"{images}: EFIGI images must be a folder or a .tgz archive of PGC*.png files")
+    found = {p.stem: p for p in base.rglob("PGC*.png")}
+    items = []
+    for pgc, label in label_of.items():
+        p = found.get(pgc)
+        src = str(p) if p is not None else str(base / f"{pgc}.png")
+        rel = p.relative_to(base).as_posix() if p is not None else f"{pgc}.png"
+        items.append(Item(src, label, pgc, rel))
+    return classes, items
+
+
+# ---------------------------------------------------------------------------------------------
+# Galaxy10
+
+GALAXY10_DECALS_CLASSES = [
+    "Disturbed", "Merging", "Round_Smooth", "In-between_Round_Smooth", "Cigar_Shaped_Smooth",
+    "Barred_Spiral", "Unbarred_Tight_Spiral", "Unbarred_Loose_Spiral", "Edge-on_without_Bulge",
+    "Edge-on_with_Bulge",
+]
+GALAXY10_SDSS_CLASSES = [
+    "Disk_Face-on_No_Spiral", "Smooth_Completely_round", "Smooth_in-between_round", "Smooth_Cigar_shaped",
+    "Disk_Edge-on_Rounded_Bulge", "Disk_Edge-on_Boxy_Bulge", "Disk_Edge-on_No_Bulge",
+    "Disk_Face-on_Tight_Spiral", "Disk_Face-on_Medium_Spiral", "Disk_Face-on_Loose_Spiral",
+]
+
+
+def galaxy10_items(path: str | Path) -> tuple[list[str], list[Item], str]:
+    """Items of an official Galaxy10 file (``images`` (N,H,W,3) uint8, ``ans`` (N,)).
+
+    The layout is told by the image size: 256 px is Galaxy10 DECaLS, 69 px Galaxy10 SDSS.
+    Returns (class names, items, layout name). Ids are 1-based row numbers, as ``h5_row`` in
+    astroclass's own data README.
+    """
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise AstroclassError(f"{path}: Galaxy10 file not found")
+    try:
+        with h5py.File(path, "r") as f:
+            missing = [k for k in ("images", "ans") if k not in f]
+            if missing:
+                raise AstroclassError(f"{path}: not a Galaxy10 file, missing dataset(s) {missing}")
+            shape, ans = f["images"].shape, f["ans"][()]
+    except OSError as exc:
+        raise AstroclassError(f"{path}: not a readable HDF5 file ({exc})") from None
+    if len(shape) != 4 or shape[0] != len(ans):
+        raise AstroclassError(f"{path}: 'images' has shape {shape}, expected (N, H, W, 3) with N = len(ans) = {len(ans)}")
+    layout = "decals" if shape[1] >= 128 else "sdss"
+    classes = GALAXY10_DECALS_CLASSES if layout == "decals" else GALAXY10_SDSS_CLASSES
+    bad = sorted(set(int(a) for a in ans) - set(range(10)))
+    if bad:
+        raise AstroclassError(f"{path}: 'ans' holds values {bad[:5]} outside the 10 Galaxy10 classes 0..9")
+    items = [Item(str(path), classes[int(a)], str(i + 1), f"{path.name}#{i + 1}", "images", i) for i, a in enumerate(ans)]
+    return classes, items, layout
+
+
+def sources_json(kind: str, path: str | Path, **extra) -> dict:
+    return {"kind": kind, "path": str(path), **{k: v for k, v in extra.items() if v is not None}}
+
+
+def import_efigi(catalog: str | Path, images: str | Path, view: str, output: str | Path, **kw) -> ImportReport:
+    """The paper's EFIGI views (EF-2/EF-4/EF-15) as a prepared dataset."""
+    with tempfile.TemporaryDirectory(prefix="astroclass-efigi-") as tmp:
+        classes, items = efigi_items(catalog, images, view, workdir=tmp)
+        return build_dataset(items, output, source=sources_json("efigi", images, catalog=str(catalog), view=view),
+                             class_names=classes, **kw)
+
+
+def import_folder(root: str | Path, output: str | Path, **kw) -> ImportReport:
+    skipped: list = []
+    items = folder_items(root, skip_bad=kw.get("skip_bad", False), skipped=skipped)
+    report = build_dataset(items, output, source=sources_json("folder", root), **kw)
+    if skipped:
+        report.skipped = skipped + report.skipped
+        _write_side_reports(report)
+    return report
+
+
+def import_catalog(catalog: str | Path, output: str | Path, root: str | Path | None = None, path_col: str = "path",
+                   label_col: str = "label", id_col: str | None = None, **kw) -> ImportReport:
+    items = catalog_items(catalog, root, path_col, label_col, id_col)
+    src = sources_json("catalog", catalog, root=str(root) if root else None, path_col=path_col, label_col=label_col)
+    return build_dataset(items, output, source=src, **kw)
+
+
+def import_galaxy10(path: str | Path, output: str | Path, **kw) -> ImportReport:
+    classes, items, layout = galaxy10_items(path)
+    return build_dataset(items, output, source=sources_json("galaxy10", path, layout=layout), class_names=classes, **kw)
+
+
+def describe(report: ImportReport) -> str:
+    """A short human summary of an import."""
+    lines = [f"wrote {report.output} ({report.n_written} images, hash {report.content_hash[:12]})"]
+    for s, counts in report.class_counts.items():
+        lines.append(f"  {s:5s} " + ", ".join(f"{c}: {n}" for c, n in counts.items()))
+    if report.skipped:
+        lines.append(f"  skipped {len(report.skipped)} item(s), listed in {report.output.name}.skipped.csv")
+    lines += [f"  warning: {w}" for w in report.warnings]
+    return "\n".join(lines)
+
+
+def report_json(report: ImportReport) -> str:
+    return json.dumps({"output": str(report.output), "n_written": report.n_written,
+                       "content_hash": report.content_hash, "class_counts": report.class_counts,
+                       "skipped": report.skipped, "duplicates": report.duplicates,
+                       "warnings": report.warnings}, indent=2)
+

@@ -1,0 +1,233 @@
+"""The prepared-dataset file: one HDF5 file per dataset, the input of every training run.
+
+Layout (format version 1)::
+
+    /images        (N, C, H, W) uint8 (8-bit sources) or float16 (FITS sources, scaled to [0, 1])
+    /labels        (N,) int64, index into the ``class_names`` attribute
+    /split         (N,) uint8, 0 = train, 1 = val, 2 = test
+    /ids           (N,) str, object identifier (catalogue id, PGC name, file stem, ...)
+    /paths         (N,) str, where each image came from (relative to the source root)
+    /columns/NAME  (N,) optional per-object values (e.g. the true parameters of synthetic objects)
+
+    attributes: format, format_version, class_names (JSON list), source (JSON), options (JSON),
+    image_spec (JSON), band_names (JSON list), astroclass_version, content_hash (sha256 over
+    images, labels, split, ids and class names), split_seed.
+
+Nothing time-dependent is stored, so the same input and options give a byte-identical file.
+Files are written to a temporary name beside the target and renamed into place, so an
+interrupted write never leaves a file that looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from astroclass import __version__
+from astroclass.data.images import ImageSpec
+from astroclass.errors import AstroclassError
+
+FORMAT = "astroclass.prepared"
+FORMAT_VERSION = 1
+SPLITS = ("train", "val", "test")
+
+
+def content_hash(images: np.ndarray, labels: np.ndarray, split: np.ndarray, ids: Sequence[str],
+                 class_names: Sequence[str]) -> str:
+    """sha256 over everything that defines a dataset's content (not its provenance)."""
+    h = hashlib.sha256()
+    h.update(json.dumps([list(class_names), list(images.shape), str(images.dtype)]).encode())
+    h.update(np.ascontiguousarray(images).tobytes())
+    h.update(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
+    h.update(np.ascontiguousarray(split, dtype=np.uint8).tobytes())
+    h.update("\n".join(ids).encode())
+    return h.hexdigest()
+
+
+def atomic_path(target: Path) -> Path:
+    """A fresh temporary path in the target's folder (same file system, so rename is atomic)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def write_prepared(path: str | Path, *, images: np.ndarray, labels: np.ndarray, split: np.ndarray,
+                   class_names: Sequence[str], ids: Sequence[str], paths: Sequence[str],
+                   spec: ImageSpec, source: Mapping[str, Any], options: Mapping[str, Any],
+                   band_names: Sequence[str] = (), split_seed: int | None = None,
+                   columns: Mapping[str, np.ndarray] | None = None, overwrite: bool = False) -> str:
+    """Write a prepared dataset atomically; returns its content hash."""
+    path = Path(path)
+    n = len(labels)
+    if images.shape[0] != n or len(split) != n or len(ids) != n or len(paths) != n:
+        raise ValueError("images, labels, split, ids and paths must have the same length")
+    if path.exists() and not overwrite:
+        raise AstroclassError(f"{path}: output exists (pass --overwrite to replace it)")
+    if not path.parent.exists():
+        raise AstroclassError(f"{path.parent}: output folder does not exist")
+    labels = np.asarray(labels, dtype=np.int64)
+    split = np.asarray(split, dtype=np.uint8)
+    digest = content_hash(images, labels, split, ids, class_names)
+    tmp = atomic_path(path)
+    try:
+        with h5py.File(tmp, "w", track_order=False) as f:
+            chunk = (max(1, min(n, 64)),) + tuple(images.shape[1:])
+            f.create_dataset("images", data=images, chunks=chunk if n else None,
+                             compression="gzip" if n else None, compression_opts=4 if n else None,
+                             shuffle=bool(n), track_times=False)
+            f.create_dataset("labels", data=labels, track_times=False)
+            f.create_dataset("split", data=split, track_times=False)
+            str_dt = h5py.string_dtype()
+            f.create_dataset("ids", data=np.array(list(ids), dtype=object), dtype=str_dt, track_times=False)
+            f.create_dataset("paths", data=np.array(list(paths), dtype=object), dtype=str_dt, track_times=False)
+            if columns:
+                grp = f.create_group("columns", track_order=False)
+                for name in sorted(columns):
+                    grp.create_dataset(name, data=np.asarray(columns[name]), track_times=False)
+            attrs = {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "class_names": json.dumps(list(class_names)),
+                "source": json.dumps(dict(source), sort_keys=True),
+                "options": json.dumps(dict(options), sort_keys=True),
+                "image_spec": json.dumps(spec.to_dict(), sort_keys=True),
+                "band_names": json.dumps(list(band_names)),
+                "astroclass_version": __version__,
+                "content_hash": digest,
+                "split_seed": -1 if split_seed is None else int(split_seed),
+            }
+            for k, v in attrs.items():
+                f.attrs[k] = v
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return digest
+
+
+class PreparedDataset:
+    """Read access to a prepared-dataset file.
+
+    ``in_memory=True`` reads all arrays at once; otherwise images are read from the file on
+    demand (the file stays open until :meth:`close`).
+    """
+
+    def __init__(self, path: str | Path, in_memory: bool = False):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise AstroclassError(f"{self.path}: prepared dataset not found")
+        try:
+            self._file = h5py.File(self.path, "r")
+        except OSError as exc:
+            raise AstroclassError(f"{self.path}: not a readable HDF5 file ({exc})") from None
+        f = self._file
+        if f.attrs.get("format") != FORMAT:
+            self._file.close()
+            raise AstroclassError(f"{self.path}: not an astroclass prepared dataset (missing format attribute)")
+        version = int(f.attrs.get("format_version", 0))
+        if version > FORMAT_VERSION:
+            self._file.close()
+            raise AstroclassError(f"{self.path}: format version {version} is newer than this astroclass "
+                                  f"understands ({FORMAT_VERSION}); upgrade astroclass")
+        missing = [k for k in ("images", "labels", "split", "ids", "paths") if k not in f]
+        if missing:
+            self._file.close()
+            raise AstroclassError(f"{self.path}: damaged prepared dataset, missing {missing}")
+        self.class_names: list[str] = json.loads(f.attrs["class_names"])
+        self.labels: np.ndarray = f["labels"][()]
+        self.split_codes: np.ndarray = f["split"][()]
+        self.ids: list[str] = [s.decode() if isinstance(s, bytes) else s for s in f["ids"][()]]
+        self.paths: list[str] = [s.decode() if isinstance(s, bytes) else s for s in f["paths"][()]]
+        self.attrs: dict[str, Any] = {k: f.attrs[k] for k in f.attrs}
+        self.spec = ImageSpec.from_dict(json.loads(f.attrs["image_spec"]))
+        self.band_names: list[str] = json.loads(f.attrs.get("band_names", "[]"))
+        self.content_hash: str = str(f.attrs["content_hash"])
+        self.source: dict = json.loads(f.attrs.get("source", "{}"))
+        self.options: dict = json.loads(f.attrs.get("options", "{}"))
+        self._images = f["images"][()] if in_memory else f["images"]
+
+    # -- shape -------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self._images.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def channels(self) -> int:
+        return int(self._images.shape[1])
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._images.dtype
+
+    def column_names(self) -> list[str]:
+        return sorted(self._file["columns"]) if "columns" in self._file else []
+
+    def column(self, name: str) -> np.ndarray:
+        if name not in self.column_names():
+            raise AstroclassError(f"{self.path}: no per-object column {name!r} (have {self.column_names()})")
+        return self._file["columns"][name][()]
+
+    # -- splits ------------------------------------------------------------------------
+    def indices(self, split: str) -> np.ndarray:
+        if split not in SPLITS:
+            raise AstroclassError(f"unknown split {split!r}; choose from {SPLITS}")
+        return np.flatnonzero(self.split_codes == SPLITS.index(split))
+
+    def images(self, index: np.ndarray | slice | None = None) -> np.ndarray:
+        if index is None:
+            return self._images[()]
+        if isinstance(index, np.ndarray):
+            if len(index) == 0:
+                return np.zeros((0,) + self.image_shape, dtype=self.dtype)
+            order = np.argsort(index, kind="stable")
+            out = np.empty((len(index),) + self.image_shape, dtype=self.dtype)
+            out[order] = self._images[np.sort(index)]
+            return out
+        return self._images[index]
+
+    def split_arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        idx = self.indices(split)
+        return self.images(idx), self.labels[idx]
+
+    def tensors(self, split: str):
+        """(images, labels) of one split as torch tensors: uint8/float16 (N,C,H,W) and int64 (N,)."""
+        import torch
+
+        x, y = self.split_arrays(split)
+        return torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Objects per class in each split: {split: {class: count}}."""
+        out: dict[str, dict[str, int]] = {}
+        for code, name in enumerate(SPLITS):
+            sel = self.labels[self.split_codes == code]
+            binc = np.bincount(sel, minlength=self.num_classes)
+            out[name] = {c: int(binc[i]) for i, c in enumerate(self.class_names)}
+        return out
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> "PreparedDataset":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

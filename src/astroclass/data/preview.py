@@ -1,0 +1,57 @@
+"""Contact sheets: a grid of random examples per class, for a look at a prepared dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from astroclass.data.prepared import PreparedDataset
+
+
+def display_rgb(img: np.ndarray) -> np.ndarray:
+    """A stored (C, H, W) image as an (H, W, 3) float array in [0, 1] for display.
+
+    uint8 is divided by 255; float16 is already in [0, 1]. One channel is shown grey; with
+    more than three (e.g. u,g,r,i,z) the last three are shown as R, G, B reversed so that the
+    reddest band is red (for g,r,i: i→R, r→G, g→B).
+    """
+    x = img.astype(np.float32)
+    if img.dtype == np.uint8:
+        x /= 255.0
+    if x.shape[0] == 1:
+        x = np.repeat(x, 3, axis=0)
+    elif x.shape[0] > 3:
+        x = x[-3:][::-1]
+    return np.clip(x.transpose(1, 2, 0), 0.0, 1.0)
+
+
+def contact_sheet(ds: PreparedDataset, output: str | Path, per_class: int = 8, seed: int = 0) -> Path:
+    """Save a PNG with ``per_class`` random images of every class (one row per class)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(seed)
+    k = ds.num_classes
+    fig, axes = plt.subplots(k, per_class, figsize=(per_class * 1.1, k * 1.15 + 0.3), squeeze=False)
+    for c, name in enumerate(ds.class_names):
+        idx = np.flatnonzero(ds.labels == c)
+        pick = np.sort(rng.choice(idx, size=min(per_class, len(idx)), replace=False)) if len(idx) else []
+        imgs = ds.images(np.asarray(pick, dtype=np.int64)) if len(pick) else []
+        for j in range(per_class):
+            ax = axes[c, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j < len(imgs):
+                ax.imshow(display_rgb(imgs[j]), interpolation="nearest")
+            else:
+                ax.axis("off")
+        axes[c, 0].set_ylabel(f"{name}\n({len(idx)})", rotation=0, ha="right", va="center", fontsize=8)
+    fig.suptitle(f"{ds.path.name}: {len(ds)} images, {ds.image_shape}", fontsize=9)
+    fig.tight_layout()
+    output = Path(output)
+    fig.savefig(output, dpi=100)
+    plt.close(fig)
+    return output
