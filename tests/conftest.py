@@ -43,3 +43,28 @@ def cli(capsys):
         return code, out.out, out.err
 
     return run
+
+
+@pytest.fixture(scope="session")
+def aries_h5(tmp_path_factory) -> Path:
+    """The whole real ARIES star/galaxy set (3388 cutouts) as a prepared dataset."""
+    from astroclass.data import import_catalog
+
+    root = data_set("aries_star_galaxy")
+    out = tmp_path_factory.mktemp("aries") / "aries.h5"
+    import_catalog(root / "labels.csv", out, show_progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_h5(tmp_path_factory) -> Path:
+    """A small real slice of ARIES (40 stars, 40 galaxies, 32 px) for fast training tests."""
+    from astroclass.data import ImageSpec, build_dataset
+    from astroclass.data.importers import catalog_items
+
+    root = data_set("aries_star_galaxy")
+    items = catalog_items(root / "labels.csv")
+    picked = [it for it in items if it.label == "star"][:40] + [it for it in items if it.label == "galaxy"][:40]
+    out = tmp_path_factory.mktemp("tiny") / "tiny.h5"
+    build_dataset(picked, out, ImageSpec(size=32), source={"kind": "test slice"}, show_progress=False)
+    return out

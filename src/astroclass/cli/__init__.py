@@ -8,6 +8,7 @@ import typer
 
 from astroclass import __version__
 from astroclass.cli.data import data_app
+from astroclass.cli.train import train_cmd
 from astroclass.errors import AstroclassError
 
 app = typer.Typer(
@@ -19,6 +20,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(data_app, name="data")
+app.command("train")(train_cmd)
 
 
 @app.callback(invoke_without_command=True)

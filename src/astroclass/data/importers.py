@@ -30,6 +30,7 @@ from astroclass.data.images import ImageSpec, array_to_stored, is_image_file, re
 from astroclass.data.prepared import write_prepared
 from astroclass.data.splits import stratified_split
 from astroclass.errors import AstroclassError, BadImageError
+from astroclass.progress import Bar
 
 DUPLICATE_POLICIES = ("together", "drop", "error")
 
@@ -130,8 +131,8 @@ def build_dataset(items: Sequence[Item], output: str | Path, spec: ImageSpec = I
         raise AstroclassError(f"labels {unknown[:5]} are not among the classes {list(class_names)}")
 
     t0 = time.perf_counter()
-    with _progress(show_progress, len(items), f"decoding {len(items)} images") as advance:
-        decoded = decode_items(items, spec, workers, advance)
+    with Bar(show_progress, len(items), f"decoding {len(items)} images") as bar:
+        decoded = decode_items(items, spec, workers, bar.advance)
     elapsed = time.perf_counter() - t0
     report.images_per_second = len(items) / elapsed if elapsed > 0 else 0.0
 
@@ -227,28 +228,6 @@ def _write_side_reports(report: ImportReport) -> None:
             w.writerows(report.skipped)
     elif side.exists():
         side.unlink()
-
-
-class _progress:
-    """A rich progress bar (or nothing), as a context manager yielding an advance(n) callback."""
-
-    def __init__(self, enabled: bool, total: int, description: str):
-        self.enabled, self.total, self.description = enabled, total, description
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda n: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self._p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                           TimeRemainingColumn(), transient=True)
-        self._p.start()
-        task = self._p.add_task(self.description, total=self.total)
-        return lambda n: self._p.advance(task, n)
-
-    def __exit__(self, *exc):
-        if self.enabled:
-            self._p.stop()
 
 
 # ---------------------------------------------------------------------------------------------

