@@ -8,6 +8,7 @@ import typer
 
 from astroclass import __version__
 from astroclass.cli.data import data_app
+from astroclass.cli.grid import grid_app
 from astroclass.cli.train import train_cmd
 from astroclass.errors import AstroclassError
 
@@ -21,6 +22,7 @@ app = typer.Typer(
 )
 app.add_typer(data_app, name="data")
 app.command("train")(train_cmd)
+app.add_typer(grid_app, name="grid")
 
 
 @app.callback(invoke_without_command=True)

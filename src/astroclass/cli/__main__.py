@@ -1,0 +1,3 @@
+from astroclass.cli import main
+
+main()

@@ -1,0 +1,110 @@
+"""``astroclass grid ...``: run the comparison grid, see where it stands, export its results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+grid_app = typer.Typer(help="Run the comparison grid (exactly once, resumable; local processes or Ray), "
+                            "show its status, export its results.", no_args_is_help=True)
+
+SpecArg = Annotated[str, typer.Argument(help="A grid spec YAML file, or a built-in spec: paper, demo, tiny.")]
+Experiment = Annotated[Optional[Path], typer.Option("--experiment", "-e", help="Experiment folder holding store.sqlite "
+                                                                                "and runs/ (default: experiments/<spec name>).")]
+DataOpt = Annotated[Optional[list[str]], typer.Option("--data", help="Override a dataset path: NAME=FILE "
+                                                                     "(repeatable), e.g. --data SG=sg.h5.")]
+
+
+def _parse_data(items: list[str] | None) -> dict[str, str]:
+    from astroclass.errors import AstroclassError
+
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise AstroclassError(f"--data {item!r}: expected NAME=FILE")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def _load(spec: str, data: list[str] | None, experiment: Path | None):
+    from astroclass.experiments.spec import GridSpec
+
+    gs = GridSpec.load(spec, _parse_data(data))
+    return gs, experiment or Path("experiments") / gs.name
+
+
+@grid_app.command("run")
+def run_cmd(spec: SpecArg, experiment: Experiment = None, data: DataOpt = None,
+            engine: Annotated[str, typer.Option(help="local (worker processes here) or ray.")] = "local",
+            workers: Annotated[Optional[int], typer.Option(help="Concurrent runs (default: 1 per CPU machine, "
+                                                                "--per-gpu per GPU).")] = None,
+            per_gpu: Annotated[int, typer.Option(help="Runs packed on each GPU.")] = 1,
+            threads: Annotated[Optional[int], typer.Option(help="CPU threads per run (default: cores / runs).")] = None,
+            max_attempts: Annotated[int, typer.Option(help="Tries per run before it stays failed.")] = 2,
+            keep: Annotated[str, typer.Option(help="Checkpoints to keep: best (per dataset, model, setup), all, none.")] = "best",
+            lease: Annotated[float, typer.Option(help="Seconds a claimed run stays ours without a heartbeat.")] = 120.0,
+            ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: start a local "
+                                                                    "Ray instance).")] = None,
+            ray_cpus: Annotated[Optional[int], typer.Option(help="CPUs of the local Ray instance.")] = None,
+            quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live progress display.")] = False):
+    """Run every unfinished run of SPEC exactly once; safe to kill and start again, or to run twice at once."""
+    from astroclass.experiments.runner import GridOptions, run_grid
+
+    gs, exp = _load(spec, data, experiment)
+    opts = GridOptions(engine=engine, workers=workers, per_gpu=per_gpu, threads=threads, max_attempts=max_attempts,
+                       keep=keep, lease_s=lease, heartbeat_s=min(5.0, lease / 4), ray_address=ray_address,
+                       ray_num_cpus=ray_cpus)
+    counts = run_grid(gs, exp, opts, progress=not quiet)
+    typer.echo(f"{exp}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    if counts["failed"]:
+        raise typer.Exit(2)
+
+
+@grid_app.command("status")
+def status_cmd(spec: SpecArg, experiment: Experiment = None, data: DataOpt = None,
+               workers: Annotated[int, typer.Option(help="Concurrent runs assumed for the ETA.")] = 1):
+    """Counts by status, per-dataset progress, ETA from measured run times, failures with their first error line."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from astroclass.experiments.runner import open_experiment
+    from astroclass.experiments.status import grid_status
+
+    gs, exp = _load(spec, data, experiment)
+    store = open_experiment(exp, create=False)
+    st = grid_status(gs, store, slots=workers)
+    con = Console()
+    con.print(f"{exp}: {st['total']} runs — " + ", ".join(f"{k} {v}" for k, v in st["counts"].items()))
+    t = Table("dataset", "done", "total")
+    for d, v in st["datasets"].items():
+        t.add_row(d, str(v["done"]), str(v["total"]))
+    con.print(t)
+    if st["mean_run_seconds"] is not None:
+        eta = st["eta_seconds"]
+        con.print(f"mean run time {st['mean_run_seconds']:.1f} s; ETA {eta / 3600:.2f} h with {workers} concurrent run(s)")
+    for f in st["failures"]:
+        con.print(f"[red]failed[/red] {f['id']} {f['run']} (attempts {f['attempts']}): {f['error']}")
+
+
+@grid_app.command("export")
+def export_cmd(experiment: Annotated[Path, typer.Argument(help="Experiment folder (with store.sqlite).")],
+               output: Annotated[Path, typer.Option("--output", "-o", help="runs.csv or runs.parquet")]):
+    """Every run of an experiment as one flat table (CSV, or Parquet with pyarrow)."""
+    from astroclass.experiments.runner import open_experiment
+    from astroclass.experiments.status import export
+
+    store = open_experiment(experiment, create=False)
+    typer.echo(f"wrote {export(store, output)}")
+
+
+@grid_app.command("show")
+def show_cmd(spec: SpecArg, data: DataOpt = None):
+    """Print a spec (e.g. a built-in one, to copy and edit) and how many runs it expands to."""
+    from astroclass.experiments.spec import GridSpec
+
+    gs = GridSpec.load(spec, _parse_data(data))
+    typer.echo(gs.to_yaml().rstrip())
+    typer.echo(f"# {len(gs.expand())} runs")

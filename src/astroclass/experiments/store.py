@@ -1,0 +1,282 @@
+"""The results store: one SQLite file per experiment (WAL mode), the single source of truth of a grid.
+
+Exactly-once execution rests on three rules:
+
+1. A run is *claimed* in one ``BEGIN IMMEDIATE`` transaction that picks a claimable run and
+   marks it ``running`` with the claimer's token, host, pid and a lease deadline; two runners
+   can never claim the same run.
+2. The claimer renews the lease (heartbeat) while the run trains. A run is claimable when it is
+   ``pending``; or ``running`` with an expired lease, or whose claimer process is gone (same
+   host, pid no longer alive); or ``failed`` with attempts left.
+3. A result is recorded in one transaction (status, metrics, history) only if the run is still
+   claimed by the same token; a runner that lost its lease records nothing.
+
+So killing a runner at any moment loses at most the runs it was training (they are claimed
+again) and never records a run twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from astroclass.errors import AstroclassError
+
+SCHEMA_VERSION = 1
+STATUSES = ("pending", "running", "done", "failed")
+HISTORY_COLUMNS = ("phase", "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS datasets (
+    name TEXT PRIMARY KEY, path TEXT NOT NULL, content_hash TEXT NOT NULL, class_names TEXT NOT NULL,
+    n_images INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY, dataset TEXT NOT NULL, model TEXT NOT NULL, setup TEXT NOT NULL,
+    l2 REAL NOT NULL, maxnorm REAL NOT NULL, optimizer TEXT NOT NULL, seed INTEGER NOT NULL,
+    config TEXT NOT NULL, status TEXT NOT NULL DEFAULT 'pending', attempts INTEGER NOT NULL DEFAULT 0,
+    token TEXT, host TEXT, pid INTEGER, device TEXT, lease_until REAL, started REAL, ended REAL,
+    seconds REAL, metrics TEXT, error TEXT);
+CREATE INDEX IF NOT EXISTS runs_status ON runs(status);
+CREATE TABLE IF NOT EXISTS history (
+    run_id TEXT NOT NULL REFERENCES runs(id), phase TEXT NOT NULL, epoch INTEGER NOT NULL,
+    train_loss REAL, train_accuracy REAL, val_loss REAL, val_accuracy REAL, lr REAL, seconds REAL,
+    PRIMARY KEY (run_id, phase, epoch));
+"""
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Store:
+    """A results store at ``path`` (created when missing)."""
+
+    def __init__(self, path: str | Path, create: bool = True):
+        self.path = Path(path)
+        if not self.path.exists() and not create:
+            raise AstroclassError(f"{self.path}: no results store here")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            self.db.row_factory = sqlite3.Row
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA busy_timeout=60000")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            with self.transaction():
+                version = self._schema_version()
+                if version is None:
+                    for stmt in _SCHEMA.split(";"):
+                        if stmt.strip():
+                            self.db.execute(stmt)
+                    self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                    self.db.execute("INSERT OR IGNORE INTO meta VALUES ('created', ?)", (str(time.time()),))
+                elif version > SCHEMA_VERSION:
+                    raise AstroclassError(f"{self.path}: results store schema version {version} is newer than this "
+                                          f"astroclass understands ({SCHEMA_VERSION}); upgrade astroclass")
+        except sqlite3.DatabaseError as exc:
+            raise AstroclassError(f"{self.path}: not a usable results store ({exc})") from None
+        except OSError as exc:
+            raise AstroclassError(f"{self.path}: cannot create the results store ({exc})") from None
+
+    def _schema_version(self) -> int | None:
+        has = self.db.execute("SELECT name FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()
+        if not has:
+            return None
+        row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        return int(row[0]) if row else None
+
+    @property
+    def schema_version(self) -> int:
+        return self._schema_version() or SCHEMA_VERSION
+
+    @contextmanager
+    def transaction(self):
+        """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error); SQLite errors become clear messages."""
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise AstroclassError(f"{self.path}: cannot write the results store ({exc})") from None
+        try:
+            yield self.db
+            self.db.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            self._rollback()
+            raise AstroclassError(f"{self.path}: could not write to the results store ({exc}); nothing of this "
+                                  f"step was recorded, everything recorded before is intact") from None
+        except BaseException:
+            self._rollback()
+            raise
+
+    def _rollback(self) -> None:
+        if self.db.in_transaction:  # SQLite itself rolls back on some errors (e.g. disk full)
+            self.db.execute("ROLLBACK")
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- datasets --------------------------------------------------------------------------
+    def check_datasets(self, datasets: dict[str, Path]) -> dict[str, dict]:
+        """Open each dataset, compare its content hash with the one recorded; record new ones.
+
+        Refuses to mix: a dataset whose content changed since runs were recorded is an error
+        naming it, with both hashes.
+        """
+        from astroclass.data.prepared import PreparedDataset
+
+        info = {}
+        for name, path in datasets.items():
+            if not Path(path).is_file():
+                raise AstroclassError(f"dataset {name}: {path} not found")
+            with PreparedDataset(path) as ds:
+                info[name] = {"path": str(path), "content_hash": ds.content_hash, "class_names": ds.class_names,
+                              "n_images": len(ds)}
+        with self.transaction() as db:
+            for name, d in info.items():
+                row = db.execute("SELECT content_hash, path FROM datasets WHERE name=?", (name,)).fetchone()
+                if row and row["content_hash"] != d["content_hash"]:
+                    n = db.execute("SELECT COUNT(*) FROM runs WHERE dataset=? AND status IN ('done','running')",
+                                   (name,)).fetchone()[0]
+                    if n:
+                        raise AstroclassError(
+                            f"dataset {name}: {d['path']} has content hash {d['content_hash'][:12]}, but {n} run(s) "
+                            f"in {self.path} were made with {row['content_hash'][:12]} ({row['path']}); refusing to "
+                            f"mix results of different data. Use a new experiment folder, or restore the original file")
+                db.execute("INSERT OR REPLACE INTO datasets VALUES (?, ?, ?, ?, ?)",
+                           (name, d["path"], d["content_hash"], json.dumps(d["class_names"]), d["n_images"]))
+        return info
+
+    def datasets(self) -> dict[str, dict]:
+        return {r["name"]: {"path": r["path"], "content_hash": r["content_hash"],
+                            "class_names": json.loads(r["class_names"]), "n_images": r["n_images"]}
+                for r in self.db.execute("SELECT * FROM datasets ORDER BY name")}
+
+    # -- runs ------------------------------------------------------------------------------
+    def add_runs(self, runs: Iterable) -> int:
+        """Insert runs that are not in the store yet; returns how many were new."""
+        n = 0
+        with self.transaction() as db:
+            for r in runs:
+                c = r.config
+                cur = db.execute(
+                    "INSERT OR IGNORE INTO runs (id, dataset, model, setup, l2, maxnorm, optimizer, seed, config) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (r.id, c["dataset"], c["model"], c["setup"], c["l2"], c["maxnorm"], c["optimizer"], c["seed"],
+                     json.dumps(c, sort_keys=True)))
+                n += cur.rowcount
+        return n
+
+    def claim(self, ids: Sequence[str], max_attempts: int, lease_s: float, token: str | None = None,
+              device: str = "") -> tuple[str, dict, str] | None:
+        """Atomically claim one claimable run among ``ids``: (run id, config, token), or None."""
+        token = token or uuid.uuid4().hex
+        host, now = socket.gethostname(), time.time()
+        with self.transaction() as db:
+            rows = db.execute(
+                "SELECT id, status, attempts, host, pid, lease_until FROM runs WHERE status != 'done' "
+                "ORDER BY rowid").fetchall()
+            wanted = set(ids)
+            for r in rows:
+                if r["id"] not in wanted:
+                    continue
+                if r["status"] == "running":
+                    dead = r["host"] == host and r["pid"] is not None and not pid_alive(r["pid"])
+                    if not (dead or (r["lease_until"] or 0) < now):
+                        continue
+                elif r["status"] == "failed" and r["attempts"] >= max_attempts:
+                    continue
+                db.execute("UPDATE runs SET status='running', attempts=attempts+1, token=?, host=?, pid=?, device=?, "
+                           "lease_until=?, started=?, ended=NULL, error=NULL WHERE id=?",
+                           (token, host, os.getpid(), device, now + lease_s, now, r["id"]))
+                cfg = json.loads(db.execute("SELECT config FROM runs WHERE id=?", (r["id"],)).fetchone()[0])
+                return r["id"], cfg, token
+        return None
+
+    def heartbeat(self, claims: dict[str, str], lease_s: float) -> list[str]:
+        """Extend the leases of runs we hold ({run id: token}); returns the ids we no longer hold."""
+        lost = []
+        with self.transaction() as db:
+            for rid, token in claims.items():
+                cur = db.execute("UPDATE runs SET lease_until=? WHERE id=? AND token=? AND status='running'",
+                                 (time.time() + lease_s, rid, token))
+                if cur.rowcount == 0:
+                    lost.append(rid)
+        return lost
+
+    def finish(self, rid: str, token: str, result: dict[str, Any], history: Sequence[dict]) -> bool:
+        """Record a finished run, with its history, if we still hold it; False otherwise."""
+        now = time.time()
+        with self.transaction() as db:
+            row = db.execute("SELECT started FROM runs WHERE id=? AND token=? AND status='running'", (rid, token)).fetchone()
+            if row is None:
+                return False
+            status = result.get("status", "failed")
+            db.execute("DELETE FROM history WHERE run_id=?", (rid,))
+            db.executemany(
+                f"INSERT INTO history (run_id, {', '.join(HISTORY_COLUMNS)}) VALUES (?{', ?' * len(HISTORY_COLUMNS)})",
+                [(rid, *[h.get(c) for c in HISTORY_COLUMNS]) for h in history])
+            metrics = {k: v for k, v in result.items() if k not in ("config", "status", "error")}
+            db.execute("UPDATE runs SET status=?, ended=?, seconds=?, metrics=?, error=?, lease_until=NULL, "
+                       "device=COALESCE(?, device) WHERE id=?",
+                       (status, now, now - (row["started"] or now), json.dumps(metrics), result.get("error") or None,
+                        (result.get("environment") or {}).get("device"), rid))
+        return True
+
+    def fail(self, rid: str, token: str, error: str) -> bool:
+        with self.transaction() as db:
+            cur = db.execute("UPDATE runs SET status='failed', ended=?, error=?, lease_until=NULL "
+                             "WHERE id=? AND token=? AND status='running'", (time.time(), error, rid, token))
+            return cur.rowcount == 1
+
+    def release(self, claims: dict[str, str]) -> None:
+        """Give back runs we hold without a result (e.g. on ctrl-C): pending again, attempt not counted."""
+        with self.transaction() as db:
+            for rid, token in claims.items():
+                db.execute("UPDATE runs SET status='pending', attempts=MAX(attempts-1, 0), token=NULL, "
+                           "lease_until=NULL WHERE id=? AND token=? AND status='running'", (rid, token))
+
+    # -- queries (the report's API) -------------------------------------------------------
+    def runs(self, status: str | None = None, ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """Runs as dicts (config and metrics decoded), in insertion order."""
+        sql, args = "SELECT * FROM runs", []
+        if status is not None:
+            sql += " WHERE status=?"
+            args.append(status)
+        out = []
+        wanted = set(ids) if ids is not None else None
+        for r in self.db.execute(sql + " ORDER BY rowid", args):
+            if wanted is not None and r["id"] not in wanted:
+                continue
+            d = dict(r)
+            d["config"] = json.loads(d["config"])
+            d["metrics"] = json.loads(d["metrics"]) if d["metrics"] else {}
+            out.append(d)
+        return out
+
+    def history(self, rid: str) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.db.execute(
+            "SELECT * FROM history WHERE run_id=? ORDER BY CASE phase WHEN 'head' THEN 0 ELSE 1 END, epoch", (rid,))]
+
+    def counts(self, ids: Sequence[str] | None = None) -> dict[str, int]:
+        c = {s: 0 for s in STATUSES}
+        for r in self.runs(ids=ids):
+            c[r["status"]] += 1
+        return c
+
+    def mean_run_seconds(self) -> float | None:
+        row = self.db.execute("SELECT AVG(seconds) FROM runs WHERE status='done' AND seconds IS NOT NULL").fetchone()
+        return row[0]

@@ -1,0 +1,237 @@
+"""The comparison grid: spec expansion, the store, exactly-once under SIGKILL and concurrency, engines."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from astroclass.errors import AstroclassError
+from astroclass.experiments import GridOptions, GridSpec, Store, run_grid
+from astroclass.experiments.status import export, grid_status
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_spec(tmp_path: Path, dataset: Path, name: str = "t", **over) -> Path:
+    d = {"name": name, "datasets": {"SG": str(dataset)}, "models": ["test_resnet"], "setups": ["scratch"],
+         "l2": [0.0, 0.1], "maxnorm": [0.0], "optimizers": ["adam"], "seeds": [0],
+         "train": {"epochs": 1, "batch_size": 16, "patience": 1}}
+    d.update(over)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(d))
+    return path
+
+
+def test_paper_spec_expands_to_600_runs_per_seed_with_stable_ids(tmp_path):
+    spec = GridSpec.load("paper")
+    runs = spec.expand()
+    assert len(runs) == 600 and len({r.id for r in runs}) == 600
+    assert {r.dataset for r in runs} == {"SG", "MG", "EF-2", "EF-4", "EF-15"}
+    assert sum(1 for r in runs if r.dataset == "SG" and r.config["model"] == "vgg16") == 24
+    assert [r.id for r in GridSpec.load("paper").expand()] == [r.id for r in runs]
+    two = yaml.safe_load(GridSpec.load("paper").to_yaml())
+    two["seeds"] = [0, 1]
+    (tmp_path / "p2.yaml").write_text(yaml.safe_dump(two))
+    runs2 = GridSpec.load(tmp_path / "p2.yaml").expand()
+    assert len(runs2) == 1200 and {r.id for r in runs} < {r.id for r in runs2}
+    # the device does not change what is computed, so not the id either
+    two["train"]["device"] = "cuda"
+    (tmp_path / "p3.yaml").write_text(yaml.safe_dump(two))
+    assert {r.id for r in GridSpec.load(tmp_path / "p3.yaml").expand()} == {r.id for r in runs2}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"optimisers": ["adam"]}, "unknown key(s) ['optimisers']"),
+    ({"optimizers": ["adamw"]}, "'adamw' is not one of ['rmsprop', 'adam', 'radam', 'sgd']"),
+    ({"setups": ["finetune"]}, "'finetune' is not one of ['scratch', 'pretrained']"),
+    ({"train": {"epoch": 3}}, "unknown train option(s) ['epoch']"),
+    ({"l2": ["none"]}, "l2: 'none' is not a number"),
+    ({"models": ["vgg61"]}, "unknown model 'vgg61'"),
+])
+def test_bad_specs_name_the_key_and_allowed_values(tmp_path, change, message):
+    path = write_spec(tmp_path, tmp_path / "x.h5", **change)
+    with pytest.raises(AstroclassError) as err:
+        GridSpec.load(path)
+    assert message in str(err.value) and str(path) in str(err.value)
+
+
+def test_local_grid_runs_once_keeps_best_checkpoint_and_exports(tiny_h5, tmp_path):
+    spec = GridSpec.load(write_spec(tmp_path, tiny_h5))
+    exp = tmp_path / "exp"
+    counts = run_grid(spec, exp, GridOptions(keep="best", threads=1), progress=False)
+    assert counts == {"pending": 0, "running": 0, "done": 2, "failed": 0}
+    store = Store(exp / "store.sqlite")
+    runs = store.runs()
+    assert all(r["attempts"] == 1 and r["metrics"]["test"]["n"] > 0 for r in runs)
+    assert all(len(store.history(r["id"])) == r["metrics"]["epochs_run"] for r in runs)
+    ckpts = sorted(exp.glob("runs/*/checkpoint.pt"))
+    assert len(ckpts) == 1  # one (dataset, model, setup) cell: only its best run keeps a checkpoint
+    best = max(runs, key=lambda r: r["metrics"]["val"]["accuracy"])
+    assert ckpts[0].parent.name == best["id"]
+    assert all((exp / "runs" / r["id"] / "predictions.npz").exists() for r in runs)
+    # a second run of the same spec has nothing to do
+    assert run_grid(spec, exp, GridOptions(threads=1), progress=False)["done"] == 2
+    assert all(r["attempts"] == 1 for r in Store(exp / "store.sqlite").runs())
+    st = grid_status(spec, store)
+    assert st["counts"]["done"] == 2 and st["datasets"]["SG"] == {"done": 2, "total": 2}
+    out = export(store, tmp_path / "runs.csv")
+    lines = out.read_text().splitlines()
+    assert len(lines) == 3 and lines[0].startswith("id,dataset,model")
+
+
+def test_changed_or_missing_dataset_is_refused(tiny_h5, tmp_path):
+    import shutil
+
+    from astroclass.data import import_folder
+
+    data = tmp_path / "sg.h5"
+    shutil.copy(tiny_h5, data)
+    spec = GridSpec.load(write_spec(tmp_path, data, l2=[0.0]))
+    exp = tmp_path / "exp"
+    run_grid(spec, exp, GridOptions(threads=1), progress=False)
+    # replace the file by different data under the same name
+    root = tmp_path / "tree"
+    from PIL import Image
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(12):
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+    import_folder(root, data, overwrite=True, show_progress=False, min_per_class=1)
+    with pytest.raises(AstroclassError, match="dataset SG: .* refusing to mix"):
+        run_grid(GridSpec.load(write_spec(tmp_path, data, l2=[0.0])), exp, GridOptions(threads=1), progress=False)
+    with pytest.raises(AstroclassError, match="dataset SG: .*nowhere.h5 not found"):
+        run_grid(GridSpec.load(write_spec(tmp_path, tmp_path / "nowhere.h5")), tmp_path / "exp2", progress=False)
+
+
+def test_unwritable_experiment_folder_and_full_disk_keep_the_store_intact(tiny_h5, tmp_path):
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    spec = GridSpec.load(write_spec(tmp_path, tiny_h5))
+    with pytest.raises(AstroclassError, match="not writable"):
+        run_grid(spec, blocker / "exp", progress=False)
+    exp = tmp_path / "exp"
+    run_grid(GridSpec.load(write_spec(tmp_path, tiny_h5, l2=[0.0])), exp, GridOptions(threads=1), progress=False)
+    store = Store(exp / "store.sqlite")
+    before = store.runs()
+    # SQLite's own "database or disk is full": cap the file at its current size
+    pages = store.db.execute("PRAGMA page_count").fetchone()[0]
+    store.db.execute(f"PRAGMA max_page_count = {pages}")
+    runs = spec.expand()
+    with pytest.raises(AstroclassError, match="full"):
+        for _ in range(50):  # fill the last free page
+            store.add_runs(runs)
+            runs = [type(r)(r.id + "x", {**r.config, "seed": r.config["seed"] + 1}) for r in runs]
+    store.close()
+    again = Store(exp / "store.sqlite")
+    assert again.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert [r["id"] for r in again.runs(status="done")] == [r["id"] for r in before]
+
+
+def _grid_process(spec: Path, exp: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    return subprocess.Popen([sys.executable, "-m", "astroclass.cli", "grid", "run", str(spec), "-e", str(exp), "-q",
+                             "--threads", "1", *extra], env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _statuses(exp: Path) -> dict[str, int]:
+    if not (exp / "store.sqlite").exists():
+        return {}
+    try:
+        db = sqlite3.connect(exp / "store.sqlite", timeout=30)
+        rows = dict(db.execute("SELECT status, COUNT(*) FROM runs GROUP BY status").fetchall())
+        db.close()
+        return rows
+    except sqlite3.OperationalError:
+        return {}
+
+
+def test_sigkill_mid_grid_then_resume_loses_nothing_and_duplicates_nothing(tiny_h5, tmp_path):
+    spec_path = write_spec(tmp_path, tiny_h5, l2=[0.0, 0.1], maxnorm=[0.0, 2.0], optimizers=["adam", "rmsprop"],
+                           train={"epochs": 3, "batch_size": 16, "patience": 3})
+    exp = tmp_path / "exp"
+    proc = _grid_process(spec_path, exp, "--workers", "2")
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        s = _statuses(exp)
+        if s.get("done", 0) >= 2 and s.get("running", 0) >= 1:
+            break
+        time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail(f"grid never reached a state to kill: {_statuses(exp)}; output {proc.communicate()[0][-2000:]}")
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its workers, at once
+    proc.wait()
+    store = Store(exp / "store.sqlite")
+    done_before = {r["id"]: r["metrics"] for r in store.runs(status="done")}
+    interrupted = {r["id"] for r in store.runs(status="running")}
+    assert len(done_before) >= 2 and interrupted
+    # resume: the dead runner's runs are claimed again (its pid is gone), finished ones are not re-run
+    counts = run_grid(GridSpec.load(spec_path), exp, GridOptions(threads=1, workers=2), progress=False)
+    assert counts == {"pending": 0, "running": 0, "done": 8, "failed": 0}
+    after = {r["id"]: r for r in Store(exp / "store.sqlite").runs()}
+    assert len(after) == 8
+    for rid, metrics in done_before.items():
+        assert after[rid]["metrics"] == metrics and after[rid]["attempts"] == 1
+    for rid in interrupted:
+        assert after[rid]["attempts"] == 2
+    for rid, r in after.items():
+        hist = store.history(rid)
+        assert len(hist) == r["metrics"]["epochs_run"] == len({(h["phase"], h["epoch"]) for h in hist})
+
+
+def test_two_runners_on_one_store_execute_each_run_once(tiny_h5, tmp_path):
+    spec_path = write_spec(tmp_path, tiny_h5, l2=[0.0, 0.1], optimizers=["adam", "rmsprop", "radam"])
+    exp = tmp_path / "exp"
+    a, b = _grid_process(spec_path, exp), _grid_process(spec_path, exp)
+    outs = [p.communicate(timeout=300)[0].decode() for p in (a, b)]
+    assert a.returncode == 0 and b.returncode == 0, outs
+    runs = Store(exp / "store.sqlite").runs()
+    assert len(runs) == 6 and all(r["status"] == "done" and r["attempts"] == 1 for r in runs)
+    assert len({r["token"].split("-")[0] for r in runs}) == 2  # both runners did work
+
+
+def test_grid_cli_status_and_export(cli, tiny_h5, tmp_path):
+    spec_path = write_spec(tmp_path, tiny_h5, l2=[0.0])
+    exp = tmp_path / "exp"
+    code, out, err = cli("grid", "run", spec_path, "-e", exp, "-q", "--threads", "1")
+    assert code == 0, err
+    code, out, _ = cli("grid", "status", spec_path, "-e", exp)
+    assert code == 0 and "done 1" in out and "SG" in out
+    code, out, _ = cli("grid", "export", exp, "-o", tmp_path / "r.csv")
+    assert code == 0 and (tmp_path / "r.csv").exists()
+    code, _, err = cli("grid", "status", spec_path, "-e", tmp_path / "nothing")
+    assert code == 1 and "no results store" in err
+    code, _, err = cli("grid", "run", "nonexistent.yaml")
+    assert code == 1 and "built-in spec" in err
+
+
+@pytest.mark.slow
+def test_ray_engine_gives_the_same_results_table_as_local(tiny_h5, tmp_path, monkeypatch):
+    ray = pytest.importorskip("ray")
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    spec = GridSpec.load(write_spec(tmp_path, tiny_h5, train={"epochs": 2, "batch_size": 16, "patience": 2}))
+    local = run_grid(spec, tmp_path / "local", GridOptions(threads=1), progress=False)
+    try:
+        remote = run_grid(spec, tmp_path / "ray", GridOptions(engine="ray", threads=1, ray_num_cpus=2), progress=False)
+    finally:
+        ray.shutdown()
+    assert local == remote == {"pending": 0, "running": 0, "done": 2, "failed": 0}
+
+    def table(exp):
+        return sorted((r["id"], r["metrics"]["val"]["accuracy"], r["metrics"]["test"]["accuracy"],
+                       r["metrics"]["best_epoch"], r["metrics"]["val"]["confusion_matrix"])
+                      for r in Store(exp / "store.sqlite").runs())
+
+    assert table(tmp_path / "local") == table(tmp_path / "ray")
