@@ -9,6 +9,7 @@ import typer
 from astroclass import __version__
 from astroclass.cli.data import data_app
 from astroclass.cli.grid import grid_app
+from astroclass.cli.report import report_cmd
 from astroclass.cli.train import train_cmd
 from astroclass.errors import AstroclassError
 
@@ -23,6 +24,7 @@ app = typer.Typer(
 app.add_typer(data_app, name="data")
 app.command("train")(train_cmd)
 app.add_typer(grid_app, name="grid")
+app.command("report")(report_cmd)
 
 
 @app.callback(invoke_without_command=True)

@@ -1,0 +1,298 @@
+"""``astroclass report``: tables, statistics and plots of an experiment, as files and one HTML page.
+
+The report reads only the experiment folder (its store and the runs' saved predictions, plus the
+prepared datasets for the image gallery when they are still there); it never trains. Nothing
+time-dependent is written, so the same store gives the same report, byte for byte.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from astroclass.errors import AstroclassError
+from astroclass.experiments.runner import open_experiment
+from astroclass.models import display_name
+from astroclass.report import plots
+from astroclass.report.stats import four_questions, load_predictions, ranked_cells, significance, summarise_choice
+from astroclass.report.tables import OPT_SHORT, RunRow, Table, Tables, compare_with_paper
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _fmt(v: float, d: int = 3) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{d}f}"
+
+
+def build_report(experiment: str | Path, output: str | Path) -> Path:
+    """Write tables (Markdown, CSV, LaTeX), plots (PNG) and report.html to ``output``; returns the HTML path."""
+    experiment, output = Path(experiment), Path(output)
+    store = open_experiment(experiment, create=False)
+    all_runs = store.runs()
+    done = [RunRow.from_store(r) for r in all_runs if r["status"] == "done"]
+    failed = [r for r in all_runs if r["status"] == "failed"]
+    unfinished = [r for r in all_runs if r["status"] in ("pending", "running")]
+    dataset_info = store.datasets()
+    spec_order = list(dataset_info)
+    try:
+        import yaml
+
+        spec_order = list((yaml.safe_load((experiment / "spec.yaml").read_text()) or {}).get("datasets", {})) or spec_order
+    except (OSError, ValueError):
+        pass
+    try:
+        (output / "tables").mkdir(parents=True, exist_ok=True)
+        (output / "plots").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise AstroclassError(f"{output}: cannot write the report here ({exc.strerror or exc})") from None
+
+    page = _Page(experiment)
+    page.h1(f"astroclass report: {experiment.name}")
+    page.p(f"{len(all_runs)} run(s) in the store: {len(done)} done, {len(failed)} failed, {len(unfinished)} not "
+           f"finished. Accuracies are validation accuracies (the paper's metric) unless marked test.")
+    if not done:
+        page.h2("Nothing to report yet")
+        page.p("No run has finished, so there are no tables. " +
+               ("Run `astroclass grid run` on the spec to fill the store." if not failed else
+                "Every recorded run failed; their errors are listed below."))
+        _failures(page, failed)
+        html_path = output / "report.html"
+        _write(html_path, page.render())
+        store.close()
+        return html_path
+
+    tables = Tables(done, spec_order)
+    all_tables = tables.all()
+    vs_paper = compare_with_paper(all_tables)
+    summaries = {k: summarise_choice(ch) for k in tables.keys() if (ch := tables.best_overall(k))}
+    sig = significance(tables, experiment)
+    answers = four_questions(tables, dataset_info, summaries)
+
+    # -- summary first ------------------------------------------------------------------------
+    page.h2("Summary")
+    rows = []
+    for d in tables.datasets:
+        ranked = ranked_cells(tables, d)
+        if not ranked:
+            continue
+        m, s, ch = ranked[0]
+        sm = summaries[(d, m, s)]
+        lo, hi = sm["test_accuracy_ci95"]
+        rows.append([d, display_name(m), s, f"{ch.setting[0]:g}, {ch.setting[1]:g}, {OPT_SHORT.get(ch.setting[2], ch.setting[2])}",
+                     _fmt(ch.value), f"{_fmt(sm['test_accuracy'])} [{_fmt(lo)}, {_fmt(hi)}]",
+                     _fmt(sm["test_balanced_accuracy"]), _fmt(sm["test_macro_f1"]), str(sm["n_seeds"])])
+    page.table(["dataset", "best model", "setup", "λ, γ, optimiser", "val acc", "test acc [95% interval]",
+                "test balanced acc", "test macro-F1", "seeds"], rows,
+               "The best model of each dataset (by validation accuracy, as the paper chooses), with its held-out test "
+               "metrics. Intervals: bootstrap over test images for one seed, over seeds for several.")
+    page.h3("The paper's four questions, as measured here")
+    page.ul([f"<b>{html.escape(q)}</b> {html.escape(a)}" for q, a in answers.items()], raw=True)
+    page.h3("Is the best model significantly better than the runner-up?")
+    page.ul([res["text"] for res in sig.values()])
+    missing = [f"{d} / {display_name(m)} / {s}" for d, m, s in tables.keys() if (d, m, s) not in summaries]
+    if unfinished or failed or missing:
+        page.h3("What is missing")
+        items = []
+        if unfinished:
+            items.append(f"{len(unfinished)} run(s) not finished (pending or running); tables show what exists.")
+        if missing:
+            items.append("cells with no finished run (gaps in the tables): " + ", ".join(missing))
+        if failed:
+            items.append(f"{len(failed)} failed run(s), listed at the end.")
+        page.ul(items)
+
+    # -- the paper's tables -----------------------------------------------------------------------
+    page.h2("The paper's tables")
+    for key, t in all_tables.items():
+        _save_table(output, t)
+        page.table_obj(t)
+    if vs_paper:
+        page.h2("Side by side with the paper")
+        page.p("Where this experiment's dataset short names and models match the paper's (SG, MG, EF-2, EF-4, EF-15), "
+               "our value, the paper's published value and the difference (ours − paper).")
+        for t in vs_paper.values():
+            _save_table(output, t)
+            page.table_obj(t)
+
+    # -- beyond the paper ---------------------------------------------------------------------------
+    page.h2("Beyond the paper: test set, seeds, balanced metrics")
+    beyond_records = []
+    for (d, m, s), sm in summaries.items():
+        lo, hi = sm["test_accuracy_ci95"]
+        beyond_records.append({
+            "dataset": d, "model": display_name(m), "setup": s, "seeds": sm["n_seeds"],
+            "val_accuracy": sm["val_accuracy"], "val_accuracy_std": sm["val_accuracy_std"],
+            "test_accuracy": sm["test_accuracy"], "test_accuracy_std": sm["test_accuracy_std"],
+            "test_ci_low": lo, "test_ci_high": hi, "test_balanced_accuracy": sm["test_balanced_accuracy"],
+            "test_macro_f1": sm["test_macro_f1"], "test_ece": sm["test_ece"]})
+    beyond = Table("beyond", "Table 8's chosen settings on the held-out test set: mean ± std over seeds, 95% interval, "
+                   "balanced accuracy, macro-F1 and expected calibration error.", beyond_records,
+                   sum(s["n_seeds"] for s in summaries.values()), list(beyond_records[0]) if beyond_records else [],
+                   wide=_beyond_wide)
+    _save_table(output, beyond)
+    page.table_obj(beyond)
+
+    # -- plots -----------------------------------------------------------------------------------
+    page.h2("Plots")
+    pdir = output / "plots"
+    for s in tables.setups:
+        vals = {(d, m): ch.value for d in tables.datasets for m in tables.models
+                if (ch := tables.best_overall((d, m, s)))}
+        page.img(plots.heatmap(vals, tables.datasets, tables.models, f"Best validation accuracy, {s}",
+                               pdir / f"heatmap_{s}.png"), f"Accuracy heatmap, {s} (Table 8).")
+    pairs = [(d, display_name(m), a.value, b.value) for d in tables.datasets for m in tables.models
+             if (a := tables.best_overall((d, m, "scratch"))) and (b := tables.best_overall((d, m, "pretrained")))]
+    if pairs:
+        page.img(plots.scratch_vs_pretrained(pairs, pdir / "scratch_vs_pretrained.png"),
+                 "Scratch vs ImageNet pre-training: points above the diagonal favour pre-training.")
+    for d in tables.datasets:
+        ranked = ranked_cells(tables, d)
+        if not ranked:
+            continue
+        m, s, ch = ranked[0]
+        run = min(ch.runs, key=lambda r: r.seed)
+        label = f"{d}: {display_name(m)} {s} (run {run.id}, seed {run.seed})"
+        slug = "".join(c if c.isalnum() else "_" for c in d)
+        hist = store.history(run.id)
+        if hist:
+            page.img(plots.learning_curves(hist, f"Learning curves, {label}", pdir / f"curves_{slug}.png"),
+                     f"Learning curves of the best run of {d}.")
+        test = run.metrics.get("test", {})
+        classes = dataset_info.get(d, {}).get("class_names") or list(test.get("per_class", {}))
+        if test.get("confusion_matrix"):
+            page.img(plots.confusion(test["confusion_matrix"], classes, f"Test confusion matrix, {label}",
+                                     pdir / f"confusion_{slug}.png"), f"Confusion matrix (test) of the best run of {d}.")
+        preds = load_predictions(experiment, run.id)
+        if preds is not None and len(preds["test_labels"]):
+            from astroclass.metrics import expected_calibration_error, reliability_bins
+
+            probs, y = preds["test_probs"], preds["test_labels"]
+            page.img(plots.reliability(reliability_bins(probs, y), expected_calibration_error(probs, y),
+                                       f"Reliability (test), {label}", pdir / f"reliability_{slug}.png"),
+                     f"Reliability diagram (test) of the best run of {d}.")
+            _gallery(page, d, slug, label, preds, classes, dataset_info.get(d, {}), pdir)
+    _failures(page, failed)
+
+    html_path = output / "report.html"
+    _write(html_path, page.render())
+    store.close()
+    return html_path
+
+
+def _beyond_wide(t: Table):
+    header = ["dataset", "model", "setup", "seeds", "val acc", "test acc", "test 95% interval", "test balanced acc",
+              "test macro-F1", "test ECE"]
+    rows = []
+    for r in t.records:
+        sd = "" if math.isnan(r["test_accuracy_std"]) else f" ± {r['test_accuracy_std']:.3f}"
+        vsd = "" if math.isnan(r["val_accuracy_std"]) else f" ± {r['val_accuracy_std']:.3f}"
+        rows.append([r["dataset"], r["model"], r["setup"], str(r["seeds"]), _fmt(r["val_accuracy"]) + vsd,
+                     _fmt(r["test_accuracy"]) + sd, f"[{_fmt(r['test_ci_low'])}, {_fmt(r['test_ci_high'])}]",
+                     _fmt(r["test_balanced_accuracy"]), _fmt(r["test_macro_f1"]), _fmt(r["test_ece"])])
+    return header, rows
+
+
+def _gallery(page: "_Page", d, slug, label, preds, classes, info, pdir: Path) -> None:
+    from astroclass.data.prepared import PreparedDataset
+
+    probs, y, idx = preds["test_probs"], preds["test_labels"], preds["test_index"]
+    wrong = np.flatnonzero(probs.argmax(1) != y)
+    if not len(wrong):
+        page.p(f"{d}: no misclassified test image.")
+        return
+    order = wrong[np.argsort(-probs[wrong].max(1), kind="stable")][:12]
+    path = Path(info.get("path", ""))
+    if not path.is_file():
+        page.p(f"{d}: gallery of misclassified images not drawn: the prepared dataset {path} is no longer there.")
+        return
+    with PreparedDataset(path) as ds:
+        if ds.content_hash != info.get("content_hash"):
+            page.p(f"{d}: gallery not drawn: {path} changed since the runs were recorded.")
+            return
+        imgs = list(ds.images(idx[order]))
+        ids = [ds.ids[i] for i in idx[order]]
+    caps = [f"{i}\ntrue {classes[y[j]]}\npred {classes[probs[j].argmax()]} ({probs[j].max():.2f})" for i, j in zip(ids, order)]
+    page.img(plots.gallery(imgs, caps, f"Most confidently misclassified test images, {label}", pdir / f"gallery_{slug}.png"),
+             f"The most confidently misclassified test images of the best run of {d}.")
+
+
+def _failures(page: "_Page", failed: list[dict]) -> None:
+    if not failed:
+        return
+    page.h2("Failed runs")
+    page.table(["run", "dataset", "model", "setup", "λ", "γ", "optimiser", "seed", "attempts", "error"],
+               [[r["id"], r["dataset"], display_name(r["model"]), r["setup"], f"{r['l2']:g}", f"{r['maxnorm']:g}",
+                 r["optimizer"], str(r["seed"]), str(r["attempts"]), (r["error"] or "").splitlines()[0][:200]]
+                for r in failed], "")
+
+
+def _save_table(output: Path, t: Table) -> None:
+    for ext, text in (("md", t.to_markdown()), ("csv", t.to_csv()), ("tex", t.to_latex())):
+        _write(output / "tables" / f"{t.key}.{ext}", text)
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1200px;color:#222;
+line-height:1.4;padding:0 12px} h1{font-size:1.6em;margin-bottom:.2em} h2{margin-top:1.6em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:8px 0 4px;font-size:13px} th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}
+th{background:#f3f3f3} td:first-child,th:first-child{text-align:left} caption{caption-side:top;text-align:left;
+font-size:13px;color:#444;padding:4px 0} figure{margin:12px 0} figcaption{font-size:13px;color:#444}
+img{max-width:100%;border:1px solid #eee} .scroll{overflow-x:auto}
+"""
+
+
+class _Page:
+    """A self-contained HTML page: inline CSS, images as data URIs, no scripts, no network."""
+
+    def __init__(self, experiment: Path):
+        self.parts: list[str] = []
+        self.title = f"astroclass report: {experiment.name}"
+
+    def h1(self, t: str) -> None:
+        self.parts.append(f"<h1>{html.escape(t)}</h1>")
+
+    def h2(self, t: str) -> None:
+        self.parts.append(f"<h2>{html.escape(t)}</h2>")
+
+    def h3(self, t: str) -> None:
+        self.parts.append(f"<h3>{html.escape(t)}</h3>")
+
+    def p(self, t: str) -> None:
+        self.parts.append(f"<p>{html.escape(t)}</p>")
+
+    def ul(self, items: list[str], raw: bool = False) -> None:
+        self.parts.append("<ul>" + "".join(f"<li>{i if raw else html.escape(i)}</li>" for i in items) + "</ul>")
+
+    def table(self, header: list[str], rows: list[list[str]], caption: str) -> None:
+        out = ['<div class="scroll"><table>']
+        if caption:
+            out.append(f"<caption>{html.escape(caption)}</caption>")
+        out.append("<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>")
+        out += ["<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows]
+        out.append("</table></div>")
+        self.parts.append("".join(out))
+
+    def table_obj(self, t: Table) -> None:
+        header, rows = t.grid()
+        self.table(header, rows, f"{t.key.replace('table', 'Table ').replace('_vs_paper', ' vs paper')}: {t.caption()}")
+
+    def img(self, path: Path, caption: str) -> None:
+        data = base64.b64encode(Path(path).read_bytes()).decode()
+        self.parts.append(f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
+                          f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+    def render(self) -> str:
+        return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+                f"<title>{html.escape(self.title)}</title><meta name=\"viewport\" content=\"width=device-width\">"
+                f"<style>{_CSS}</style></head><body>\n" + "\n".join(self.parts) + "\n</body></html>\n")
+

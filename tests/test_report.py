@@ -1,0 +1,224 @@
+"""The report: every table from a hand-built store with values worked out here, HTML, bad stores."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+import yaml
+
+from astroclass.errors import AstroclassError
+from astroclass.experiments import GridOptions, GridSpec, Store, run_grid
+from astroclass.experiments.spec import RunSpec, run_id
+from astroclass.report import build_report
+from astroclass.report.tables import RunRow, Tables, compare_with_paper
+
+BASE = {"epochs": 200, "patience": 10, "batch_size": 32}
+
+
+def add_done(store: Store, dataset, model, setup, l2, mn, opt, val, seed=0, best_epoch=5, test=None):
+    cfg = {"dataset": dataset, "model": model, "setup": setup, "l2": l2, "maxnorm": mn, "optimizer": opt,
+           "seed": seed, **BASE}
+    rid = run_id(cfg)
+    store.add_runs([RunSpec(rid, cfg)])
+    claimed = store.claim([rid], max_attempts=1, lease_s=60)
+    assert claimed is not None
+    test_acc = val - 0.01 if test is None else test
+    metrics = {"n": 100, "accuracy": test_acc, "accuracy_ci95": [test_acc - 0.05, test_acc + 0.05],
+               "balanced_accuracy": test_acc - 0.1, "macro_f1": test_acc - 0.2, "ece": 0.05,
+               "per_class": {}, "confusion_matrix": [[50, 0], [0, 50]]}
+    result = {"status": "done", "val": {**metrics, "accuracy": val}, "test": metrics, "best_epoch": best_epoch,
+              "epochs_run": best_epoch + 10}
+    hist = [{"phase": "train", "epoch": e, "train_loss": 1 / e, "train_accuracy": 0.5, "val_loss": 1 / e,
+             "val_accuracy": val, "lr": 1e-3, "seconds": 1.0} for e in range(1, best_epoch + 11)]
+    assert store.finish(rid, claimed[2], result, hist)
+    return rid
+
+
+@pytest.fixture
+def hand_store(tmp_path) -> Path:
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    s = Store(exp / "store.sqlite")
+    # SG / vgg16 / scratch
+    add_done(s, "SG", "vgg16", "scratch", 0.1, 0.0, "adam", 0.90, best_epoch=4)       # the preset
+    add_done(s, "SG", "vgg16", "scratch", 0.0, 0.0, "adam", 0.93, best_epoch=6)
+    add_done(s, "SG", "vgg16", "scratch", 0.0, 2.0, "adam", 0.95, best_epoch=8)       # ties with (0.1, 2) ...
+    add_done(s, "SG", "vgg16", "scratch", 0.1, 2.0, "adam", 0.95, best_epoch=10)      # ... λ=0 comes first
+    add_done(s, "SG", "vgg16", "scratch", 0.1, 0.0, "rmsprop", 0.92, best_epoch=1)
+    add_done(s, "SG", "vgg16", "scratch", 0.1, 0.0, "radam", 0.97, best_epoch=3)
+    add_done(s, "SG", "vgg16", "scratch", 0.0, 2.0, "rmsprop", 0.99, best_epoch=5)    # best overall
+    # SG / densenet121 / scratch: two seeds of one setting are averaged
+    add_done(s, "SG", "densenet121", "scratch", 0.1, 0.0, "adam", 0.80, best_epoch=2)
+    add_done(s, "SG", "densenet121", "scratch", 0.0, 0.0, "adam", 0.82, seed=0, best_epoch=2)
+    add_done(s, "SG", "densenet121", "scratch", 0.0, 0.0, "adam", 0.86, seed=1, best_epoch=4)
+    # SG / vgg16 / pretrained: optimiser tie at the preset → rmsprop (first in order)
+    add_done(s, "SG", "vgg16", "pretrained", 0.1, 0.0, "adam", 0.96)
+    add_done(s, "SG", "vgg16", "pretrained", 0.1, 0.0, "rmsprop", 0.96)
+    # EF-2 / vgg16 / scratch: the preset only; SG / densenet121 / pretrained and EF-2 / densenet121: no runs
+    add_done(s, "EF-2", "vgg16", "scratch", 0.1, 0.0, "adam", 0.50, best_epoch=7)
+    # a failed run is not in any table
+    cfg = {"dataset": "SG", "model": "densenet121", "setup": "pretrained", "l2": 0.1, "maxnorm": 0.0,
+           "optimizer": "adam", "seed": 0, **BASE}
+    s.add_runs([RunSpec(run_id(cfg), cfg)])
+    rid, _, tok = s.claim([run_id(cfg)], 1, 60)
+    s.fail(rid, tok, "loss became nan in finetune epoch 3")
+    (exp / "spec.yaml").write_text(yaml.safe_dump({"datasets": {"SG": "sg.h5", "EF-2": "ef2.h5"}}))
+    s.close()
+    return exp
+
+
+def cell(table, dataset, model, setup, col="val_accuracy"):
+    hit = [r for r in table.records if (r["dataset"], r["model"], r["setup"]) == (dataset, model, setup)]
+    assert len(hit) == 1
+    return hit[0][col] if col else hit[0]
+
+
+def test_every_table_from_a_hand_built_store(hand_store):
+    s = Store(hand_store / "store.sqlite")
+    runs = [RunRow.from_store(r) for r in s.runs(status="done")]
+    t = Tables(runs, ["SG", "EF-2"]).all()
+    assert t["table2"].n_runs == 4
+    assert cell(t["table2"], "SG", "VGG16", "scratch") == pytest.approx(0.90)
+    assert cell(t["table2"], "SG", "DenseNet121", "scratch") == pytest.approx(0.80)
+    assert math.isnan(cell(t["table2"], "SG", "DenseNet121", "pretrained"))  # a gap, not a zero
+    r3 = cell(t["table3"], "SG", "VGG16", "scratch", None)
+    assert (r3["val_accuracy"], r3["l2_lambda"], r3["maxnorm_gamma"]) == (pytest.approx(0.95), 0.0, 2.0)
+    r3d = cell(t["table3"], "SG", "DenseNet121", "scratch", None)
+    assert (r3d["val_accuracy"], r3d["l2_lambda"], r3d["maxnorm_gamma"]) == (pytest.approx(0.84), 0.0, 0.0)
+    assert cell(t["table4"], "SG", "VGG16", "scratch", "difference") == pytest.approx(0.05)
+    assert cell(t["table4"], "SG", "DenseNet121", "scratch", "difference") == pytest.approx(0.04)
+    r5 = cell(t["table5"], "SG", "VGG16", "scratch", None)
+    assert (r5["val_accuracy"], r5["optimizer"]) == (pytest.approx(0.97), "radam")
+    assert cell(t["table5"], "SG", "VGG16", "pretrained", "optimizer") == "rmsprop"  # tie → first in order
+    assert cell(t["table6"], "SG", "VGG16", "scratch", "difference") == pytest.approx(0.07)
+    r8 = cell(t["table8"], "SG", "VGG16", "scratch", None)
+    assert (r8["val_accuracy"], r8["l2_lambda"], r8["maxnorm_gamma"], r8["optimizer"]) == (pytest.approx(0.99), 0.0, 2.0, "rmsprop")
+    assert cell(t["table9"], "SG", "VGG16", "scratch", "difference") == pytest.approx(0.09)
+    assert cell(t["table10"], "SG", "DenseNet121", "scratch", "optimizer") == "adam"
+    assert t["table8"].n_runs == 13
+    # Table 7: mean epoch of the best val loss over scratch runs, per optimiser
+    t7 = {(r["dataset"], r["model"], r["optimizer"]): r["mean_epochs"] for r in t["table7"].records}
+    assert t7[("SG", "VGG16", "adam")] == pytest.approx((4 + 6 + 8 + 10) / 4)
+    assert t7[("SG", "VGG16", "rmsprop")] == pytest.approx((1 + 5) / 2)
+    assert t7[("SG", "DenseNet121", "adam")] == pytest.approx((2 + 2 + 4) / 3)
+    assert math.isnan(t7[("EF-2", "DenseNet121", "adam")])
+    # Tables 11 and 12: models ranked per dataset
+    assert [(r["model"], r["val_accuracy"]) for r in t["table11"].records if r["dataset"] == "SG"] == \
+        [("VGG16", pytest.approx(0.99)), ("DenseNet121", pytest.approx(0.84))]
+    assert [r["model"] for r in t["table12"].records] == ["VGG16"]
+    # the paper layout: datasets × (model, setup), gaps as "–"
+    header, rows = t["table3"].grid()
+    assert header == ["Dataset", "DenseNet121 scratch", "DenseNet121 pretrained", "VGG16 scratch", "VGG16 pretrained"]
+    assert rows[0] == ["SG", "0.840 (0,0)", "–", "0.950 (0,2)", "0.960 (0.1,0)"]
+    assert "Rests on 4 run(s)" in t["table2"].to_markdown() and "\\begin{tabular}" in t["table2"].to_latex()
+    assert t["table2"].to_csv().splitlines()[1] == "SG,DenseNet121,scratch,0.8,1"
+    # side by side with the paper's published values
+    vs = compare_with_paper(t)
+    r = [x for x in vs["table2"].records if (x["dataset"], x["model"], x["setup"]) == ("SG", "VGG16", "scratch")][0]
+    assert (r["ours"], r["paper"], r["difference"]) == (pytest.approx(0.90), 0.562, pytest.approx(0.338))
+    assert {(x["dataset"], x["model"]) for x in vs["table8"].records} >= {("EF-2", "VGG16")}
+
+
+def test_report_files_and_determinism(hand_store, tmp_path, cli):
+    a = build_report(hand_store, tmp_path / "a")
+    b = build_report(hand_store, tmp_path / "b")
+    assert a.read_bytes() == b.read_bytes()
+    for f in sorted((tmp_path / "a").rglob("*")):
+        if f.is_file():
+            assert f.read_bytes() == (tmp_path / "b" / f.relative_to(tmp_path / "a")).read_bytes(), f
+    page = a.read_text()
+    for n in (2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12):
+        assert (tmp_path / "a" / "tables" / f"table{n}.md").exists()
+        assert (tmp_path / "a" / "tables" / f"table{n}.tex").exists()
+    assert "Table 2 vs paper" in page and "loss became nan" in page
+    assert "SG / DenseNet121 / pretrained" in page  # what is missing is said
+    assert "http://" not in page and "https://" not in page and "<script" not in page
+    assert page.count("<img") >= 3 and page.count('src="data:image/png;base64,') == page.count("<img")
+    code, out, _ = cli("report", hand_store, "-o", tmp_path / "c")
+    assert code == 0 and "report.html" in out
+
+
+def test_report_on_empty_failed_and_newer_stores(tmp_path, cli):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    Store(empty / "store.sqlite").close()
+    page = build_report(empty, tmp_path / "r1").read_text()
+    assert "Nothing to report yet" in page and "No run has finished" in page
+    failed = tmp_path / "failed"
+    failed.mkdir()
+    s = Store(failed / "store.sqlite")
+    cfg = {"dataset": "SG", "model": "vgg16", "setup": "scratch", "l2": 0.1, "maxnorm": 0.0, "optimizer": "adam",
+           "seed": 0, **BASE}
+    s.add_runs([RunSpec(run_id(cfg), cfg)])
+    rid, _, tok = s.claim([run_id(cfg)], 1, 60)
+    s.fail(rid, tok, "CUDA out of memory")
+    s.close()
+    page = build_report(failed, tmp_path / "r2").read_text()
+    assert "Every recorded run failed" in page and "CUDA out of memory" in page
+    newer = tmp_path / "newer"
+    shutil.copytree(failed, newer)
+    db = sqlite3.connect(newer / "store.sqlite")
+    db.execute("UPDATE meta SET value='99' WHERE key='schema_version'")
+    db.commit()
+    db.close()
+    code, _, err = cli("report", newer, "-o", tmp_path / "r3")
+    assert code == 1 and "schema version 99 is newer" in err and "Traceback" not in err
+    code, _, err = cli("report", tmp_path / "nothing", "-o", tmp_path / "r4")
+    assert code == 1 and "no results store" in err
+
+
+@pytest.fixture(scope="module")
+def tiny_experiment(tiny_h5, tmp_path_factory) -> Path:
+    """A real (tiny) grid: 2 models, scratch and pretrained, on a slice of real ARIES cutouts."""
+    tmp = tmp_path_factory.mktemp("tinyexp")
+    spec = tmp / "s.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": "tiny", "datasets": {"SG": str(tiny_h5)}, "models": ["test_resnet", "efficientnet_lite0"],
+        "setups": ["scratch"], "l2": [0.0], "maxnorm": [0.0], "optimizers": ["adam"], "seeds": [0, 1],
+        "train": {"epochs": 2, "batch_size": 16}}))
+    exp = tmp / "exp"
+    run_grid(GridSpec.load(spec), exp, GridOptions(threads=1), progress=False)
+    return exp
+
+
+def test_report_of_a_real_grid_has_statistics_and_plots(tiny_experiment, tmp_path):
+    page = build_report(tiny_experiment, tmp_path / "r").read_text()
+    import re
+
+    assert re.search(r"exact McNemar test on the same \d+ test images, seed 0", page)
+    assert "± " in page  # two seeds: mean ± std
+    plots = {p.name for p in (tmp_path / "r" / "plots").iterdir()}
+    assert {"heatmap_scratch.png", "curves_SG.png", "confusion_SG.png", "reliability_SG.png"} <= plots
+    assert "gallery_SG.png" in plots or "no misclassified test image" in page
+
+
+def test_report_opens_in_headless_chromium(tiny_experiment, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Debian chromium is not installed (.ci/run installs it)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    html = build_report(tiny_experiment, tmp_path / "r")
+    errors: list[str] = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        failed_requests: list[str] = []
+        page.on("requestfailed", lambda r: failed_requests.append(r.url))
+        page.goto(html.as_uri())
+        n_images = page.evaluate("document.images.length")
+        decoded = page.evaluate("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+        heading = page.inner_text("h1")
+        page.screenshot(path=str(tmp_path / "first_screen.png"))
+        browser.close()
+    assert errors == [] and failed_requests == []
+    assert n_images >= 4 and decoded
+    assert heading.startswith("astroclass report")
+    assert (tmp_path / "first_screen.png").stat().st_size > 10_000
