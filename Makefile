@@ -13,13 +13,14 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: install
-	$(BIN)/astroclass --help
+	$(BIN)/astroclass demo
 
 test: install
 	$(BIN)/python -m pytest -q
 
 bench: install
 	$(BIN)/python benchmarks/bench_import.py
+	$(BIN)/python benchmarks/bench_synth.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -6,3 +6,10 @@ checkpoint → predictions for new images.
 """
 
 __version__ = "0.1.0"
+
+
+def load(checkpoint, device: str = "auto"):
+    """Load a trained checkpoint for prediction: ``astroclass.load("run/checkpoint.pt").predict(images)``."""
+    from astroclass.predict import load as _load
+
+    return _load(checkpoint, device)

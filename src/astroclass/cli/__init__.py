@@ -9,6 +9,8 @@ import typer
 from astroclass import __version__
 from astroclass.cli.data import data_app
 from astroclass.cli.grid import grid_app
+from astroclass.cli.demo import demo_cmd
+from astroclass.cli.predict import export_cmd, model_app, predict_cmd
 from astroclass.cli.report import report_cmd
 from astroclass.cli.train import train_cmd
 from astroclass.errors import AstroclassError
@@ -25,6 +27,10 @@ app.add_typer(data_app, name="data")
 app.command("train")(train_cmd)
 app.add_typer(grid_app, name="grid")
 app.command("report")(report_cmd)
+app.command("demo")(demo_cmd)
+app.command("predict")(predict_cmd)
+app.command("export")(export_cmd)
+app.add_typer(model_app, name="model")
 
 
 @app.callback(invoke_without_command=True)

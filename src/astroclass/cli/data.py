@@ -147,3 +147,33 @@ def info_cmd(file: Annotated[Path, typer.Argument(help="A prepared dataset (.h5)
             from astroclass.data.preview import contact_sheet
 
             console.print(f"preview: {contact_sheet(ds, preview, per_class=per_class)}")
+
+
+@data_app.command("synth")
+def synth_cmd(task: Annotated[str, typer.Argument(help="sg (stars vs galaxies), mg (mergers vs isolated) or morph "
+                                                       "(elliptical, lenticular, spiral, irregular).")],
+              output: Output,
+              n: Annotated[int, typer.Option("-n", "--n", help="Number of objects.")] = 1000,
+              seed: Annotated[int, typer.Option(help="Same seed, same bytes.")] = 0,
+              size: Annotated[int, typer.Option(help="Stamp size in pixels.")] = 76,
+              bands: Annotated[str, typer.Option(help="Bands, in wavelength order, from u,g,r,i,z.")] = "g,r,i",
+              pixel_scale: Annotated[float, typer.Option(help="arcsec per pixel.")] = 0.396,
+              seeing: Annotated[float, typer.Option(help="PSF FWHM in the r band, arcsec.")] = 1.4,
+              mag_min: Annotated[Optional[float], typer.Option(help="Brightest r magnitude (default per task).")] = None,
+              mag_max: Annotated[Optional[float], typer.Option(help="Faintest r magnitude (default per task).")] = None,
+              sky_mag: Annotated[float, typer.Option(help="Sky brightness, r mag/arcsec².")] = 20.9,
+              read_noise: Annotated[float, typer.Option(help="Read noise, electrons per pixel.")] = 5.0,
+              classes: Annotated[Optional[str], typer.Option(help="morph only: classes, from elliptical, lenticular, "
+                                                                  "spiral, irregular, barred_spiral, edge_on.")] = None,
+              fraction: Annotated[float, typer.Option(help="sg: fraction of stars; mg: fraction of mergers.")] = 0.5,
+              split: Split = "0.8,0.1,0.1", workers: Workers = None, overwrite: Overwrite = False):
+    """Render labelled multi-band cutouts with GalSim (stored with their true parameters)."""
+    from astroclass.data.splits import parse_fractions
+    from astroclass.data.synth import SynthConfig, synthesize
+
+    cfg = SynthConfig(task=task, n=n, seed=seed, size=size, bands=tuple(b.strip() for b in bands.split(",") if b.strip()),
+                      pixel_scale=pixel_scale, seeing=seeing, mag_min=mag_min, mag_max=mag_max, sky_mag=sky_mag,
+                      read_noise=read_noise, star_fraction=fraction,
+                      classes=tuple(c.strip() for c in classes.split(",")) if classes else None).validate()
+    path = synthesize(cfg, output, parse_fractions(split), workers=workers, overwrite=overwrite)
+    typer.echo(f"wrote {path} ({n} {task} objects, classes {cfg.class_names()}, bands {list(cfg.bands)})")

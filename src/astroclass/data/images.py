@@ -166,7 +166,7 @@ def _read_fits(path: Path, spec: ImageSpec) -> DecodedImage:
         idx = [_band_index(b, names, path) for b in spec.bands]
         data = data[idx]
         names = tuple(names[i] for i in idx)
-    bands = [_scale_band(band, spec, path, names[i]) for i, band in enumerate(data)]
+    bands = [scale_band(band, spec, path, names[i]) for i, band in enumerate(data)]
     out = np.stack([_resize_float(b, spec.size) for b in bands]).astype(np.float16)
     return DecodedImage(np.ascontiguousarray(out), names)
 
@@ -181,7 +181,7 @@ def _band_index(token: str, names: tuple[str, ...], path: Path) -> int:
     raise BadImageError(f"{path}: band {token!r} not in this file's bands {list(names)}")
 
 
-def _scale_band(band: np.ndarray, spec: ImageSpec, path: Path, name: str) -> np.ndarray:
+def scale_band(band: np.ndarray, spec: ImageSpec, path: Path, name: str) -> np.ndarray:
     from astropy.visualization import (AsinhStretch, LinearStretch, LogStretch, MinMaxInterval,
                                        PercentileInterval, SqrtStretch)
 

@@ -12,15 +12,11 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import multiprocessing
-import os
 import re
-import sys
 import tarfile
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +26,7 @@ from astroclass.data.images import ImageSpec, array_to_stored, is_image_file, re
 from astroclass.data.prepared import write_prepared
 from astroclass.data.splits import stratified_split
 from astroclass.errors import AstroclassError, BadImageError
+from astroclass.parallel import parallel_map
 from astroclass.progress import Bar
 
 DUPLICATE_POLICIES = ("together", "drop", "error")
@@ -77,31 +74,10 @@ def _decode(item: Item, spec: ImageSpec) -> tuple[np.ndarray | None, tuple[str, 
         return None, (), str(exc)
 
 
-def _decode_chunk(args: tuple[list[Item], ImageSpec]):
-    items, spec = args
-    return [_decode(it, spec) for it in items]
-
-
 def decode_items(items: Sequence[Item], spec: ImageSpec, workers: int | None = None,
                  progress: Callable[[int], None] | None = None):
     """Decode every item, in ``workers`` processes (default: all cores); order is preserved."""
-    workers = max(1, workers or os.cpu_count() or 1)
-    chunk = 16
-    chunks = [list(items[i:i + chunk]) for i in range(0, len(items), chunk)]
-    results: list = []
-    if workers == 1 or len(items) <= chunk:
-        for ch in chunks:
-            results.extend(_decode_chunk((ch, spec)))
-            if progress:
-                progress(len(ch))
-        return results
-    ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        for ch, res in zip(chunks, pool.map(_decode_chunk, [(ch, spec) for ch in chunks])):
-            results.extend(res)
-            if progress:
-                progress(len(ch))
-    return results
+    return parallel_map(_decode, items, (spec,), workers, progress=progress)
 
 
 def build_dataset(items: Sequence[Item], output: str | Path, spec: ImageSpec = ImageSpec(), *,

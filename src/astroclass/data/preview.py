@@ -12,16 +12,16 @@ from astroclass.data.prepared import PreparedDataset
 def display_rgb(img: np.ndarray) -> np.ndarray:
     """A stored (C, H, W) image as an (H, W, 3) float array in [0, 1] for display.
 
-    uint8 is divided by 255; float16 is already in [0, 1]. One channel is shown grey; with
-    more than three (e.g. u,g,r,i,z) the last three are shown as R, G, B reversed so that the
-    reddest band is red (for g,r,i: i→R, r→G, g→B).
+    uint8 (8-bit sources, already R, G, B) is divided by 255. float16 (FITS and synthetic bands,
+    in wavelength order, e.g. g,r,i or u,g,r,i,z) is already in [0, 1]; its last three bands are
+    shown reversed so that the reddest band is red (g,r,i: i→R, r→G, g→B). One channel is grey.
     """
     x = img.astype(np.float32)
     if img.dtype == np.uint8:
         x /= 255.0
     if x.shape[0] == 1:
         x = np.repeat(x, 3, axis=0)
-    elif x.shape[0] > 3:
+    elif img.dtype != np.uint8:
         x = x[-3:][::-1]
     return np.clip(x.transpose(1, 2, 0), 0.0, 1.0)
 

@@ -181,6 +181,7 @@ def build_report(experiment: str | Path, output: str | Path) -> Path:
                                        f"Reliability (test), {label}", pdir / f"reliability_{slug}.png"),
                      f"Reliability diagram (test) of the best run of {d}.")
             _gallery(page, d, slug, label, preds, classes, dataset_info.get(d, {}), pdir)
+        _accuracy_vs_snr(page, tables, d, slug, dataset_info.get(d, {}), experiment, pdir)
     _failures(page, failed)
 
     html_path = output / "report.html"
@@ -224,6 +225,47 @@ def _gallery(page: "_Page", d, slug, label, preds, classes, info, pdir: Path) ->
     caps = [f"{i}\ntrue {classes[y[j]]}\npred {classes[probs[j].argmax()]} ({probs[j].max():.2f})" for i, j in zip(ids, order)]
     page.img(plots.gallery(imgs, caps, f"Most confidently misclassified test images, {label}", pdir / f"gallery_{slug}.png"),
              f"The most confidently misclassified test images of the best run of {d}.")
+
+
+def _accuracy_vs_snr(page: "_Page", tables: Tables, d: str, slug: str, info: dict, experiment: Path, pdir: Path,
+                     bins: int = 6) -> None:
+    """For synthetic datasets (true r-band S/N stored per object): test accuracy against S/N, per model."""
+    from astroclass.data.prepared import PreparedDataset
+
+    path = Path(info.get("path", ""))
+    if not path.is_file():
+        return
+    with PreparedDataset(path) as ds:
+        if "snr_r" not in ds.column_names() or ds.content_hash != info.get("content_hash"):
+            return
+        snr = ds.column("snr_r")
+    curves = {}
+    for m in tables.models:
+        picks = [(s, ch) for s in tables.setups if (ch := tables.best_overall((d, m, s)))]
+        if not picks:
+            continue
+        s, ch = max(picks, key=lambda p: p[1].value)
+        run = min(ch.runs, key=lambda r: r.seed)
+        preds = load_predictions(experiment, run.id)
+        if preds is None or not len(preds["test_labels"]):
+            continue
+        x = snr[preds["test_index"]]
+        correct = preds["test_probs"].argmax(1) == preds["test_labels"]
+        edges = np.unique(np.quantile(x, np.linspace(0, 1, bins + 1)))
+        which = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, len(edges) - 2)
+        xs, acc, cnt = [], [], []
+        for b in range(len(edges) - 1):
+            sel = which == b
+            if sel.any():
+                xs.append(float(np.median(x[sel])))
+                acc.append(float(correct[sel].mean()))
+                cnt.append(int(sel.sum()))
+        curves[f"{display_name(m)} ({s})"] = (xs, acc, cnt)
+    if curves:
+        page.img(plots.accuracy_vs_truth(curves, "true r-band signal-to-noise ratio", f"{d}: test accuracy against S/N "
+                                         f"(bins of equal count)", pdir / f"accuracy_vs_snr_{slug}.png"),
+                 f"{d}: test accuracy of each model's best run against the true S/N of the objects (synthetic data): "
+                 f"how survey scientists judge star/galaxy separation, which gets harder for faint objects.")
 
 
 def _failures(page: "_Page", failed: list[dict]) -> None:

@@ -138,3 +138,22 @@ def gallery(images: list[np.ndarray], captions: list[str], title: str, path: Pat
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return save(fig, path)
+
+
+def accuracy_vs_truth(curves: dict[str, tuple[list[float], list[float], list[int]]], xlabel: str, title: str,
+                      path: Path, log_x: bool = True) -> Path:
+    """Test accuracy per bin of a true parameter (e.g. S/N), one line per model."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for label, (x, acc, n) in curves.items():
+        ax.plot(x, acc, marker="o", label=label)
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return save(fig, path)
