@@ -72,3 +72,41 @@ def classification_metrics(y: np.ndarray, probs: np.ndarray, class_names: Sequen
                       for i, c in enumerate(class_names)},
         "confusion_matrix": confusion_matrix(y, pred, labels=labels).tolist(),
     }
+
+
+def best_threshold(y: np.ndarray, p_pos: np.ndarray, positive: int) -> float:
+    """The threshold on P(positive) that maximises balanced accuracy (ties: the one nearest 0.5)."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    candidates = np.unique(np.concatenate([p_pos, [0.5]]))
+    scores = [(balanced_accuracy_score(y, np.where(p_pos >= t, positive, 1 - positive)), -abs(t - 0.5), t)
+              for t in candidates]
+    return float(max(scores)[2])
+
+
+def binary_report(y_val: np.ndarray, p_val: np.ndarray, y_test: np.ndarray, p_test: np.ndarray, positive: int,
+                  class_names: Sequence[str]) -> dict:
+    """Binary tasks: ROC-AUC and PR-AUC (positive = the rarer class in training), and the metrics at
+    the decision threshold chosen on the validation split alone, applied unchanged to the test split."""
+    from sklearn.metrics import (average_precision_score, balanced_accuracy_score, f1_score, recall_score,
+                                 roc_auc_score)
+
+    t = best_threshold(y_val, p_val[:, positive], positive)
+
+    def at(y, p):
+        pred = np.where(p[:, positive] >= t, positive, 1 - positive)
+        rec = recall_score(y, pred, labels=[0, 1], average=None, zero_division=0)
+        return {"accuracy": float((pred == y).mean()), "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
+                "macro_f1": float(f1_score(y, pred, average="macro", zero_division=0)),
+                "recall": {class_names[i]: float(rec[i]) for i in (0, 1)}}
+
+    def aucs(y, p):
+        pos = (y == positive).astype(int)
+        if pos.min() == pos.max():
+            return float("nan"), float("nan")
+        return float(roc_auc_score(pos, p[:, positive])), float(average_precision_score(pos, p[:, positive]))
+
+    out = {"positive_class": class_names[positive], "value": t, "val": at(y_val, p_val), "test": at(y_test, p_test)}
+    out["val_roc_auc"], out["val_pr_auc"] = aucs(y_val, p_val)
+    out["test_roc_auc"], out["test_pr_auc"] = aucs(y_test, p_test)
+    return out

@@ -51,6 +51,8 @@ from astroclass.errors import AstroclassError
 from astroclass.progress import Bar
 
 SETUPS = ("scratch", "pretrained")
+SAMPLERS = ("none", "balanced")
+MONITORS = ("val_loss", "balanced_accuracy", "macro_f1")
 OPTIMIZERS = ("rmsprop", "adam", "radam", "sgd")
 KERAS_DEFAULTS = {
     "rmsprop": {"lr": 1e-3, "alpha": 0.9, "eps": 1e-7, "momentum": 0.0, "centered": False},
@@ -87,6 +89,17 @@ class RunConfig:
     """Pretrained setup: "hub" (timm download), "package" (efficientnet_lite0), or a weights file;
     None picks "package" for efficientnet_lite0 and "hub" otherwise."""
     pooling: str = "avg"
+    class_weights: str = "none"
+    """Loss weights per class: "none", "balanced" (n / (K n_c) over the training split) or "w1,w2,..."."""
+    sampler: str = "none"
+    """"balanced": each epoch draws training images with probability ∝ 1 / (size of their class)."""
+    monitor: str = "val_loss"
+    """Early stopping (and best weights) on val_loss (the paper), balanced_accuracy or macro_f1."""
+    train_fraction: float = 1.0
+    """Stratified, nested part of the training split to train on (see astroclass.data.subsets)."""
+    classes: str | None = None
+    """Select or group classes, e.g. "merger,rest=*" (see astroclass.data.subsets)."""
+    subset_seed: int = 0
 
     def validate(self) -> "RunConfig":
         if self.setup not in SETUPS:
@@ -101,6 +114,20 @@ class RunConfig:
                 raise AstroclassError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.pooling not in ("avg", "flatten"):
             raise AstroclassError(f"pooling must be 'avg' or 'flatten', got {self.pooling!r}")
+        if self.sampler not in SAMPLERS:
+            raise AstroclassError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        if self.monitor not in MONITORS:
+            raise AstroclassError(f"monitor must be one of {MONITORS}, got {self.monitor!r}")
+        if self.class_weights not in ("none", "balanced"):
+            try:
+                w = [float(v) for v in str(self.class_weights).split(",")]
+            except ValueError:
+                raise AstroclassError(f"class_weights must be none, balanced or numbers like 1,10; got "
+                                      f"{self.class_weights!r}") from None
+            if any(v < 0 for v in w):
+                raise AstroclassError(f"class_weights must be non-negative, got {self.class_weights!r}")
+        if not 0 < self.train_fraction <= 1:
+            raise AstroclassError(f"train_fraction must be in (0, 1], got {self.train_fraction}")
         return self
 
     def resolved_weights(self) -> str | None:
@@ -154,6 +181,10 @@ class RunResult:
     train_images_per_s: float = 0.0
     eval_images_per_s: float = 0.0
     error: str = ""
+    train_counts: dict[str, int] = field(default_factory=dict)
+    """Training images per class actually used (after class grouping and train_fraction)."""
+    threshold: dict[str, Any] = field(default_factory=dict)
+    """Binary tasks: the decision threshold chosen on val (max balanced accuracy) and test metrics at it."""
     dataset_hash: str = ""
     environment: dict[str, Any] = field(default_factory=dict)
 
@@ -269,6 +300,77 @@ def predict_probs(model: torch.nn.Module, x: torch.Tensor, device: torch.device,
     return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
 
 
+@dataclass
+class RunData:
+    """What a run trains and evaluates on: a prepared dataset after class grouping and train_fraction."""
+
+    path: Path
+    content_hash: str
+    class_names: list[str]
+    channels: int
+    size: int
+    dtype: np.dtype
+    spec: Any
+    band_names: list[str]
+    splits: dict[str, tuple[torch.Tensor, torch.Tensor, np.ndarray]]  # split → (images, labels, dataset rows)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def tensors(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.splits[split][0], self.splits[split][1]
+
+
+def load_run_data(cfg: RunConfig) -> RunData:
+    """Read the run's dataset into memory, apply ``classes`` and ``train_fraction``, check every split."""
+    from astroclass.data.prepared import PreparedDataset
+    from astroclass.data.subsets import nested_subset, parse_classes
+
+    with PreparedDataset(cfg.dataset, in_memory=True) as ds:
+        labels = ds.labels.copy()
+        names = list(ds.class_names)
+        if cfg.classes:
+            names, mapping = parse_classes(cfg.classes, ds.class_names)
+            labels = np.array([mapping.get(int(v), -1) for v in labels], dtype=np.int64)
+        splits = {}
+        for split in ("train", "val", "test"):
+            rows = ds.indices(split)
+            rows = rows[labels[rows] >= 0]
+            if split == "train" and cfg.train_fraction < 1:
+                rows = rows[nested_subset(labels[rows], cfg.train_fraction, cfg.subset_seed)]
+            present = np.bincount(labels[rows], minlength=len(names))
+            missing = [c for c, n in zip(names, present) if n == 0]
+            if missing:
+                hint = "; re-import with other split fractions" if split == "test" else ""
+                raise AstroclassError(f"{ds.path}: the {split} split has no examples of class(es) {missing}{hint}")
+            splits[split] = (torch.from_numpy(ds.images(rows)), torch.from_numpy(labels[rows]), rows)
+        return RunData(ds.path, ds.content_hash, names, ds.channels, ds.image_shape[-1], ds.dtype, ds.spec,
+                       list(ds.band_names), splits)
+
+
+def class_weight_tensor(cfg: RunConfig, y: torch.Tensor, k: int) -> torch.Tensor | None:
+    """Loss weights: None, balanced n / (K n_c) (scikit-learn's formula), or the given numbers."""
+    if cfg.class_weights == "none":
+        return None
+    if cfg.class_weights == "balanced":
+        counts = torch.bincount(y, minlength=k).double()
+        return (len(y) / (k * counts)).float()
+    w = [float(v) for v in cfg.class_weights.split(",")]
+    if len(w) != k:
+        raise AstroclassError(f"class_weights {cfg.class_weights!r} gives {len(w)} weights for {k} classes")
+    return torch.tensor(w, dtype=torch.float32)
+
+
+def epoch_order(y: torch.Tensor, sampler: str, gen: torch.Generator) -> torch.Tensor:
+    """The training images of one epoch, in order: a permutation, or for the balanced sampler len(y)
+    draws with replacement, each image with probability ∝ 1 / (size of its class)."""
+    if sampler == "balanced":
+        per_class = torch.bincount(y.cpu(), minlength=int(y.max()) + 1).double()
+        return torch.multinomial((1.0 / per_class)[y.cpu()], len(y), replacement=True, generator=gen)
+    return torch.randperm(len(y), generator=gen)
+
+
 class Trainer:
     """Runs one ``RunConfig`` and writes its outputs to ``out_dir``."""
 
@@ -279,21 +381,11 @@ class Trainer:
         self.progress = progress
         self.on_epoch = on_epoch
         self.history: list[dict[str, Any]] = []
+        self.weights: torch.Tensor | None = None
 
     # -- data ----------------------------------------------------------------------------
-    def _load(self):
-        from astroclass.data.prepared import PreparedDataset
-
-        ds = PreparedDataset(self.config.dataset, in_memory=True)
-        for split in ("train", "val", "test"):
-            present = np.bincount(ds.labels[ds.indices(split)], minlength=ds.num_classes)
-            missing = [c for c, n in zip(ds.class_names, present) if n == 0]
-            if missing and split != "test":
-                raise AstroclassError(f"{ds.path}: the {split} split has no examples of class(es) {missing}")
-            if missing:
-                raise AstroclassError(f"{ds.path}: the test split has no examples of class(es) {missing}; "
-                                      f"re-import with other split fractions")
-        return ds
+    def _load(self) -> "RunData":
+        return load_run_data(self.config)
 
     # -- one epoch ------------------------------------------------------------------------
     def _train_epoch(self, model, opt, x, y, gen, phase: str, epoch: int) -> tuple[float, float, int]:
@@ -302,7 +394,7 @@ class Trainer:
         cfg = self.config
         train_mode(model)
         n = len(x)
-        perm = torch.randperm(n, generator=gen)
+        perm = epoch_order(y, cfg.sampler, gen)
         starts = [s for s in range(0, n, cfg.batch_size) if min(cfg.batch_size, n - s) > 1]
         total_loss = total_correct = seen = 0
         bar = Bar(self.progress, len(starts), f"{phase} epoch {epoch}")
@@ -313,7 +405,7 @@ class Trainer:
                 xb = augment_batch(xb, gen)
             yb = y[idx].to(self.device, non_blocking=True)
             logits = model(xb)
-            loss = F.cross_entropy(logits, yb)
+            loss = F.cross_entropy(logits, yb, weight=self.weights)
             if cfg.l2 > 0:
                 loss = loss + cfg.l2 * model.l2_penalty()
             opt.zero_grad(set_to_none=True)
@@ -332,13 +424,19 @@ class Trainer:
         return total_loss / max(seen, 1), total_correct / max(seen, 1), seen
 
     @torch.no_grad()
-    def _val(self, model, x, y) -> tuple[float, float]:
+    def _val(self, model, x, y) -> tuple[float, float, float]:
+        """(val loss as Keras reports it, val accuracy, the value early stopping minimises)."""
+        from sklearn.metrics import balanced_accuracy_score, f1_score
+
         probs = predict_probs(model, x, self.device, self.config.eval_batch_size)
-        yt = y.numpy()
-        ce = float(F.nll_loss(torch.log(torch.from_numpy(probs).clamp_min(1e-12)), y).item()) if len(yt) else float("nan")
+        yt = y.cpu().numpy()
+        ce = float(F.nll_loss(torch.log(torch.from_numpy(probs).clamp_min(1e-12)), y.cpu()).item()) if len(yt) else float("nan")
         if self.config.l2 > 0:
             ce += self.config.l2 * float(model.l2_penalty())
-        return ce, float((probs.argmax(1) == yt).mean())
+        pred = probs.argmax(1)
+        monitor = {"val_loss": lambda: ce, "balanced_accuracy": lambda: -balanced_accuracy_score(yt, pred),
+                   "macro_f1": lambda: -f1_score(yt, pred, average="macro", zero_division=0)}[self.config.monitor]()
+        return ce, float((pred == yt).mean()), float(monitor)
 
     def _phase(self, model, opt, data, phase: str, max_epochs: int, early_stop: bool) -> tuple[int, bool]:
         """Train one phase; returns (best epoch, stopped early)."""
@@ -356,11 +454,11 @@ class Trainer:
             train_time = time.perf_counter() - t0
             self.train_images += seen
             self.train_time += train_time
-            vl, va = self._val(model, xv, yv)
+            vl, va, monitored = self._val(model, xv, yv)
             self._record(phase, epoch, tl, ta, vl, va, opt, time.perf_counter() - t0)
             if not math.isfinite(vl):
                 raise TrainingFailed(f"validation loss became {vl} in {phase} epoch {epoch}")
-            if stopper is not None and stopper.step(vl, epoch, model):
+            if stopper is not None and stopper.step(monitored, epoch, model):
                 stopped = True
                 break
         if stopper is not None:
@@ -404,9 +502,14 @@ class Trainer:
         result = RunResult(status="failed", config=cfg.to_dict(), dataset_hash=ds.content_hash,
                            environment=environment(self.device))
         try:
-            model = build_model(cfg.model, ds.num_classes, in_chans=ds.channels, input_size=ds.image_shape[-1],
+            model = build_model(cfg.model, ds.num_classes, in_chans=ds.channels, input_size=ds.size,
                                 pooling=cfg.pooling, weights=cfg.resolved_weights()).to(self.device)
             data = (ds.tensors("train"), ds.tensors("val"))
+            self.weights = class_weight_tensor(cfg, data[0][1], ds.num_classes)
+            if self.weights is not None:
+                self.weights = self.weights.to(self.device)
+            result.train_counts = {c: int(n) for c, n in zip(ds.class_names, np.bincount(data[0][1].numpy(),
+                                                                                         minlength=ds.num_classes))}
             if self.device.type == "cuda":
                 data = tuple((x.to(self.device), y.to(self.device)) for x, y in data)
             if cfg.setup == "scratch":
@@ -434,7 +537,6 @@ class Trainer:
         result.status = "done"
         self._save_checkpoint(model, ds, result)
         atomic_write_text(self.out_dir / "result.json", json.dumps(result.to_dict(), indent=2))
-        ds.close()
         return result
 
     def _evaluate(self, model, ds, result: RunResult) -> None:
@@ -451,7 +553,14 @@ class Trainer:
             setattr(result, split, classification_metrics(y.numpy(), probs, ds.class_names, seed=self.config.seed))
             preds[f"{split}_probs"] = probs.astype(np.float32)
             preds[f"{split}_labels"] = y.numpy()
-            preds[f"{split}_index"] = ds.indices(split)
+            preds[f"{split}_index"] = ds.splits[split][2]
+        if ds.num_classes == 2:
+            from astroclass.metrics import binary_report
+
+            train_counts = np.bincount(ds.splits["train"][1].numpy(), minlength=2)
+            result.threshold = binary_report(preds["val_labels"], preds["val_probs"], preds["test_labels"],
+                                             preds["test_probs"], positive=int(np.argmin(train_counts)),
+                                             class_names=ds.class_names)
         tmp = self.out_dir / ".predictions.tmp.npz"
         np.savez_compressed(tmp, **preds)
         os.replace(tmp, self.out_dir / "predictions.npz")
@@ -459,7 +568,7 @@ class Trainer:
     def _save_checkpoint(self, model, ds, result: RunResult) -> None:
         card = {
             "model": self.config.model, "num_classes": ds.num_classes, "class_names": ds.class_names,
-            "in_chans": ds.channels, "input_size": ds.image_shape[-1], "pooling": self.config.pooling,
+            "in_chans": ds.channels, "input_size": ds.size, "pooling": self.config.pooling,
             "stored_dtype": str(ds.dtype), "image_spec": ds.spec.to_dict(), "band_names": ds.band_names,
             "dataset": str(ds.path), "dataset_hash": ds.content_hash, "config": self.config.to_dict(),
             "metrics": {"val": _headline(result.val), "test": _headline(result.test)},

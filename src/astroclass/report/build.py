@@ -21,6 +21,7 @@ from astroclass.experiments.runner import open_experiment
 from astroclass.models import display_name
 from astroclass.report import plots
 from astroclass.report.stats import four_questions, load_predictions, ranked_cells, significance, summarise_choice
+from astroclass.report.scaling import scaling_answer, scaling_curves
 from astroclass.report.tables import OPT_SHORT, RunRow, Table, Tables, compare_with_paper
 
 
@@ -77,6 +78,10 @@ def build_report(experiment: str | Path, output: str | Path) -> Path:
     summaries = {k: summarise_choice(ch) for k in tables.keys() if (ch := tables.best_overall(k))}
     sig = significance(tables, experiment)
     answers = four_questions(tables, dataset_info, summaries)
+    curves = scaling_curves(done, tables.base_variant)
+    if curves:
+        answers["How do the number of classes and observations affect performance?"] = scaling_answer(curves) + \
+            " " + answers.get("How do the number of classes and observations affect performance?", "")
 
     # -- summary first ------------------------------------------------------------------------
     page.h2("Summary")
@@ -113,6 +118,10 @@ def build_report(experiment: str | Path, output: str | Path) -> Path:
 
     # -- the paper's tables -----------------------------------------------------------------------
     page.h2("The paper's tables")
+    if tables.base_variant or tables.excluded:
+        opts = ", ".join(f"{k}={v}" for k, v in tables.base_variant) or "the paper's defaults"
+        page.p(f"Tables are computed from runs with {opts}; {len(tables.excluded)} run(s) with other options "
+               f"(e.g. a data-scaling axis) are reported in their own sections.")
     for key, t in all_tables.items():
         _save_table(output, t)
         page.table_obj(t)
@@ -134,9 +143,11 @@ def build_report(experiment: str | Path, output: str | Path) -> Path:
             "val_accuracy": sm["val_accuracy"], "val_accuracy_std": sm["val_accuracy_std"],
             "test_accuracy": sm["test_accuracy"], "test_accuracy_std": sm["test_accuracy_std"],
             "test_ci_low": lo, "test_ci_high": hi, "test_balanced_accuracy": sm["test_balanced_accuracy"],
-            "test_macro_f1": sm["test_macro_f1"], "test_ece": sm["test_ece"]})
+            "test_macro_f1": sm["test_macro_f1"], "test_ece": sm["test_ece"], "test_roc_auc": sm["test_roc_auc"],
+            "test_pr_auc": sm["test_pr_auc"], "threshold_test_balanced_accuracy": sm["threshold_test_balanced_accuracy"]})
     beyond = Table("beyond", "Table 8's chosen settings on the held-out test set: mean ± std over seeds, 95% interval, "
-                   "balanced accuracy, macro-F1 and expected calibration error.", beyond_records,
+                   "balanced accuracy, macro-F1, expected calibration error; for two classes ROC-AUC, PR-AUC (positive "
+                   "class: the rarer in training) and balanced accuracy at the threshold chosen on validation.", beyond_records,
                    sum(s["n_seeds"] for s in summaries.values()), list(beyond_records[0]) if beyond_records else [],
                    wide=_beyond_wide)
     _save_table(output, beyond)
@@ -145,6 +156,11 @@ def build_report(experiment: str | Path, output: str | Path) -> Path:
     # -- plots -----------------------------------------------------------------------------------
     page.h2("Plots")
     pdir = output / "plots"
+    for d, cs in curves.items():
+        slug = "".join(c if c.isalnum() else "_" for c in d)
+        page.img(plots.scaling(cs, f"{d}: data scaling", pdir / f"scaling_{slug}.png"),
+                 f"{d}: test accuracy and balanced accuracy against training images per class (train_fraction axis; "
+                 f"error bars: ±1 standard deviation over seeds).")
     for s in tables.setups:
         vals = {(d, m): ch.value for d in tables.datasets for m in tables.models
                 if (ch := tables.best_overall((d, m, s)))}
@@ -192,14 +208,15 @@ def build_report(experiment: str | Path, output: str | Path) -> Path:
 
 def _beyond_wide(t: Table):
     header = ["dataset", "model", "setup", "seeds", "val acc", "test acc", "test 95% interval", "test balanced acc",
-              "test macro-F1", "test ECE"]
+              "test macro-F1", "test ECE", "test ROC-AUC", "test PR-AUC", "test balanced acc at val threshold"]
     rows = []
     for r in t.records:
         sd = "" if math.isnan(r["test_accuracy_std"]) else f" ± {r['test_accuracy_std']:.3f}"
         vsd = "" if math.isnan(r["val_accuracy_std"]) else f" ± {r['val_accuracy_std']:.3f}"
         rows.append([r["dataset"], r["model"], r["setup"], str(r["seeds"]), _fmt(r["val_accuracy"]) + vsd,
                      _fmt(r["test_accuracy"]) + sd, f"[{_fmt(r['test_ci_low'])}, {_fmt(r['test_ci_high'])}]",
-                     _fmt(r["test_balanced_accuracy"]), _fmt(r["test_macro_f1"]), _fmt(r["test_ece"])])
+                     _fmt(r["test_balanced_accuracy"]), _fmt(r["test_macro_f1"]), _fmt(r["test_ece"]),
+                     _fmt(r["test_roc_auc"]), _fmt(r["test_pr_auc"]), _fmt(r["threshold_test_balanced_accuracy"])])
     return header, rows
 
 

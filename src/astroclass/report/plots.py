@@ -157,3 +157,21 @@ def accuracy_vs_truth(curves: dict[str, tuple[list[float], list[float], list[int
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return save(fig, path)
+
+
+def scaling(curves: dict[str, list[dict[str, Any]]], title: str, path: Path) -> Path:
+    """Test accuracy and balanced accuracy against training images per class, one line per model, ±1 std."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for ax, key, name in ((axes[0], "accuracy", "test accuracy"), (axes[1], "balanced_accuracy", "test balanced accuracy")):
+        for label, pts in curves.items():
+            x = [p["per_class"] for p in pts]
+            ax.errorbar(x, [p[key] for p in pts], yerr=[p[f"{key}_std"] for p in pts], marker="o", capsize=3, label=label)
+        ax.set_xscale("log")
+        ax.set_xlabel("training images per class")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return save(fig, path)

@@ -33,6 +33,11 @@ def summarise_choice(ch: Choice) -> dict[str, Any]:
             v = vals(split, name)
             out[f"{split}_{name}"] = float(np.mean(v)) if v else float("nan")
             out[f"{split}_{name}_std"] = float(np.std(v, ddof=1)) if len(v) > 1 else float("nan")
+    thr = [r.metrics.get("threshold") or {} for r in ch.runs]
+    for key, get in (("test_roc_auc", lambda t: t.get("test_roc_auc")), ("test_pr_auc", lambda t: t.get("test_pr_auc")),
+                     ("threshold_test_balanced_accuracy", lambda t: (t.get("test") or {}).get("balanced_accuracy"))):
+        v = [get(t) for t in thr if get(t) is not None]
+        out[key] = float(np.mean(v)) if v else float("nan")
     if len(ch.runs) == 1:
         ci = ch.runs[0].metrics.get("test", {}).get("accuracy_ci95") or [float("nan")] * 2
         out["test_accuracy_ci95"] = (float(ci[0]), float(ci[1]))

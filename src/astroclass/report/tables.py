@@ -36,6 +36,17 @@ def setting_order(s: Setting) -> tuple:
     return (s[0], s[1], OPT_ORDER.index(s[2]) if s[2] in OPT_ORDER else len(OPT_ORDER))
 
 
+VARIANT_KEYS = ("train_fraction", "classes", "class_weights", "sampler", "monitor", "augment")
+"""Run options beyond the paper's axes; runs that differ in them are not pooled in one table cell."""
+
+
+def variant_of(config: dict[str, Any]) -> tuple:
+    from astroclass.training import RunConfig
+
+    defaults = RunConfig(dataset="").to_dict()
+    return tuple((k, config.get(k, defaults[k])) for k in VARIANT_KEYS if config.get(k, defaults[k]) != defaults[k])
+
+
 @dataclass
 class RunRow:
     """One done run, flattened for the tables."""
@@ -50,6 +61,10 @@ class RunRow:
     best_epoch: int
     metrics: dict[str, Any]
     config: dict[str, Any]
+
+    @property
+    def variant(self) -> tuple:
+        return variant_of(self.config)
 
     @classmethod
     def from_store(cls, r: dict[str, Any]) -> "RunRow":
@@ -135,11 +150,23 @@ def _latex_escape(s: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+def base_variant(runs: Sequence[RunRow]) -> tuple:
+    """The options the paper tables are computed for: among full-training-set variants, the one with the
+    most runs (ties: the fewest non-default options, then the first in sorted order)."""
+    from collections import Counter
+
+    counts = Counter(r.variant for r in runs)
+    full = [v for v in counts if "train_fraction" not in dict(v)] or list(counts)
+    return min(full, key=lambda v: (-counts[v], len(v), repr(v))) if full else ()
+
+
 class Tables:
-    """All tables of one experiment's done runs."""
+    """All tables of one experiment's done runs (of the base variant, see :func:`base_variant`)."""
 
     def __init__(self, runs: Sequence[RunRow], datasets: Sequence[str] | None = None):
-        self.runs = list(runs)
+        self.base_variant = base_variant(runs)
+        self.excluded = [r for r in runs if r.variant != self.base_variant]
+        self.runs = [r for r in runs if r.variant == self.base_variant]
         seen_ds = list(dict.fromkeys(r.dataset for r in self.runs))
         self.datasets = [d for d in (datasets or seen_ds) if d in seen_ds] or seen_ds
         self.models = sorted({r.model for r in self.runs}, key=lambda m: display_name(m).lower())
