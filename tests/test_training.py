@@ -184,3 +184,21 @@ def test_fine_tuned_efficientnet_learns_real_star_galaxy_separation(aries_h5, tm
     assert majority == pytest.approx(0.764, abs=0.002)
     assert res.test["accuracy"] >= majority + 0.04
     assert res.test["balanced_accuracy"] >= 0.65
+
+
+def test_fast_path_follows_the_paper_exact_loss_trajectory(tiny_h5, tmp_path):
+    """On CPU the fast path is channels-last memory format (no autocast, no compile by default): the same
+    maths in another memory layout. Over 3 epochs its losses stay within 1e-3 (relative) of the exact path."""
+    base = dict(dataset=str(tiny_h5), model="test_resnet", epochs=3, patience=3, batch_size=16, seed=2)
+    exact = train(RunConfig(**base, paper_exact=True), tmp_path / "exact", progress=False)
+    fast = train(RunConfig(**base), tmp_path / "fast", progress=False)
+    assert exact.environment["speed"] == {"channels_last": False, "compile": None, "amp": None}
+    assert fast.environment["speed"] == {"channels_last": True, "compile": None, "amp": None}
+    h_exact = list(csv.DictReader(open(tmp_path / "exact" / "history.csv")))
+    h_fast = list(csv.DictReader(open(tmp_path / "fast" / "history.csv")))
+    assert len(h_exact) == len(h_fast) == 3
+    for a, b in zip(h_exact, h_fast):
+        for key in ("train_loss", "val_loss"):
+            assert float(b[key]) == pytest.approx(float(a[key]), rel=1e-3), (key, a, b)
+    with pytest.raises(AstroclassError, match="amp must be one of"):
+        RunConfig(**base, amp="fp8").validate()

@@ -53,6 +53,8 @@ from astroclass.progress import Bar
 SETUPS = ("scratch", "pretrained")
 SAMPLERS = ("none", "balanced")
 MONITORS = ("val_loss", "balanced_accuracy", "macro_f1")
+AMP_MODES = ("auto", "bf16", "off")
+COMPILE_MODES = ("auto", "off", "default", "reduce-overhead", "max-autotune")
 OPTIMIZERS = ("rmsprop", "adam", "radam", "sgd")
 KERAS_DEFAULTS = {
     "rmsprop": {"lr": 1e-3, "alpha": 0.9, "eps": 1e-7, "momentum": 0.0, "centered": False},
@@ -100,6 +102,23 @@ class RunConfig:
     classes: str | None = None
     """Select or group classes, e.g. "merger,rest=*" (see astroclass.data.subsets)."""
     subset_seed: int = 0
+    paper_exact: bool = False
+    """fp32, NCHW, eager: the reference numerics (overrides the three speed options below)."""
+    channels_last: bool = True
+    """Channels-last memory format for model and batches (same maths, faster convolutions)."""
+    amp: str = "auto"
+    """Mixed precision: "auto" (bf16 on CUDA, off on CPU), "bf16" or "off"."""
+    compile: str = "auto"
+    """torch.compile: "auto" (reduce-overhead, i.e. CUDA graphs, on CUDA; off on CPU), "off", "default",
+    "reduce-overhead" or "max-autotune"."""
+
+    def speed(self, device: torch.device) -> dict[str, Any]:
+        """The speed options in force on ``device``: channels_last, autocast dtype (or None), compile mode."""
+        if self.paper_exact:
+            return {"channels_last": False, "amp": None, "compile": None}
+        amp = {"auto": torch.bfloat16 if device.type == "cuda" else None, "bf16": torch.bfloat16, "off": None}[self.amp]
+        comp = {"auto": "reduce-overhead" if device.type == "cuda" else None, "off": None}.get(self.compile, self.compile)
+        return {"channels_last": self.channels_last, "amp": amp, "compile": comp}
 
     def validate(self) -> "RunConfig":
         if self.setup not in SETUPS:
@@ -126,6 +145,10 @@ class RunConfig:
                                       f"{self.class_weights!r}") from None
             if any(v < 0 for v in w):
                 raise AstroclassError(f"class_weights must be non-negative, got {self.class_weights!r}")
+        if self.amp not in AMP_MODES:
+            raise AstroclassError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
+        if self.compile not in COMPILE_MODES:
+            raise AstroclassError(f"compile must be one of {COMPILE_MODES}, got {self.compile!r}")
         if not 0 < self.train_fraction <= 1:
             raise AstroclassError(f"train_fraction must be in (0, 1], got {self.train_fraction}")
         return self
@@ -291,12 +314,17 @@ class EarlyStopping:
 
 
 @torch.no_grad()
-def predict_probs(model: torch.nn.Module, x: torch.Tensor, device: torch.device, batch_size: int = 256) -> np.ndarray:
-    """Softmax probabilities for stored images x (N, C, H, W), in eval mode."""
+def predict_probs(model: torch.nn.Module, x: torch.Tensor, device: torch.device, batch_size: int = 256,
+                  channels_last: bool = False, amp: torch.dtype | None = None) -> np.ndarray:
+    """Softmax probabilities for stored images x (N, C, H, W), in eval mode (softmax in fp32)."""
     model.eval()
     out = []
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
     for i in range(0, len(x), batch_size):
-        out.append(torch.softmax(model(to_float(x[i:i + batch_size].to(device))), dim=1).float().cpu())
+        xb = to_float(x[i:i + batch_size].to(device, non_blocking=True)).contiguous(memory_format=fmt)
+        with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+            logits = model(xb)
+        out.append(torch.softmax(logits.float(), dim=1).cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
 
 
@@ -362,6 +390,17 @@ def class_weight_tensor(cfg: RunConfig, y: torch.Tensor, k: int) -> torch.Tensor
     return torch.tensor(w, dtype=torch.float32)
 
 
+def compiled(model: torch.nn.Module, mode: str | None):
+    """``torch.compile(model, mode=mode)`` (None: the eager model). Compiled graphs are cached on disk
+    (TorchInductor's FX-graph cache, under $TORCHINDUCTOR_CACHE_DIR), so an architecture compiles
+    once per machine, not once per run."""
+    if mode is None:
+        return model
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+                                                          / "astroclass" / "inductor"))
+    return torch.compile(model, mode=mode, dynamic=False)
+
+
 def epoch_order(y: torch.Tensor, sampler: str, gen: torch.Generator) -> torch.Tensor:
     """The training images of one epoch, in order: a permutation, or for the balanced sampler len(y)
     draws with replacement, each image with probability ∝ 1 / (size of its class)."""
@@ -400,12 +439,16 @@ class Trainer:
         bar = Bar(self.progress, len(starts), f"{phase} epoch {epoch}")
         for s in starts:
             idx = perm[s:s + cfg.batch_size]
-            xb = to_float(x[idx].to(self.device, non_blocking=True))
+            xb = to_float(x[idx.to(x.device)].to(self.device, non_blocking=True))
             if cfg.augment:
                 xb = augment_batch(xb, gen)
-            yb = y[idx].to(self.device, non_blocking=True)
-            logits = model(xb)
-            loss = F.cross_entropy(logits, yb, weight=self.weights)
+            if self.fast["channels_last"]:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            yb = y[idx.to(y.device)].to(self.device, non_blocking=True)
+            with torch.autocast(self.device.type, dtype=self.fast["amp"] or torch.bfloat16,
+                                enabled=self.fast["amp"] is not None):
+                logits = self.forward(xb)
+            loss = F.cross_entropy(logits.float(), yb, weight=self.weights)
             if cfg.l2 > 0:
                 loss = loss + cfg.l2 * model.l2_penalty()
             opt.zero_grad(set_to_none=True)
@@ -428,7 +471,8 @@ class Trainer:
         """(val loss as Keras reports it, val accuracy, the value early stopping minimises)."""
         from sklearn.metrics import balanced_accuracy_score, f1_score
 
-        probs = predict_probs(model, x, self.device, self.config.eval_batch_size)
+        probs = predict_probs(model, x, self.device, self.config.eval_batch_size, self.fast["channels_last"],
+                              self.fast["amp"])
         yt = y.cpu().numpy()
         ce = float(F.nll_loss(torch.log(torch.from_numpy(probs).clamp_min(1e-12)), y.cpu()).item()) if len(yt) else float("nan")
         if self.config.l2 > 0:
@@ -494,6 +538,7 @@ class Trainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         cfg.to_yaml(self.out_dir / "config.yaml")
         self.device = resolve_device(cfg.device)
+        self.fast = cfg.speed(self.device)
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed % 2**32)
         self.gen = torch.Generator().manual_seed(cfg.seed)
@@ -501,9 +546,14 @@ class Trainer:
         ds = self._load()
         result = RunResult(status="failed", config=cfg.to_dict(), dataset_hash=ds.content_hash,
                            environment=environment(self.device))
+        result.environment["speed"] = {"channels_last": self.fast["channels_last"], "compile": self.fast["compile"],
+                                       "amp": str(self.fast["amp"]).replace("torch.", "") if self.fast["amp"] else None}
         try:
             model = build_model(cfg.model, ds.num_classes, in_chans=ds.channels, input_size=ds.size,
                                 pooling=cfg.pooling, weights=cfg.resolved_weights()).to(self.device)
+            if self.fast["channels_last"]:
+                model = model.to(memory_format=torch.channels_last)
+            self.forward = compiled(model, self.fast["compile"])
             data = (ds.tensors("train"), ds.tensors("val"))
             self.weights = class_weight_tensor(cfg, data[0][1], ds.num_classes)
             if self.weights is not None:
@@ -546,7 +596,8 @@ class Trainer:
         for split in ("val", "test"):
             x, y = ds.tensors(split)
             t0 = time.perf_counter()
-            probs = predict_probs(model, x, self.device, self.config.eval_batch_size)
+            probs = predict_probs(model, x, self.device, self.config.eval_batch_size, self.fast["channels_last"],
+                                  self.fast["amp"])
             dt = time.perf_counter() - t0
             if split == "test":
                 result.eval_images_per_s = len(x) / dt if dt > 0 else 0.0
@@ -574,7 +625,7 @@ class Trainer:
             "metrics": {"val": _headline(result.val), "test": _headline(result.test)},
             "best_epoch": result.best_epoch, "astroclass_version": __version__,
         }
-        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         atomic_torch_save({"format": "astroclass.checkpoint", "format_version": 1, "card": card,
                            "state_dict": state}, self.out_dir / "checkpoint.pt")
 

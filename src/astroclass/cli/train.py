@@ -34,6 +34,21 @@ def train_cmd(
     unfreeze_layers: Annotated[Optional[int], typer.Option(help="Pretrained setup: backbone layers to unfreeze. [default: 7]")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Learning rate of the optimiser (default: its Keras default).")] = None,
     pooling: Annotated[Optional[str], typer.Option(help="avg (global average pooling) or flatten. [default: avg]")] = None,
+    class_weights: Annotated[Optional[str], typer.Option(help="Loss weights: none, balanced (inverse frequency) or "
+                                                              "numbers like 1,20. [default: none]")] = None,
+    sampler: Annotated[Optional[str], typer.Option(help="none, or balanced (each class drawn equally often). "
+                                                        "[default: none]")] = None,
+    monitor: Annotated[Optional[str], typer.Option(help="Early stopping on val_loss (the paper), balanced_accuracy or "
+                                                        "macro_f1. [default: val_loss]")] = None,
+    train_fraction: Annotated[Optional[float], typer.Option(help="Train on a stratified, nested part of the training "
+                                                                 "split (0-1]. [default: 1]")] = None,
+    classes: Annotated[Optional[str], typer.Option(help="Select or group classes, e.g. 'merger,rest=*' or "
+                                                        "'spiral=spiral_cw+spiral_acw,elliptical'.")] = None,
+    paper_exact: Annotated[Optional[bool], typer.Option("--paper-exact/--fast", help="fp32, NCHW, eager (the reference "
+                                                                                      "numerics) instead of the fast path.")] = None,
+    amp: Annotated[Optional[str], typer.Option(help="Mixed precision: auto (bf16 on CUDA), bf16 or off.")] = None,
+    compile: Annotated[Optional[str], typer.Option("--compile", help="torch.compile: auto (reduce-overhead on CUDA), "
+                                                                     "off, default, reduce-overhead, max-autotune.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Reuse a run folder that already holds a result.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or per-epoch lines.")] = False,
 ):
@@ -46,7 +61,9 @@ def train_cmd(
     base["dataset"] = str(dataset)
     given = dict(model=model, setup=setup, l2=l2, maxnorm=maxnorm, optimizer=optimizer, seed=seed, epochs=epochs,
                  patience=patience, batch_size=batch_size, device=device, augment=augment, weights=weights,
-                 head_epochs=head_epochs, unfreeze_layers=unfreeze_layers, lr=lr, pooling=pooling)
+                 head_epochs=head_epochs, unfreeze_layers=unfreeze_layers, lr=lr, pooling=pooling,
+                 class_weights=class_weights, sampler=sampler, monitor=monitor, train_fraction=train_fraction,
+                 classes=classes, paper_exact=paper_exact, amp=amp, compile=compile)
     base.update({k: v for k, v in given.items() if v is not None})
     cfg = RunConfig.from_dict(base)
     if output is None:
@@ -60,4 +77,9 @@ def train_cmd(
                f"[{t['accuracy_ci95'][0]:.3f}, {t['accuracy_ci95'][1]:.3f}], balanced {t['balanced_accuracy']:.4f}, "
                f"macro-F1 {t['macro_f1']:.4f}; best epoch {result.best_epoch} of {result.epochs_run}; "
                f"{result.train_images_per_s:.0f} train images/s")
+    if result.threshold:
+        th = result.threshold
+        typer.echo(f"threshold on P({th['positive_class']}) chosen on val: {th['value']:.3f}; test balanced accuracy "
+                   f"there {th['test']['balanced_accuracy']:.4f}; test ROC-AUC {th['test_roc_auc']:.3f}, PR-AUC "
+                   f"{th['test_pr_auc']:.3f}")
     typer.echo(f"outputs in {output}")

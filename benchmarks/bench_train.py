@@ -1,0 +1,242 @@
+"""Training and inference throughput per backbone: the naive path vs astroclass's fast path, same run.
+
+naive: a conventional torch ``Dataset`` that decodes and resizes the JPEG files each epoch, a
+``DataLoader`` (batch 32), fp32, NCHW, eager.
+fast: the prepared split held in memory as uint8 (on the GPU when there is one), batches gathered by
+index, channels-last; on CUDA also bf16 autocast and torch.compile(mode="reduce-overhead"); training
+batch still 32 (same semantics), inference batch 256.
+
+Also prints a projection of the paper's 600-run grid wall time from the measured fast-path
+throughput and the paper's epochs to convergence (Table 7), and, on a GPU, packed (k concurrent
+runs) vs single aggregate throughput. Results: benchmarks/results/train_<device>.json.
+
+Usage: python benchmarks/bench_train.py [--models vgg16,densenet121] [--steps 6] [--pack 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import multiprocessing
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import DATA, save  # noqa: E402
+
+from astroclass.models import PAPER_MODELS, build_model  # noqa: E402
+
+# The paper's datasets: images, and whether a run fine-tunes (pretrained adds 10 head epochs)
+PAPER_SIZES = {"SG": 50090, "MG": 15766, "EF-2": 3604, "EF-4": 4389, "EF-15": 4327}
+PAPER_NAMES = {"vgg16": "VGG16", "inception_v3": "InceptionV3", "inception_resnet_v2": "InceptionResNetV2",
+               "resnext50_32x4d": "ResNext50", "densenet121": "DenseNet121"}
+
+
+class JpegDataset(torch.utils.data.Dataset):
+    """The conventional baseline: decode and resize every file on every access."""
+
+    def __init__(self, root: Path, rows: list[dict]):
+        self.root, self.rows = root, rows
+        self.classes = sorted({r["label"] for r in rows})
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        r = self.rows[i]
+        with Image.open(self.root / r["path"]) as im:
+            arr = np.asarray(im.convert("RGB").resize((76, 76), Image.Resampling.LANCZOS), dtype=np.float32) / 255
+        return torch.from_numpy(arr).permute(2, 0, 1), self.classes.index(r["label"])
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def naive_train(model, loader, device, steps: int) -> float:
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4, eps=1e-7)
+    it = iter(loader)
+    n, t0 = 0, None
+    for step in range(steps + 1):
+        x, y = next(it)
+        x, y = x.to(device), y.to(device)
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step == 0:  # warm-up step not timed
+            sync(device)
+            t0 = time.perf_counter()
+        else:
+            n += len(x)
+    sync(device)
+    return n / (time.perf_counter() - t0)
+
+
+def fast_train(model, x_all, y_all, device, steps: int, amp: bool, compile_mode: str | None, batch: int = 32) -> float:
+    model = model.to(memory_format=torch.channels_last).train()
+    fwd = torch.compile(model, mode=compile_mode, dynamic=False) if compile_mode else model
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4, eps=1e-7)
+    gen = torch.Generator().manual_seed(0)
+    warm = 3 if compile_mode else 1
+    n, t0 = 0, None
+    for step in range(steps + warm):
+        idx = torch.randint(0, len(x_all), (batch,), generator=gen).to(x_all.device)
+        x = x_all[idx].to(device, non_blocking=True).float().div_(255).contiguous(memory_format=torch.channels_last)
+        y = y_all[idx].to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = fwd(x)
+        loss = F.cross_entropy(logits.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step == warm - 1:
+            sync(device)
+            t0 = time.perf_counter()
+        elif step >= warm:
+            n += batch
+    sync(device)
+    return n / (time.perf_counter() - t0)
+
+
+@torch.inference_mode()
+def naive_infer(model, loader, device, batches: int) -> float:
+    model.eval()
+    n, t0 = 0, None
+    for i, (x, _) in enumerate(loader):
+        model(x.to(device))
+        if i == 0:
+            sync(device)
+            t0 = time.perf_counter()
+        else:
+            n += len(x)
+        if i == batches:
+            break
+    sync(device)
+    return n / (time.perf_counter() - t0)
+
+
+@torch.inference_mode()
+def fast_infer(model, x_all, device, images: int, amp: bool, batch: int = 256) -> float:
+    model = model.to(memory_format=torch.channels_last).eval()
+    n, t0 = 0, None
+    for i in range(0, images + batch, batch):
+        x = x_all[i % len(x_all):][:batch].to(device).float().div_(255).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            model(x)
+        if i == 0:
+            sync(device)
+            t0 = time.perf_counter()
+        else:
+            n += len(x)
+    sync(device)
+    return n / (time.perf_counter() - t0)
+
+
+def _packed_worker(args):
+    name, steps, seed = args
+    device = torch.device("cuda")
+    torch.manual_seed(seed)
+    x = torch.randint(0, 255, (2048, 3, 76, 76), dtype=torch.uint8, device=device)
+    y = torch.randint(0, 2, (2048,), device=device)
+    m = build_model(name, 2).to(device)
+    return fast_train(m, x, y, device, steps, amp=True, compile_mode=None)
+
+
+def packed(name: str, k: int, steps: int) -> float:
+    """Aggregate images/s of k concurrent training processes on one GPU."""
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(k) as pool:
+        rates = pool.map(_packed_worker, [(name, steps, s) for s in range(k)])
+    return float(sum(rates))
+
+
+def projection(rates: dict[str, float], eval_factor: float = 0.15) -> dict[str, float]:
+    """Hours for the paper's 600 runs: per (dataset, model, optimiser) the paper's mean epochs to
+    convergence (Table 7) + the 10 patience epochs, over 80% of the images; pretrained runs add 10 head
+    epochs; validation passes add ``eval_factor`` of a training epoch's time."""
+    from importlib import resources
+
+    text = resources.files("astroclass").joinpath("reference/table7_epochs_to_convergence.csv").read_text()
+    epochs = {(r["dataset"], r["model"], r["optimizer"]): float(r["mean_epochs"]) for r in csv.DictReader(text.splitlines())}
+    hours = {}
+    for m, rate in rates.items():
+        total = 0.0
+        for d, n in PAPER_SIZES.items():
+            for opt in ("rmsprop", "adam", "radam"):
+                e = epochs[(d, PAPER_NAMES[m], opt)] + 10
+                per_epoch = 0.8 * n / rate * (1 + eval_factor)
+                total += 4 * (e * per_epoch) + 4 * ((e + 10) * per_epoch)  # 4 (λ, γ) × scratch, pretrained
+        hours[m] = total / 3600
+    return hours
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--models", default=",".join(PAPER_MODELS))
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--pack", type=int, default=4, help="runs packed per GPU for the packing measurement")
+    args = ap.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    root = DATA / "gz1_sdss"
+    if not root.exists():
+        sys.exit(f"{root} not found: the benchmark needs ../shared/data")
+    with open(root / "labels.csv") as fh:
+        rows = list(csv.DictReader(fh))[:4096]
+    ds = JpegDataset(root, rows)
+    loader = torch.utils.data.DataLoader(ds, batch_size=32, shuffle=True, num_workers=0)
+    x_all = torch.stack([(ds[i][0] * 255).round().to(torch.uint8) for i in range(min(len(ds), 512))])
+    y_all = torch.randint(0, 2, (len(x_all),))
+    if device.type == "cuda":
+        x_all, y_all = x_all.to(device), y_all.to(device)
+    gpu = device.type == "cuda"
+    results: dict = {"device": str(device), "models": {}}
+    print(f"device: {torch.cuda.get_device_name(0) if gpu else f'CPU, {torch.get_num_threads()} threads'}")
+    print(f"{'model':22s} {'train naive':>11s} {'train fast':>10s} {'ratio':>6s} {'infer naive':>11s} "
+          f"{'infer fast':>10s} {'ratio':>6s}  (images/s)")
+    for name in args.models.split(","):
+        torch.manual_seed(0)
+        m = build_model(name, 2).to(device)
+        tn = naive_train(m, loader, device, args.steps)
+        m = build_model(name, 2).to(device)
+        tf = fast_train(m, x_all, y_all, device, args.steps, amp=gpu, compile_mode="reduce-overhead" if gpu else None)
+        m = build_model(name, 2).to(device)
+        inn = naive_infer(m, loader, device, args.steps)
+        inf = fast_infer(m, x_all, device, 32 * args.steps * (8 if gpu else 2), amp=gpu)
+        row = {"train_naive": tn, "train_fast": tf, "train_ratio": tf / tn, "infer_naive": inn, "infer_fast": inf,
+               "infer_ratio": inf / inn}
+        if not gpu:  # bf16 autocast is an option on CPUs with AMX/AVX512-BF16 (not the default: it changes numerics)
+            row["infer_fast_bf16"] = fast_infer(build_model(name, 2), x_all, device, 32 * args.steps * 2, amp=True)
+        if gpu and args.pack > 1:
+            single = packed(name, 1, args.steps * 4)
+            row["packed_single"], row["packed_k"], row["pack"] = single, packed(name, args.pack, args.steps * 4), args.pack
+        results["models"][name] = row
+        print(f"{name:22s} {tn:11.1f} {tf:10.1f} {tf / tn:5.2f}x {inn:11.1f} {inf:10.1f} {inf / inn:5.2f}x"
+              + (f"  bf16 inference {row['infer_fast_bf16']:.1f} ({row['infer_fast_bf16'] / inn:.2f}x)" if "infer_fast_bf16" in row else "")
+              + (f"  packed x{args.pack}: {row['packed_k']:.0f} vs {row['packed_single']:.0f} "
+                 f"({row['packed_k'] / row['packed_single']:.2f}x)" if "packed_k" in row else ""), flush=True)
+    paper = {m: r["train_fast"] for m, r in results["models"].items() if m in PAPER_NAMES}
+    naive = {m: r["train_naive"] for m, r in results["models"].items() if m in PAPER_NAMES}
+    if len(paper) == 5:
+        fast_h, naive_h = projection(paper), projection(naive)
+        results["projection_hours"] = {"fast": sum(fast_h.values()), "naive": sum(naive_h.values()),
+                                       "fast_per_model": fast_h, "naive_per_model": naive_h}
+        print(f"projected paper grid (600 runs, one run at a time): fast {sum(fast_h.values()):.1f} h, "
+              f"naive {sum(naive_h.values()):.1f} h")
+    tag = "gpu" if gpu else "cpu"
+    print(f"saved {save(f'train_{tag}', results)}")
+
+
+if __name__ == "__main__":
+    main()
