@@ -197,7 +197,8 @@ def main() -> None:
     ds = JpegDataset(root, rows)
     loader = torch.utils.data.DataLoader(ds, batch_size=32, shuffle=True, num_workers=0)
     x_all = torch.stack([(ds[i][0] * 255).round().to(torch.uint8) for i in range(min(len(ds), 512))])
-    y_all = torch.randint(0, 2, (len(x_all),))
+    k = len(ds.classes)
+    y_all = torch.tensor([ds.classes.index(rows[i]["label"]) for i in range(len(x_all))])
     if device.type == "cuda":
         x_all, y_all = x_all.to(device), y_all.to(device)
     gpu = device.type == "cuda"
@@ -207,23 +208,26 @@ def main() -> None:
           f"{'infer fast':>10s} {'ratio':>6s}  (images/s)")
     for name in args.models.split(","):
         torch.manual_seed(0)
-        m = build_model(name, 2).to(device)
+        m = build_model(name, k).to(device)
         tn = naive_train(m, loader, device, args.steps)
-        m = build_model(name, 2).to(device)
+        m = build_model(name, k).to(device)
         tf = fast_train(m, x_all, y_all, device, args.steps, amp=gpu, compile_mode="reduce-overhead" if gpu else None)
-        m = build_model(name, 2).to(device)
+        m = build_model(name, k).to(device)
         inn = naive_infer(m, loader, device, args.steps)
         inf = fast_infer(m, x_all, device, 32 * args.steps * (8 if gpu else 2), amp=gpu)
         row = {"train_naive": tn, "train_fast": tf, "train_ratio": tf / tn, "infer_naive": inn, "infer_fast": inf,
                "infer_ratio": inf / inn}
         if not gpu:  # bf16 autocast is an option on CPUs with AMX/AVX512-BF16 (not the default: it changes numerics)
-            row["infer_fast_bf16"] = fast_infer(build_model(name, 2), x_all, device, 32 * args.steps * 2, amp=True)
+            row["infer_fast_bf16"] = fast_infer(build_model(name, k), x_all, device, 32 * args.steps * 2, amp=True)
+            row["train_fast_bf16"] = fast_train(build_model(name, k), x_all, y_all, device, args.steps, amp=True,
+                                                compile_mode=None)
         if gpu and args.pack > 1:
             single = packed(name, 1, args.steps * 4)
             row["packed_single"], row["packed_k"], row["pack"] = single, packed(name, args.pack, args.steps * 4), args.pack
         results["models"][name] = row
         print(f"{name:22s} {tn:11.1f} {tf:10.1f} {tf / tn:5.2f}x {inn:11.1f} {inf:10.1f} {inf / inn:5.2f}x"
-              + (f"  bf16 inference {row['infer_fast_bf16']:.1f} ({row['infer_fast_bf16'] / inn:.2f}x)" if "infer_fast_bf16" in row else "")
+              + (f"  bf16: train {row['train_fast_bf16']:.1f} ({row['train_fast_bf16'] / tn:.2f}x), inference "
+                 f"{row['infer_fast_bf16']:.1f} ({row['infer_fast_bf16'] / inn:.2f}x)" if "infer_fast_bf16" in row else "")
               + (f"  packed x{args.pack}: {row['packed_k']:.0f} vs {row['packed_single']:.0f} "
                  f"({row['packed_k'] / row['packed_single']:.2f}x)" if "packed_k" in row else ""), flush=True)
     paper = {m: r["train_fast"] for m, r in results["models"].items() if m in PAPER_NAMES}

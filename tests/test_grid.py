@@ -235,3 +235,15 @@ def test_ray_engine_gives_the_same_results_table_as_local(tiny_h5, tmp_path, mon
                       for r in Store(exp / "store.sqlite").runs())
 
     assert table(tmp_path / "local") == table(tmp_path / "ray")
+
+
+def test_run_ids_ignore_options_left_at_their_defaults():
+    from astroclass.experiments.spec import run_id
+    from astroclass.training import RunConfig
+
+    base = {"dataset": "SG", "model": "vgg16", "setup": "scratch", "l2": 0.1, "maxnorm": 0.0, "optimizer": "adam",
+            "seed": 0}
+    full = RunConfig(**base).to_dict()
+    assert run_id(full) == run_id(base)  # an option added later, at its default, keeps old ids
+    assert run_id({**full, "sampler": "balanced"}) != run_id(full)
+    assert run_id({**full, "device": "cuda:3", "eval_batch_size": 1024}) == run_id(full)

@@ -120,15 +120,15 @@ def gz1_h5(tmp_path_factory):
 
 @pytest.mark.slow
 def test_weighted_training_finds_real_mergers(gz1_h5, tmp_path):
-    """gz1_sdss merger vs rest (98 mergers in 5665, 10 in the test split). Plain training never predicts a
-    merger (test balanced accuracy 0.500, measured); with balanced class weights and early stopping on
-    validation balanced accuracy (early stopping on the unweighted val loss picks the epoch that predicts
-    no merger at all, measured) the fine-tuned efficientnet_lite0 does."""
+    """gz1_sdss merger vs rest (98 mergers in 5665, 10 in the test split), efficientnet_lite0 fine-tuned for
+    1 head + 2 epochs. Measured: plain training never predicts a merger (test balanced accuracy 0.500);
+    balanced class weights swing between all-merger and all-rest epochs (0.500); the balanced sampler
+    reaches test balanced accuracy 0.755, merger recall 0.9, ROC-AUC 0.907."""
     cfg = RunConfig(dataset=str(gz1_h5), model="efficientnet_lite0", setup="pretrained", classes="merger,rest=*",
-                    class_weights="balanced", monitor="balanced_accuracy", head_epochs=1, epochs=2, patience=2, seed=0)
+                    sampler="balanced", head_epochs=1, epochs=2, patience=2, seed=0)
     res = train(cfg, tmp_path / "w", progress=False)
     assert res.train_counts["merger"] == 78 and sum(res.train_counts.values()) == 4531
     assert res.test["per_class"]["merger"]["support"] == 10
-    assert res.test["balanced_accuracy"] >= 0.6
-    assert res.test["per_class"]["merger"]["recall"] >= 0.3
-    assert res.threshold["positive_class"] == "merger" and res.threshold["test_roc_auc"] > 0.7
+    assert res.test["balanced_accuracy"] >= 0.65
+    assert res.test["per_class"]["merger"]["recall"] >= 0.5
+    assert res.threshold["positive_class"] == "merger" and res.threshold["test_roc_auc"] > 0.8

@@ -435,7 +435,10 @@ class Trainer:
         n = len(x)
         perm = epoch_order(y, cfg.sampler, gen)
         starts = [s for s in range(0, n, cfg.batch_size) if min(cfg.batch_size, n - s) > 1]
-        total_loss = total_correct = seen = 0
+        # sums stay on the device: one synchronisation per epoch, not per step (GPU runs are launch-bound)
+        total_loss = torch.zeros((), device=self.device)
+        total_correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen = 0
         bar = Bar(self.progress, len(starts), f"{phase} epoch {epoch}")
         for s in starts:
             idx = perm[s:s + cfg.batch_size]
@@ -455,16 +458,15 @@ class Trainer:
             loss.backward()
             opt.step()
             model.apply_max_norm(cfg.maxnorm)
-            lv = float(loss.detach())
-            if not math.isfinite(lv):
-                bar.close()
-                raise TrainingFailed(f"loss became {lv} in {phase} epoch {epoch}")
-            total_loss += lv * len(idx)
-            total_correct += int((logits.argmax(1) == yb).sum())
+            total_loss += loss.detach() * len(idx)
+            total_correct += (logits.detach().argmax(1) == yb).sum()
             seen += len(idx)
             bar.advance()
         bar.close()
-        return total_loss / max(seen, 1), total_correct / max(seen, 1), seen
+        mean_loss = float(total_loss) / max(seen, 1)
+        if not math.isfinite(mean_loss):
+            raise TrainingFailed(f"loss became {mean_loss} in {phase} epoch {epoch}")
+        return mean_loss, int(total_correct) / max(seen, 1), seen
 
     @torch.no_grad()
     def _val(self, model, x, y) -> tuple[float, float, float]:

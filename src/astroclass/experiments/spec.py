@@ -19,8 +19,10 @@ EF-2, ...) and the axes to cross. Example::
 
 Relative dataset paths are resolved against the spec file's folder (for a built-in spec,
 against the current folder). A run's id is the first 16 hex digits of the sha256 of its
-canonical config (the dataset by short name; device and evaluation batch size excluded, since
-they do not change what is computed), so the same run has the same id in every store.
+canonical config: the dataset by short name, the paper's axes, and every other option that differs
+from its default (device and evaluation batch size excluded, since they do not change what is
+computed), so the same run has the same id in every store and across astroclass versions that add
+options.
 """
 
 from __future__ import annotations
@@ -45,8 +47,15 @@ NOT_IN_ID = {"device", "eval_batch_size"}
 BUILTIN = ("paper", "demo", "tiny")
 
 
+ID_ALWAYS = {"dataset", "model", "setup", "l2", "maxnorm", "optimizer", "seed"}
+
+
 def run_id(config: dict[str, Any]) -> str:
-    canon = {k: v for k, v in config.items() if k not in NOT_IN_ID}
+    """sha256 of the canonical config: the paper's axes, plus every other option that differs from its
+    default (so options added to RunConfig later, at their defaults, leave existing ids unchanged)."""
+    defaults = RunConfig(dataset="").to_dict()
+    canon = {k: v for k, v in config.items()
+             if k not in NOT_IN_ID and (k in ID_ALWAYS or k not in defaults or v != defaults[k])}
     return hashlib.sha256(json.dumps(canon, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
