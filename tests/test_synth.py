@@ -103,4 +103,4 @@ def test_small_demo_is_genuinely_better_than_chance(tmp_path):
     majority = max(v["support"] for v in best["per_class"].values()) / best["n"]
     assert best["accuracy"] >= majority + 0.15, (best["accuracy"], majority)
     page = res["report"].read_text()
-    assert "test accuracy against S/N" in page
+    assert "against the true S/N of the objects" in page

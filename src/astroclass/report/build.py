@@ -77,11 +77,8 @@ def build_report(experiment: str | Path, output: str | Path) -> Path:
     vs_paper = compare_with_paper(all_tables)
     summaries = {k: summarise_choice(ch) for k in tables.keys() if (ch := tables.best_overall(k))}
     sig = significance(tables, experiment)
-    answers = four_questions(tables, dataset_info, summaries)
     curves = scaling_curves(done, tables.base_variant)
-    if curves:
-        answers["How do the number of classes and observations affect performance?"] = scaling_answer(curves) + \
-            " " + answers.get("How do the number of classes and observations affect performance?", "")
+    answers = four_questions(tables, dataset_info, summaries, scaling_answer(curves) if curves else None)
 
     # -- summary first ------------------------------------------------------------------------
     page.h2("Summary")

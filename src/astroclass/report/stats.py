@@ -114,8 +114,10 @@ def significance(tables: Tables, experiment: Path, alpha: float = 0.05) -> dict[
     return out
 
 
-def four_questions(tables: Tables, dataset_info: dict[str, dict], summaries: dict) -> dict[str, str]:
-    """The paper's four questions, answered from this experiment's numbers."""
+def four_questions(tables: Tables, dataset_info: dict[str, dict], summaries: dict,
+                   scaling: str | None = None) -> dict[str, str]:
+    """The paper's four questions, answered from this experiment's numbers (``scaling``: the answer
+    measured from data-scaling curves, when the grid has a train_fraction axis)."""
     ans = {}
     # 1. which model for which problem
     lines = []
@@ -184,7 +186,10 @@ def four_questions(tables: Tables, dataset_info: dict[str, dict], summaries: dic
             trend = (f" Across the {len(rows)} datasets, the Spearman correlation of test balanced accuracy with the "
                      f"number of classes is {rho_k:+.2f} and with training images per class {rho_n:+.2f}"
                      f"{' (undefined where a quantity does not vary)' if any(map(math.isnan, (rho_k, rho_n))) else ''}.")
+        elif scaling:
+            trend = ""
         else:
             trend = " Too few datasets to measure a trend; a data-scaling grid (train_fraction axis) measures it on one dataset."
-        ans["How do the number of classes and observations affect performance?"] = desc + "." + trend
+        ans["How do the number of classes and observations affect performance?"] = \
+            (scaling + " " if scaling else "") + desc + "." + trend
     return ans
