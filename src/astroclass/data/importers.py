@@ -149,8 +149,8 @@ def build_dataset(items: Sequence[Item], output: str | Path, spec: ImageSpec = I
     groups = np.empty(len(digests), dtype=np.int64)
     for i, d in enumerate(digests):
         groups[i] = first_of.setdefault(d, i)
-    dup_groups = [np.flatnonzero(groups == g) for g in np.unique(groups) if (groups == g).sum() > 1] \
-        if len(first_of) < len(digests) else []
+    repeated = [g for g, n in Counter(groups.tolist()).items() if n > 1]
+    dup_groups = [np.flatnonzero(groups == g) for g in repeated]
     report.duplicates = [[kept_items[j].id for j in g] for g in dup_groups]
     if dup_groups:
         conflicting = [g for g in dup_groups if len(set(labels[g])) > 1]
