@@ -21,6 +21,8 @@ test: install
 bench: install
 	$(BIN)/python benchmarks/bench_import.py
 	$(BIN)/python benchmarks/bench_synth.py
+	$(BIN)/python benchmarks/bench_train.py
+	$(BIN)/python benchmarks/bench_predict.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache
