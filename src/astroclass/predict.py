@@ -226,12 +226,16 @@ def predict_to_csv(clf: Classifier, inputs: Sequence[str | Path], output: str | 
                 files = [s for s in chunk if s.h5 is None]
                 decoded = iter(parallel_map(read_for_model, [f.path for f in files], (clf.preprocessing(),), workers)
                                if files else ())
+                from_h5 = {}  # (file, row) -> image: one read per file and block, not one per row
+                for path in {s.h5 for s in chunk if s.h5 is not None}:
+                    ds = h5_cache.get(path) or h5_cache.setdefault(path, PreparedDataset(path))
+                    rows = np.array(sorted({s.row for s in chunk if s.h5 == path}))
+                    from_h5.update({(path, int(r)): img for r, img in zip(rows, ds.images(rows))})
                 for s in chunk:
                     if s.h5 is None:
                         arr, err = next(decoded)
                     else:
-                        ds = h5_cache.get(s.h5) or h5_cache.setdefault(s.h5, PreparedDataset(s.h5))
-                        arr, err = ds.images(np.array([s.row]))[0], ""
+                        arr, err = from_h5[(s.h5, s.row)], ""
                         if arr.shape != (clf.in_chans, clf.size, clf.size):
                             arr, err = None, f"{s.h5}: images of shape {arr.shape}, the model takes " \
                                              f"{(clf.in_chans, clf.size, clf.size)}"
