@@ -46,7 +46,14 @@ def main() -> None:
             res = predict_to_csv(clf, [cat], Path(tmp) / f"p{tta}.csv", tta=tta, progress=False)
             out["tta_images_per_s" if tta else "plain_images_per_s"] = res["images_per_s"]
             print(f"predict {res['ok']} JPEG files, tta={tta}: {res['images_per_s']:.0f} images/s", flush=True)
-    print(f"TTA costs {out['plain_images_per_s'] / out['tta_images_per_s']:.1f}x the time of a plain pass")
+        clf16 = load(run / "checkpoint.pt", "cpu", amp="bf16")
+        res = predict_to_csv(clf16, [cat], Path(tmp) / "p16.csv", progress=False)
+        out["bf16_images_per_s"] = res["images_per_s"]
+        out["test_accuracy"]["bf16"] = float((clf16.predict_tensor(x).argmax(1) == y.numpy()).mean())
+        print(f"predict {res['ok']} JPEG files, --amp bf16: {res['images_per_s']:.0f} images/s; test accuracy "
+              f"{out['test_accuracy']['bf16']:.4f}", flush=True)
+    print(f"TTA costs {out['plain_images_per_s'] / out['tta_images_per_s']:.1f}x the time of a plain pass; bf16 runs "
+          f"{out['bf16_images_per_s'] / out['plain_images_per_s']:.2f}x the plain rate")
     print(f"saved {save('predict_cpu', {'model': args.model, **out})}")
 
 

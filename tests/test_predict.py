@@ -136,3 +136,17 @@ def test_model_info(trained, cli):
     assert code == 0 and "classes:      galaxy, star" in out and "test:" in out and "test_resnet" in out
     code, out, _ = cli("model", "info", trained / "checkpoint.pt", "--json")
     assert code == 0 and '"class_names"' in out
+
+
+def test_bf16_inference_agrees_with_fp32(trained, tiny_h5, cli, tmp_path):
+    fp32 = astroclass.load(trained / "checkpoint.pt")
+    bf16 = astroclass.load(trained / "checkpoint.pt", amp="bf16")
+    with PreparedDataset(tiny_h5) as ds:
+        x, _ = ds.tensors("train")
+    a, b = fp32.predict_tensor(x), bf16.predict_tensor(x)
+    assert np.abs(a - b).max() < 0.05 and (a.argmax(1) == b.argmax(1)).mean() >= 0.95
+    assert not np.array_equal(a, b)  # it did run in bf16
+    code, _, err = cli("predict", trained / "checkpoint.pt", tiny_h5, "-o", tmp_path / "b.csv", "--amp", "bf16", "-q")
+    assert code == 0, err
+    with pytest.raises(AstroclassError, match="amp must be"):
+        astroclass.load(trained / "checkpoint.pt", amp="fp8")

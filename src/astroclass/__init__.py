@@ -8,8 +8,8 @@ checkpoint → predictions for new images.
 __version__ = "0.1.0"
 
 
-def load(checkpoint, device: str = "auto"):
+def load(checkpoint, device: str = "auto", amp: str = "off"):
     """Load a trained checkpoint for prediction: ``astroclass.load("run/checkpoint.pt").predict(images)``."""
     from astroclass.predict import load as _load
 
-    return _load(checkpoint, device)
+    return _load(checkpoint, device, amp)

@@ -58,7 +58,9 @@ def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
 class Classifier:
     """A trained model with its preprocessing: ``astroclass.load(checkpoint).predict(images)``."""
 
-    def __init__(self, checkpoint: str | Path, device: str = "auto"):
+    def __init__(self, checkpoint: str | Path, device: str = "auto", amp: str = "off"):
+        """``amp``: "off" (fp32, the training evaluation's numerics), "bf16" (autocast: on CPUs with
+        AMX/AVX512-BF16 2.5–4x faster inference here, probabilities within ~1e-2), or "auto" (bf16 on CUDA)."""
         from astroclass.data.images import ImageSpec
         from astroclass.models import build_model
         from astroclass.training import resolve_device
@@ -72,6 +74,9 @@ class Classifier:
         self.stored_dtype = np.dtype(c.get("stored_dtype", "uint8"))
         self.in_chans, self.size = int(c["in_chans"]), int(c["input_size"])
         self.device = resolve_device(device)
+        if amp not in ("off", "bf16", "auto"):
+            raise AstroclassError(f"amp must be off, bf16 or auto, got {amp!r}")
+        self.amp = amp == "bf16" or (amp == "auto" and self.device.type == "cuda")
         self.model = build_model(c["model"], len(self.class_names), self.in_chans, self.size, c.get("pooling", "avg"))
         try:
             self.model.load_state_dict(ck["state_dict"])
@@ -96,10 +101,11 @@ class Classifier:
         out = []
         for i in range(0, len(x), batch_size):
             xb = self._as_float(x[i:i + batch_size]).to(self.device)
-            if tta:
-                p = sum(torch.softmax(self.model(dihedral(xb, k)), 1) for k in range(8)) / 8
-            else:
-                p = torch.softmax(self.model(xb), 1)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                if tta:
+                    p = sum(torch.softmax(self.model(dihedral(xb, k)).float(), 1) for k in range(8)) / 8
+                else:
+                    p = torch.softmax(self.model(xb).float(), 1)
             out.append(p.float().cpu())
         return torch.cat(out).numpy() if out else np.zeros((0, len(self.class_names)), np.float32)
 
@@ -127,9 +133,9 @@ class Classifier:
         return self.spec.to_dict(), self.in_chans, self.stored_dtype == np.float16
 
 
-def load(checkpoint: str | Path, device: str = "auto") -> Classifier:
+def load(checkpoint: str | Path, device: str = "auto", amp: str = "off") -> Classifier:
     """Load a trained checkpoint for prediction: ``astroclass.load("run/checkpoint.pt").predict(x)``."""
-    return Classifier(checkpoint, device)
+    return Classifier(checkpoint, device, amp)
 
 
 # ---------------------------------------------------------------------------------------------

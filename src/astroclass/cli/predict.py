@@ -21,13 +21,15 @@ def predict_cmd(checkpoint: Checkpoint,
                 path_col: Annotated[str, typer.Option(help="Image-path column of catalogue CSV inputs.")] = "path",
                 id_col: Annotated[Optional[str], typer.Option(help="Id column of catalogue CSV inputs.")] = None,
                 device: Annotated[str, typer.Option(help="auto, cpu, cuda ...")] = "auto",
+                amp: Annotated[str, typer.Option(help="off (fp32), bf16 (autocast; fast on CPUs with AMX and on "
+                                                      "GPUs), or auto (bf16 on CUDA).")] = "off",
                 workers: Annotated[Optional[int], typer.Option(help="Decoding processes (default: all cores).")] = None,
                 quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False):
     """Classify new images with a trained model, using exactly its training preprocessing. Unreadable images
     are reported as failed rows and the rest continue; the exit code is 3 when some rows failed."""
     from astroclass.predict import load, predict_to_csv
 
-    res = predict_to_csv(load(checkpoint, device), inputs, output, tta=tta, overwrite=overwrite, path_col=path_col,
+    res = predict_to_csv(load(checkpoint, device, amp), inputs, output, tta=tta, overwrite=overwrite, path_col=path_col,
                          id_col=id_col, workers=workers, progress=not quiet)
     typer.echo(f"wrote {res['output']}: {res['ok']} predicted, {res['failed']} failed, "
                f"{res['images_per_s']:.0f} images/s{' (8-fold TTA)' if tta else ''}")
