@@ -192,7 +192,9 @@ def test_sigkill_mid_grid_then_resume_loses_nothing_and_duplicates_nothing(tiny_
 
 
 def test_two_runners_on_one_store_execute_each_run_once(tiny_h5, tmp_path):
-    spec_path = write_spec(tmp_path, tiny_h5, l2=[0.0, 0.1], optimizers=["adam", "rmsprop", "radam"])
+    # 3 epochs per run: the grid outlasts the start-up skew of two runners on a loaded machine, so both get work
+    spec_path = write_spec(tmp_path, tiny_h5, l2=[0.0, 0.1], optimizers=["adam", "rmsprop", "radam"],
+                           train={"epochs": 3, "batch_size": 16, "patience": 3})
     exp = tmp_path / "exp"
     a, b = _grid_process(spec_path, exp), _grid_process(spec_path, exp)
     outs = [p.communicate(timeout=300)[0].decode() for p in (a, b)]
