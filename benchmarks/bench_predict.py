@@ -12,9 +12,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, save  # noqa: E402
+from common import DATA, import_real, save  # noqa: E402
 
-from astroclass.data import import_catalog  # noqa: E402
 from astroclass.predict import load, predict_to_csv  # noqa: E402
 from astroclass.training import RunConfig, train  # noqa: E402
 
@@ -24,12 +23,9 @@ def main() -> None:
     ap.add_argument("--model", default="efficientnet_lite0")
     args = ap.parse_args()
     cat = DATA / "aries_star_galaxy" / "labels.csv"
-    if not cat.exists():
-        sys.exit(f"{cat} not found: the benchmark needs ../shared/data")
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
-        h5 = Path(tmp) / "aries.h5"
-        import_catalog(cat, h5, show_progress=False)
+        h5 = import_real("aries_star_galaxy", tmp)
         run = Path(tmp) / "run"
         train(RunConfig(dataset=str(h5), model=args.model, setup="pretrained" if args.model == "efficientnet_lite0"
                         else "scratch", head_epochs=1, epochs=2), run, progress=False)

@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import multiprocessing
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 

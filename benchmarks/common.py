@@ -31,3 +31,15 @@ def save(name: str, payload: dict) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps({"machine": machine(), **payload}, indent=2) + "\n")
     return path
+
+
+def import_real(name: str, folder: str | Path, **kw) -> Path:
+    """Import ../shared/data/NAME (its labels.csv) into FOLDER/NAME.h5; exit with a clear message if absent."""
+    from astroclass.data import import_catalog
+
+    cat = DATA / name / "labels.csv"
+    if not cat.exists():
+        sys.exit(f"{cat} not found: the benchmark needs ../shared/data beside the repository")
+    out = Path(folder) / f"{name}.h5"
+    import_catalog(cat, out, show_progress=False, **kw)
+    return out

@@ -15,9 +15,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, save  # noqa: E402
+from common import import_real, save  # noqa: E402
 
-from astroclass.data import import_catalog  # noqa: E402
 from astroclass.training import RunConfig, train  # noqa: E402
 
 SETS = {"aries_star_galaxy": "SG (ARIES)", "gz_kaggle_spiral": "spiral (GZ Kaggle)"}
@@ -31,8 +30,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, label in SETS.items():
-            h5 = Path(tmp) / f"{name}.h5"
-            import_catalog(DATA / name / "labels.csv", h5, show_progress=False)
+            h5 = import_real(name, tmp)
             for seed in args.seeds:
                 for setup in ("scratch", "pretrained"):
                     cfg = RunConfig(dataset=str(h5), model="efficientnet_lite0", setup=setup, seed=seed,

@@ -12,9 +12,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, save  # noqa: E402
+from common import import_real, save  # noqa: E402
 
-from astroclass.data import import_catalog  # noqa: E402
 from astroclass.training import RunConfig, train  # noqa: E402
 
 
@@ -23,13 +22,9 @@ def main() -> None:
     ap.add_argument("--model", default="resnext50_32x4d")
     ap.add_argument("--epochs", type=int, default=3)
     args = ap.parse_args()
-    cat = DATA / "aries_star_galaxy" / "labels.csv"
-    if not cat.exists():
-        sys.exit(f"{cat} not found: copy ../shared/data beside the repository to run the real check")
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
-        h5 = Path(tmp) / "aries.h5"
-        import_catalog(cat, h5, show_progress=False)
+        h5 = import_real("aries_star_galaxy", tmp)
         for mode in ("fast", "paper_exact"):
             cfg = RunConfig(dataset=str(h5), model=args.model, epochs=args.epochs, patience=args.epochs, seed=0,
                             paper_exact=mode == "paper_exact")

@@ -25,6 +25,7 @@ import torch
 
 from astroclass import __version__
 from astroclass.errors import AstroclassError
+from astroclass.training import to_float
 
 CHECKPOINT_FORMAT = "astroclass.checkpoint"
 CHECKPOINT_VERSION = 1
@@ -93,7 +94,7 @@ class Classifier:
         if t.ndim != 4 or t.shape[1:] != (self.in_chans, self.size, self.size):
             raise AstroclassError(f"expected images of shape (N, {self.in_chans}, {self.size}, {self.size}), got "
                                   f"{tuple(t.shape)}")
-        return t.float().div(255.0) if t.dtype == torch.uint8 else t.float()
+        return to_float(t)
 
     @torch.no_grad()
     def predict_tensor(self, x: torch.Tensor, tta: bool = False, batch_size: int = 256) -> np.ndarray:

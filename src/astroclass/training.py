@@ -220,8 +220,9 @@ class TrainingFailed(AstroclassError):
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temporary name beside ``path`` and rename: readers never see a half-written file."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
 

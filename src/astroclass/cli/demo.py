@@ -33,6 +33,6 @@ def demo_cmd(output: Annotated[Path, typer.Option("--output", "-o", help="Folder
         typer.echo(f"best: {display_name(best['model'])} ({best['setup']}): val accuracy {m['val']['accuracy']:.3f}, "
                    f"test accuracy {m['test']['accuracy']:.3f} [{m['test']['accuracy_ci95'][0]:.3f}, "
                    f"{m['test']['accuracy_ci95'][1]:.3f}], balanced {m['test']['balanced_accuracy']:.3f}")
-    typer.echo(f"runs: " + ", ".join(f"{k} {v}" for k, v in res["counts"].items()) +
+    typer.echo("runs: " + ", ".join(f"{k} {v}" for k, v in res["counts"].items()) +
                f"; {res['seconds'] / 60:.1f} min (data {res['data_seconds']:.0f} s, training {res['grid_seconds']:.0f} s)")
     typer.echo(f"report: {Path(res['report']).resolve()}")

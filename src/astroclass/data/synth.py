@@ -288,7 +288,7 @@ def synthesize(cfg: SynthConfig, output: str | Path, fractions=(0.8, 0.1, 0.1), 
     if not output.parent.is_dir():
         raise AstroclassError(f"{output.parent}: output folder does not exist")
     try:
-        import galsim  # noqa: F401
+        import galsim  # noqa: F401  (is GalSim installed?)
     except ImportError:
         raise AstroclassError("the synthetic sky needs GalSim: pip install galsim") from None
     classes = cfg.class_names()

@@ -16,6 +16,7 @@ from astroclass.errors import AstroclassError
 from astroclass.experiments.engines import Job, make_engine
 from astroclass.experiments.spec import GridSpec
 from astroclass.experiments.store import Store
+from astroclass.training import atomic_write_text
 
 KEEP_POLICIES = ("best", "all", "none")
 
@@ -59,9 +60,7 @@ def prepare(spec: GridSpec, experiment: str | Path) -> tuple[Store, list[str]]:
     store.check_datasets(spec.datasets)
     runs = spec.expand()
     store.add_runs(runs)
-    tmp = Path(experiment) / ".spec.yaml.tmp"
-    tmp.write_text(spec.to_yaml())
-    os.replace(tmp, Path(experiment) / "spec.yaml")
+    atomic_write_text(Path(experiment) / "spec.yaml", spec.to_yaml())
     return store, [r.id for r in runs]
 
 

@@ -10,9 +10,8 @@ from __future__ import annotations
 import base64
 import html
 import math
-import os
 from pathlib import Path
-from typing import Any
+
 
 import numpy as np
 
@@ -22,17 +21,8 @@ from astroclass.models import display_name
 from astroclass.report import plots
 from astroclass.report.stats import four_questions, load_predictions, ranked_cells, significance, summarise_choice
 from astroclass.report.scaling import scaling_answer, scaling_curves
-from astroclass.report.tables import OPT_SHORT, RunRow, Table, Tables, compare_with_paper
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _fmt(v: float, d: int = 3) -> str:
-    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{d}f}"
+from astroclass.report.tables import OPT_SHORT, RunRow, Table, Tables, compare_with_paper, fmt
+from astroclass.training import atomic_write_text
 
 
 def build_report(experiment: str | Path, output: str | Path) -> Path:
@@ -68,7 +58,7 @@ def build_report(experiment: str | Path, output: str | Path) -> Path:
                 "Every recorded run failed; their errors are listed below."))
         _failures(page, failed)
         html_path = output / "report.html"
-        _write(html_path, page.render())
+        atomic_write_text(html_path, page.render())
         store.close()
         return html_path
 
@@ -91,8 +81,8 @@ def build_report(experiment: str | Path, output: str | Path) -> Path:
         sm = summaries[(d, m, s)]
         lo, hi = sm["test_accuracy_ci95"]
         rows.append([d, display_name(m), s, f"{ch.setting[0]:g}, {ch.setting[1]:g}, {OPT_SHORT.get(ch.setting[2], ch.setting[2])}",
-                     _fmt(ch.value), f"{_fmt(sm['test_accuracy'])} [{_fmt(lo)}, {_fmt(hi)}]",
-                     _fmt(sm["test_balanced_accuracy"]), _fmt(sm["test_macro_f1"]), str(sm["n_seeds"])])
+                     fmt(ch.value), f"{fmt(sm['test_accuracy'])} [{fmt(lo)}, {fmt(hi)}]",
+                     fmt(sm["test_balanced_accuracy"]), fmt(sm["test_macro_f1"]), str(sm["n_seeds"])])
     page.table(["dataset", "best model", "setup", "λ, γ, optimiser", "val acc", "test acc [95% interval]",
                 "test balanced acc", "test macro-F1", "seeds"], rows,
                "The best model of each dataset (by validation accuracy, as the paper chooses), with its held-out test "
@@ -198,7 +188,7 @@ def build_report(experiment: str | Path, output: str | Path) -> Path:
     _failures(page, failed)
 
     html_path = output / "report.html"
-    _write(html_path, page.render())
+    atomic_write_text(html_path, page.render())
     store.close()
     return html_path
 
@@ -210,10 +200,10 @@ def _beyond_wide(t: Table):
     for r in t.records:
         sd = "" if math.isnan(r["test_accuracy_std"]) else f" ± {r['test_accuracy_std']:.3f}"
         vsd = "" if math.isnan(r["val_accuracy_std"]) else f" ± {r['val_accuracy_std']:.3f}"
-        rows.append([r["dataset"], r["model"], r["setup"], str(r["seeds"]), _fmt(r["val_accuracy"]) + vsd,
-                     _fmt(r["test_accuracy"]) + sd, f"[{_fmt(r['test_ci_low'])}, {_fmt(r['test_ci_high'])}]",
-                     _fmt(r["test_balanced_accuracy"]), _fmt(r["test_macro_f1"]), _fmt(r["test_ece"]),
-                     _fmt(r["test_roc_auc"]), _fmt(r["test_pr_auc"]), _fmt(r["threshold_test_balanced_accuracy"])])
+        rows.append([r["dataset"], r["model"], r["setup"], str(r["seeds"]), fmt(r["val_accuracy"]) + vsd,
+                     fmt(r["test_accuracy"]) + sd, f"[{fmt(r['test_ci_low'])}, {fmt(r['test_ci_high'])}]",
+                     fmt(r["test_balanced_accuracy"]), fmt(r["test_macro_f1"]), fmt(r["test_ece"]),
+                     fmt(r["test_roc_auc"]), fmt(r["test_pr_auc"]), fmt(r["threshold_test_balanced_accuracy"])])
     return header, rows
 
 
@@ -294,7 +284,7 @@ def _failures(page: "_Page", failed: list[dict]) -> None:
 
 def _save_table(output: Path, t: Table) -> None:
     for ext, text in (("md", t.to_markdown()), ("csv", t.to_csv()), ("tex", t.to_latex())):
-        _write(output / "tables" / f"{t.key}.{ext}", text)
+        atomic_write_text(output / "tables" / f"{t.key}.{ext}", text)
 
 
 _CSS = """

@@ -104,7 +104,7 @@ class Table:
         """Header and rows of the paper-like (wide) layout."""
         if self.wide is not None:
             return self.wide(self)
-        return self.columns, [[_fmt(r.get(c)) for c in self.columns] for r in self.records]
+        return self.columns, [[fmt(r.get(c)) for c in self.columns] for r in self.records]
 
     def caption(self) -> str:
         note = f"{self.title} Rests on {self.n_runs} run(s)."
@@ -134,7 +134,8 @@ def _csv_value(v: Any) -> Any:
     return "" if v is None else v
 
 
-def _fmt(v: Any, digits: int = 3) -> str:
+def fmt(v: Any, digits: int = 3) -> str:
+    """A table cell: "–" for a gap (None or NaN), fixed digits for floats."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–"
     if isinstance(v, float):
@@ -217,7 +218,7 @@ class Tables:
         cols[4:4] = extra.get(settings, [])
 
         def cell(r):
-            v = _fmt(r["val_accuracy"])
+            v = fmt(r["val_accuracy"])
             if settings == "reg" and "l2_lambda" in r:
                 v += f" ({r['l2_lambda']:g},{r['maxnorm_gamma']:g})"
             if settings == "opt" and "optimizer" in r:
@@ -232,7 +233,7 @@ class Tables:
             d = ra["val_accuracy"] - rb["val_accuracy"]
             records.append({"dataset": ra["dataset"], "model": ra["model"], "setup": ra["setup"], "difference": d})
         return Table(key, title, records, max(a.n_runs, b.n_runs), ["dataset", "model", "setup", "difference"],
-                     wide=lambda t: self._wide(t.records, lambda r: _fmt(r["difference"])))
+                     wide=lambda t: self._wide(t.records, lambda r: fmt(r["difference"])))
 
     def _wide(self, records: list[dict], cell: Callable[[dict], str]) -> tuple[list[str], list[list[str]]]:
         by = {(r["dataset"], r["model"], r["setup"]): r for r in records}
@@ -255,7 +256,7 @@ class Tables:
         def wide(t: Table):
             by = {(r["dataset"], r["model"], r["optimizer"]): r for r in t.records}
             header = ["Dataset"] + [f"{display_name(m)} {OPT_SHORT.get(o, o)}" for m in self.models for o in opts]
-            rows = [[d] + [_fmt(by[(d, display_name(m), o)]["mean_epochs"], 2) for m in self.models for o in opts]
+            rows = [[d] + [fmt(by[(d, display_name(m), o)]["mean_epochs"], 2) for m in self.models for o in opts]
                     for d in self.datasets]
             return header, rows
 
