@@ -2,9 +2,11 @@
 
 naive: a conventional torch ``Dataset`` that decodes and resizes the JPEG files each epoch, a
 ``DataLoader`` (batch 32), fp32, NCHW, eager.
-fast: the prepared split held in memory as uint8 (on the GPU when there is one), batches gathered by
-index, channels-last; on CUDA also bf16 autocast and torch.compile(mode="reduce-overhead"); training
-batch still 32 (same semantics), inference batch 256.
+fast: astroclass's default fast path on this device (``RunConfig().speed(device)``): the prepared split
+held in memory as uint8 (on the GPU when there is one), batches gathered by index, channels-last, fused
+Adam; bf16 autocast on CUDA and on CPUs with AMX; on CPU 1x1 convolutions as matrix products; on CUDA
+torch.compile(mode="reduce-overhead"). Training batch still 32 (same semantics), inference batch 256.
+"fast fp32" is the same with ``amp="off"`` (and no compile), for CPUs without bf16 units.
 
 Also prints a projection of the paper's 600-run grid wall time from the measured fast-path
 throughput and the paper's epochs to convergence (Table 7), and, on a GPU, packed (k concurrent
@@ -29,7 +31,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DATA, save  # noqa: E402
 
-from astroclass.models import PAPER_MODELS, build_model  # noqa: E402
+from astroclass.models import PAPER_MODELS, build_model, matmul_1x1  # noqa: E402
+from astroclass.training import RunConfig, make_optimizer  # noqa: E402
 
 # The paper's datasets: images, and whether a run fine-tunes (pretrained adds 10 head epochs)
 PAPER_SIZES = {"SG": 50090, "MG": 15766, "EF-2": 3604, "EF-4": 4389, "EF-15": 4327}
@@ -82,10 +85,23 @@ def naive_train(model, loader, device, steps: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def fast_train(model, x_all, y_all, device, steps: int, amp: bool, compile_mode: str | None, batch: int = 32) -> float:
-    model = model.to(memory_format=torch.channels_last).train()
+def speed_options(device: torch.device, amp: str = "auto") -> dict:
+    """The fast path's options on ``device``, exactly as a training run resolves them."""
+    return RunConfig(dataset="-", amp=amp, compile="auto" if amp == "auto" else "off").speed(device)
+
+
+def fast_model(model, speed: dict):
+    model = model.to(memory_format=torch.channels_last)
+    if speed["matmul_1x1"]:
+        matmul_1x1(model)
+    return model
+
+
+def fast_train(model, x_all, y_all, device, steps: int, speed: dict, batch: int = 32) -> float:
+    model = fast_model(model, speed).train()
+    amp, compile_mode = speed["amp"] is not None, speed["compile"]
     fwd = torch.compile(model, mode=compile_mode, dynamic=False) if compile_mode else model
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4, eps=1e-7)
+    opt = make_optimizer("adam", model.parameters(), lr=1e-4, fused=speed["fused_optimizer"])
     gen = torch.Generator().manual_seed(0)
     warm = 3 if compile_mode else 1
     n, t0 = 0, None
@@ -126,8 +142,9 @@ def naive_infer(model, loader, device, batches: int) -> float:
 
 
 @torch.inference_mode()
-def fast_infer(model, x_all, device, images: int, amp: bool, batch: int = 256) -> float:
-    model = model.to(memory_format=torch.channels_last).eval()
+def fast_infer(model, x_all, device, images: int, speed: dict, batch: int = 256) -> float:
+    model = fast_model(model, speed).eval()
+    amp = speed["amp"] is not None
     n, t0 = 0, None
     for i in range(0, images + batch, batch):
         x = x_all[i % len(x_all):][:batch].to(device).float().div_(255).contiguous(memory_format=torch.channels_last)
@@ -149,7 +166,7 @@ def _packed_worker(args):
     x = torch.randint(0, 255, (2048, 3, 76, 76), dtype=torch.uint8, device=device)
     y = torch.randint(0, 2, (2048,), device=device)
     m = build_model(name, 2).to(device)
-    return fast_train(m, x, y, device, steps, amp=True, compile_mode=None)
+    return fast_train(m, x, y, device, steps, {**speed_options(device), "compile": None})
 
 
 def packed(name: str, k: int, steps: int) -> float:
@@ -200,8 +217,10 @@ def main() -> None:
     if device.type == "cuda":
         x_all, y_all = x_all.to(device), y_all.to(device)
     gpu = device.type == "cuda"
-    results: dict = {"device": str(device), "models": {}}
-    print(f"device: {torch.cuda.get_device_name(0) if gpu else f'CPU, {torch.get_num_threads()} threads'}")
+    speed, speed32 = speed_options(device), speed_options(device, "off")
+    results: dict = {"device": str(device), "gpu": torch.cuda.get_device_name(0) if gpu else None,
+                     "fast_path": {**speed, "amp": str(speed["amp"]) if speed["amp"] else None}, "models": {}}
+    print(f"device: {results['gpu'] or f'CPU, {torch.get_num_threads()} threads'}; fast path: {results['fast_path']}")
     print(f"{'model':22s} {'train naive':>11s} {'train fast':>10s} {'ratio':>6s} {'infer naive':>11s} "
           f"{'infer fast':>10s} {'ratio':>6s}  (images/s)")
     for name in args.models.split(","):
@@ -209,23 +228,24 @@ def main() -> None:
         m = build_model(name, k).to(device)
         tn = naive_train(m, loader, device, args.steps)
         m = build_model(name, k).to(device)
-        tf = fast_train(m, x_all, y_all, device, args.steps, amp=gpu, compile_mode="reduce-overhead" if gpu else None)
+        tf = fast_train(m, x_all, y_all, device, args.steps, speed)
         m = build_model(name, k).to(device)
         inn = naive_infer(m, loader, device, args.steps)
-        inf = fast_infer(m, x_all, device, 32 * args.steps * (8 if gpu else 2), amp=gpu)
+        images = 32 * args.steps * (8 if gpu else 2)
+        inf = fast_infer(m, x_all, device, images, speed)
         row = {"train_naive": tn, "train_fast": tf, "train_ratio": tf / tn, "infer_naive": inn, "infer_fast": inf,
                "infer_ratio": inf / inn}
-        if not gpu:  # bf16 autocast is an option on CPUs with AMX/AVX512-BF16 (not the default: it changes numerics)
-            row["infer_fast_bf16"] = fast_infer(build_model(name, k), x_all, device, 32 * args.steps * 2, amp=True)
-            row["train_fast_bf16"] = fast_train(build_model(name, k), x_all, y_all, device, args.steps, amp=True,
-                                                compile_mode=None)
+        if speed["amp"] is not None:  # the fp32 fast path too, for hardware without bf16 units
+            row["train_fast_fp32"] = fast_train(build_model(name, k).to(device), x_all, y_all, device, args.steps,
+                                                speed32)
+            row["infer_fast_fp32"] = fast_infer(build_model(name, k).to(device), x_all, device, images, speed32)
         if gpu and args.pack > 1:
             single = packed(name, 1, args.steps * 4)
             row["packed_single"], row["packed_k"], row["pack"] = single, packed(name, args.pack, args.steps * 4), args.pack
         results["models"][name] = row
         print(f"{name:22s} {tn:11.1f} {tf:10.1f} {tf / tn:5.2f}x {inn:11.1f} {inf:10.1f} {inf / inn:5.2f}x"
-              + (f"  bf16: train {row['train_fast_bf16']:.1f} ({row['train_fast_bf16'] / tn:.2f}x), inference "
-                 f"{row['infer_fast_bf16']:.1f} ({row['infer_fast_bf16'] / inn:.2f}x)" if "infer_fast_bf16" in row else "")
+              + (f"  fp32: train {row['train_fast_fp32']:.1f} ({row['train_fast_fp32'] / tn:.2f}x), inference "
+                 f"{row['infer_fast_fp32']:.1f} ({row['infer_fast_fp32'] / inn:.2f}x)" if "infer_fast_fp32" in row else "")
               + (f"  packed x{args.pack}: {row['packed_k']:.0f} vs {row['packed_single']:.0f} "
                  f"({row['packed_k'] / row['packed_single']:.2f}x)" if "packed_k" in row else ""), flush=True)
     paper = {m: r["train_fast"] for m, r in results["models"].items() if m in PAPER_NAMES}

@@ -35,6 +35,33 @@ def test_head_shapes_and_initialisation():
     assert flat.hidden.in_features == m.backbone.num_features * 3 * 3  # a 3x3 feature map, flattened
 
 
+@pytest.mark.parametrize("name", ["test_resnet", "inception_v3"])
+def test_1x1_convolutions_as_matmul_are_the_same_maths(name):
+    import copy
+
+    from astroclass.models import Conv1x1AsMatmul, matmul_1x1
+
+    torch.manual_seed(0)
+    conv = build_model(name, 3).to(memory_format=torch.channels_last)
+    mm = copy.deepcopy(conv)
+    n = matmul_1x1(mm)
+    kinds = [type(m) for m in mm.modules()]
+    assert n > 0 and kinds.count(Conv1x1AsMatmul) == n
+    assert all(m.stride == (1, 1) and m.kernel_size == (1, 1) for m in mm.modules() if type(m) is Conv1x1AsMatmul)
+    assert list(mm.state_dict()) == list(conv.state_dict())  # checkpoints are interchangeable
+    x = torch.rand(4, 3, 76, 76).contiguous(memory_format=torch.channels_last)
+    for net in (conv, mm):
+        net.eval()
+        torch.manual_seed(1)
+        net.zero_grad()
+        net(x).logsumexp(1).sum().backward()
+    torch.testing.assert_close(mm(x), conv(x), rtol=1e-4, atol=1e-5)
+    for (k, a), b in zip(conv.named_parameters(), mm.parameters()):  # fp32 rounding, relative to each gradient
+        assert (b.grad - a.grad).abs().max() <= 1e-3 * a.grad.abs().max(), k
+    assert matmul_1x1(mm, enable=False) == n and Conv1x1AsMatmul not in [type(m) for m in mm.modules()]
+    torch.testing.assert_close(mm(x), conv(x), rtol=1e-5, atol=1e-6)
+
+
 def test_vgg16_drops_fc6_fc7():
     m = build_model("vgg16", num_classes=2, input_size=76)
     assert isinstance(m.backbone.pre_logits, torch.nn.Identity)

@@ -21,7 +21,9 @@ from conftest import data_set
 @pytest.fixture(scope="module")
 def trained(tiny_h5, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("pred") / "run"
-    train(RunConfig(dataset=str(tiny_h5), model="test_resnet", epochs=2, batch_size=16, seed=1), run, progress=False)
+    # fp32 (amp off): predictions must then equal the training evaluation to 1e-5 whatever the batching
+    train(RunConfig(dataset=str(tiny_h5), model="test_resnet", epochs=2, batch_size=16, seed=1, amp="off"), run,
+          progress=False)
     return run
 
 
@@ -58,6 +60,20 @@ def test_predict_equals_training_evaluation_on_h5_and_on_the_jpeg_files(trained,
     # and through the Python API
     api = clf.predict([root / p for p in test_paths[:3]])
     np.testing.assert_allclose(api, evald["test_probs"][:3], atol=1e-5)
+
+
+def test_amp_auto_follows_the_training_run(trained, tmp_path):
+    """auto: fp32 for a run trained in fp32; for a run with amp="auto", bf16 exactly where training used it."""
+    from astroclass.training import auto_amp
+
+    assert astroclass.load(trained / "checkpoint.pt").amp is False  # the fixture's run: amp off
+    ck = torch.load(trained / "checkpoint.pt", weights_only=True)
+    ck["card"]["config"]["amp"] = "auto"
+    torch.save(ck, tmp_path / "auto.pt")
+    assert astroclass.load(tmp_path / "auto.pt").amp is (auto_amp(torch.device("cpu")) is not None)
+    ck["card"]["config"].update(amp="auto", paper_exact=True)
+    torch.save(ck, tmp_path / "exact.pt")
+    assert astroclass.load(tmp_path / "exact.pt").amp is False
 
 
 def test_tta_is_rotation_invariant_and_changes_predictions(trained, tiny_h5):

@@ -8,7 +8,7 @@ checkpoint → predictions for new images.
 __version__ = "0.1.0"
 
 
-def load(checkpoint, device: str = "auto", amp: str = "off"):
+def load(checkpoint, device: str = "auto", amp: str = "auto"):
     """Load a trained checkpoint for prediction: ``astroclass.load("run/checkpoint.pt").predict(images)``."""
     from astroclass.predict import load as _load
 

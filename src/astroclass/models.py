@@ -119,6 +119,37 @@ class AstroNet(nn.Module):
         w.mul_(norms.clamp(0, gamma) / (eps + norms))
 
 
+class Conv1x1AsMatmul(nn.Conv2d):
+    """A 1x1, stride-1, ungrouped convolution computed as one matrix product over the pixels.
+
+    Same parameters (state-dict keys and shapes unchanged), same maths. On a channels-last tensor the
+    (N, H, W, C) view is contiguous, so this is a single GEMM with no copies, and its output comes back
+    channels-last. At 76x76 the paper backbones reach 3x3 to 1x1 feature maps, where oneDNN's CPU
+    convolution kernels (above all their backward) run far below the GEMM kernels' speed.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            return super().forward(x)
+        return nn.functional.linear(x.permute(0, 2, 3, 1), self.weight.flatten(1), self.bias).permute(0, 3, 1, 2)
+
+
+def matmul_1x1(model: nn.Module, enable: bool = True) -> int:
+    """Turn every plain 1x1 stride-1 ungrouped ``nn.Conv2d`` in ``model`` into a ``Conv1x1AsMatmul``
+    in place (the parameters stay where they are), or with ``enable=False`` back into ``nn.Conv2d``
+    (for export); returns how many modules changed."""
+    n = 0
+    for m in model.modules():
+        if not enable and type(m) is Conv1x1AsMatmul:
+            m.__class__ = nn.Conv2d
+            n += 1
+        elif enable and type(m) is nn.Conv2d and m.kernel_size == (1, 1) and m.stride == (1, 1) \
+                and m.dilation == (1, 1) and m.groups == 1 and m.padding in ((0, 0), "valid"):
+            m.__class__ = Conv1x1AsMatmul
+            n += 1
+    return n
+
+
 def layers(backbone: nn.Module) -> list[tuple[str, nn.Module]]:
     """The backbone's "layers": leaf modules with parameters of their own, in registration order."""
     return [(n, m) for n, m in backbone.named_modules()

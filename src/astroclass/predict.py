@@ -12,6 +12,7 @@ without a flip): galaxies have no preferred orientation.
 
 from __future__ import annotations
 
+import copy
 import csv
 import os
 import time
@@ -59,12 +60,13 @@ def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
 class Classifier:
     """A trained model with its preprocessing: ``astroclass.load(checkpoint).predict(images)``."""
 
-    def __init__(self, checkpoint: str | Path, device: str = "auto", amp: str = "off"):
-        """``amp``: "off" (fp32, the training evaluation's numerics), "bf16" (autocast: on CPUs with
-        AMX/AVX512-BF16 2.5–4x faster inference here, probabilities within ~1e-2), or "auto" (bf16 on CUDA)."""
+    def __init__(self, checkpoint: str | Path, device: str = "auto", amp: str = "auto"):
+        """``amp``: "auto" (the training run's choice: fp32 for a ``--paper-exact`` or ``--amp off`` run,
+        otherwise bf16 autocast on CUDA GPUs and CPUs with AMX and fp32 elsewhere, as that run's evaluation
+        did on the same hardware), "off" (fp32) or "bf16". bf16 moves probabilities by up to ~1e-2."""
         from astroclass.data.images import ImageSpec
-        from astroclass.models import build_model
-        from astroclass.training import resolve_device
+        from astroclass.models import build_model, matmul_1x1
+        from astroclass.training import auto_amp, resolve_device
 
         self.path = Path(checkpoint)
         ck = read_checkpoint(self.path)
@@ -77,14 +79,19 @@ class Classifier:
         self.device = resolve_device(device)
         if amp not in ("off", "bf16", "auto"):
             raise AstroclassError(f"amp must be off, bf16 or auto, got {amp!r}")
-        self.amp = amp == "bf16" or (amp == "auto" and self.device.type == "cuda")
+        run = c.get("config", {})
+        fp32_run = bool(run.get("paper_exact")) or run.get("amp") == "off"
+        self.amp = amp == "bf16" or (amp == "auto" and not fp32_run and auto_amp(self.device) is not None)
         self.model = build_model(c["model"], len(self.class_names), self.in_chans, self.size, c.get("pooling", "avg"))
         try:
             self.model.load_state_dict(ck["state_dict"])
         except RuntimeError as exc:
             raise AstroclassError(f"{self.path}: the weights do not fit the architecture its card names "
                                   f"({c['model']}): {str(exc).splitlines()[0][:200]}") from None
-        self.model.to(self.device).eval()
+        # the training fast path's layout: channels-last, and on CPU 1x1 convolutions as matrix products
+        self.model.to(self.device, memory_format=torch.channels_last).eval()
+        if self.device.type == "cpu":
+            matmul_1x1(self.model)
 
     # -- arrays ----------------------------------------------------------------------------
     def _as_float(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -101,7 +108,7 @@ class Classifier:
         """Softmax probabilities (N, K) for stored-format images (uint8, or float in [0, 1])."""
         out = []
         for i in range(0, len(x), batch_size):
-            xb = self._as_float(x[i:i + batch_size]).to(self.device)
+            xb = self._as_float(x[i:i + batch_size]).to(self.device).contiguous(memory_format=torch.channels_last)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 if tta:
                     p = sum(torch.softmax(self.model(dihedral(xb, k)).float(), 1) for k in range(8)) / 8
@@ -134,7 +141,7 @@ class Classifier:
         return self.spec.to_dict(), self.in_chans, self.stored_dtype == np.float16
 
 
-def load(checkpoint: str | Path, device: str = "auto", amp: str = "off") -> Classifier:
+def load(checkpoint: str | Path, device: str = "auto", amp: str = "auto") -> Classifier:
     """Load a trained checkpoint for prediction: ``astroclass.load("run/checkpoint.pt").predict(x)``."""
     return Classifier(checkpoint, device, amp)
 
@@ -288,7 +295,11 @@ def export(clf: Classifier, onnx: str | Path | None = None, torchscript: str | P
     """Export the model (input: float32 (N, C, H, W) in [0, 1]; output: class probabilities)."""
     if onnx is None and torchscript is None:
         raise AstroclassError("nothing to export: give --onnx and/or --torchscript")
-    net = _WithSoftmax(clf.model.cpu()).eval()
+    from astroclass.models import matmul_1x1
+
+    plain = copy.deepcopy(clf.model).cpu().to(memory_format=torch.contiguous_format)
+    matmul_1x1(plain, enable=False)  # plain convolutions: what ONNX and TorchScript runtimes optimise
+    net = _WithSoftmax(plain).eval()
     example = torch.rand(2, clf.in_chans, clf.size, clf.size)
     written = []
     if onnx is not None:
@@ -314,5 +325,4 @@ def export(clf: Classifier, onnx: str | Path | None = None, torchscript: str | P
         traced.save(str(tmp))
         os.replace(tmp, torchscript)
         written.append(torchscript)
-    clf.model.to(clf.device)
     return written

@@ -21,8 +21,9 @@ def predict_cmd(checkpoint: Checkpoint,
                 path_col: Annotated[str, typer.Option(help="Image-path column of catalogue CSV inputs.")] = "path",
                 id_col: Annotated[Optional[str], typer.Option(help="Id column of catalogue CSV inputs.")] = None,
                 device: Annotated[str, typer.Option(help="auto, cpu, cuda ...")] = "auto",
-                amp: Annotated[str, typer.Option(help="off (fp32), bf16 (autocast; fast on CPUs with AMX and on "
-                                                      "GPUs), or auto (bf16 on CUDA).")] = "off",
+                amp: Annotated[str, typer.Option(help="auto (bf16 autocast on CUDA GPUs and CPUs with AMX, as "
+                                                      "training's evaluation; fp32 elsewhere), off (fp32) or bf16."
+                                                 )] = "auto",
                 workers: Annotated[Optional[int], typer.Option(help="Decoding processes (default: all cores).")] = None,
                 quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False):
     """Classify new images with a trained model, using exactly its training preprocessing. Unreadable images

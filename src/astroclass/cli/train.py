@@ -46,7 +46,8 @@ def train_cmd(
                                                         "'spiral=spiral_cw+spiral_acw,elliptical'.")] = None,
     paper_exact: Annotated[Optional[bool], typer.Option("--paper-exact/--fast", help="fp32, NCHW, eager (the reference "
                                                                                       "numerics) instead of the fast path.")] = None,
-    amp: Annotated[Optional[str], typer.Option(help="Mixed precision: auto (bf16 on CUDA), bf16 or off.")] = None,
+    amp: Annotated[Optional[str], typer.Option(help="Mixed precision: auto (bf16 on CUDA GPUs and CPUs with AMX, "
+                                                    "fp32 elsewhere), bf16 or off.")] = None,
     compile: Annotated[Optional[str], typer.Option("--compile", help="torch.compile: auto (reduce-overhead on CUDA), "
                                                                      "off, default, reduce-overhead, max-autotune.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Reuse a run folder that already holds a result.")] = False,
