@@ -22,6 +22,8 @@ bench: install
 	$(BIN)/python benchmarks/bench_import.py
 	$(BIN)/python benchmarks/bench_synth.py
 	$(BIN)/python benchmarks/bench_train.py
+	$(BIN)/python benchmarks/bench_kernels.py
+	$(BIN)/python benchmarks/bench_compile.py
 	$(BIN)/python benchmarks/bench_predict.py
 
 clean:
