@@ -63,7 +63,8 @@ def test_predict_equals_training_evaluation_on_h5_and_on_the_jpeg_files(trained,
 
 
 def test_amp_auto_follows_the_training_run(trained, tmp_path):
-    """auto: fp32 for a run trained in fp32; for a run with amp="auto", bf16 exactly where training used it."""
+    """auto does as the run did: fp32 for fp32 runs, bf16 for bf16 runs, and for amp="auto" runs bf16 exactly
+    where training used it."""
     from astroclass.training import auto_amp
 
     assert astroclass.load(trained / "checkpoint.pt").amp is False  # the fixture's run: amp off
@@ -74,6 +75,10 @@ def test_amp_auto_follows_the_training_run(trained, tmp_path):
     ck["card"]["config"].update(amp="auto", paper_exact=True)
     torch.save(ck, tmp_path / "exact.pt")
     assert astroclass.load(tmp_path / "exact.pt").amp is False
+    ck["card"]["config"].update(amp="bf16", paper_exact=False)
+    torch.save(ck, tmp_path / "bf16.pt")
+    assert astroclass.load(tmp_path / "bf16.pt").amp is True
+    assert astroclass.load(tmp_path / "bf16.pt", amp="off").amp is False
 
 
 def test_tta_is_rotation_invariant_and_changes_predictions(trained, tiny_h5):

@@ -61,9 +61,9 @@ class Classifier:
     """A trained model with its preprocessing: ``astroclass.load(checkpoint).predict(images)``."""
 
     def __init__(self, checkpoint: str | Path, device: str = "auto", amp: str = "auto"):
-        """``amp``: "auto" (the training run's choice: fp32 for a ``--paper-exact`` or ``--amp off`` run,
-        otherwise bf16 autocast on CUDA GPUs and CPUs with AMX and fp32 elsewhere, as that run's evaluation
-        did on the same hardware), "off" (fp32) or "bf16". bf16 moves probabilities by up to ~1e-2."""
+        """``amp``: "auto" (the training run's choice: fp32 for a ``--paper-exact`` or ``--amp off`` run, bf16
+        for an ``--amp bf16`` run, and for an ``--amp auto`` run bf16 autocast on CUDA GPUs and CPUs with AMX,
+        fp32 elsewhere), "off" (fp32) or "bf16". bf16 moves probabilities by up to ~1e-2."""
         from astroclass.data.images import ImageSpec
         from astroclass.models import build_model, matmul_1x1
         from astroclass.training import auto_amp, resolve_device
@@ -79,9 +79,10 @@ class Classifier:
         self.device = resolve_device(device)
         if amp not in ("off", "bf16", "auto"):
             raise AstroclassError(f"amp must be off, bf16 or auto, got {amp!r}")
-        run = c.get("config", {})
-        fp32_run = bool(run.get("paper_exact")) or run.get("amp") == "off"
-        self.amp = amp == "bf16" or (amp == "auto" and not fp32_run and auto_amp(self.device) is not None)
+        if amp == "auto":  # as the run did
+            run = c.get("config", {})
+            amp = "off" if run.get("paper_exact") else run.get("amp", "auto")
+        self.amp = amp == "bf16" or (amp == "auto" and auto_amp(self.device) is not None)
         self.model = build_model(c["model"], len(self.class_names), self.in_chans, self.size, c.get("pooling", "avg"))
         try:
             self.model.load_state_dict(ck["state_dict"])

@@ -272,8 +272,9 @@ def auto_amp(device: torch.device) -> torch.dtype | None:
 def make_optimizer(name: str, params, lr: float | None = None, fused: bool = False) -> torch.optim.Optimizer:
     """One of the paper's optimisers with Keras' default hyperparameters (lr overridable).
 
-    ``fused``: Adam and SGD use PyTorch's fused single-kernel update (same update rule, 3.5x faster
-    on CPU for Adam here); RMSprop and RAdam have no fused kernel and keep the multi-tensor one."""
+    ``fused``: Adam and SGD use PyTorch's fused single-kernel update (same update rule; Adam's step is
+    2-4x faster on CPU, benchmarks/bench_kernels.py); RMSprop and RAdam have no fused kernel and keep
+    the multi-tensor one."""
     if name not in KERAS_DEFAULTS:
         raise AstroclassError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
     kw = dict(KERAS_DEFAULTS[name])

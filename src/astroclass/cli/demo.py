@@ -20,7 +20,8 @@ def demo_cmd(output: Annotated[Path, typer.Option("--output", "-o", help="Folder
              seed: Annotated[int, typer.Option(help="Seed of the data and the runs.")] = 0,
              quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False):
     """Render a synthetic star/galaxy set (GalSim), train the paper's five backbones and efficientnet_lite0
-    (scratch and fine-tuned) on it, and write the HTML report. About 10 minutes on a 2-core laptop."""
+    (scratch and fine-tuned) on it, and write the HTML report. About 4 minutes on 2 cores with AMX (bf16),
+    longer on CPUs that train in fp32."""
     from astroclass.demo import run_demo
     from astroclass.models import display_name
 
