@@ -256,6 +256,12 @@ def main() -> None:
                                        "fast_per_model": fast_h, "naive_per_model": naive_h}
         print(f"projected paper grid (600 runs, one run at a time): fast {sum(fast_h.values()):.1f} h, "
               f"naive {sum(naive_h.values()):.1f} h")
+        packed_rates = {m: r["packed_k"] for m, r in results["models"].items() if m in PAPER_NAMES and "packed_k" in r}
+        if len(packed_rates) == 5:  # k runs at a time: the grid's images at the packed aggregate rate
+            packed_h = projection(packed_rates)
+            results["projection_hours"]["packed"] = sum(packed_h.values())
+            results["projection_hours"]["packed_per_model"] = packed_h
+            print(f"projected paper grid, {args.pack} runs packed per GPU: {sum(packed_h.values()):.1f} h")
     tag = "gpu" if gpu else "cpu"
     print(f"saved {save(f'train_{tag}', results)}")
 
