@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import functools
 import json
 import math
 import os
@@ -253,6 +254,7 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
+@functools.lru_cache(maxsize=1)
 def cpu_has_amx() -> bool:
     """Whether this CPU has AMX-BF16 tile units (Linux: the amx_bf16 flag in /proc/cpuinfo)."""
     try:
