@@ -13,8 +13,7 @@ import torch
 import astroclass
 from astroclass.data import PreparedDataset
 from astroclass.errors import AstroclassError
-from astroclass.predict import dihedral
-from astroclass.training import RunConfig, train
+from astroclass.training import RunConfig, dihedral, train
 from conftest import data_set
 
 

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from astroclass.errors import AstroclassError
 from astroclass.experiments import GridOptions, GridSpec, Store, run_grid
 from astroclass.experiments.spec import RunSpec, run_id
 from astroclass.report import build_report

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from astroclass.data import PreparedDataset
-from astroclass.errors import AstroclassError
 
 galsim = pytest.importorskip("galsim")
 

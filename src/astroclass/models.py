@@ -284,10 +284,11 @@ def download_weights(url: str, cache_dir: str | Path | None = None, timeout: flo
     download is never mistaken for a cached file.
     """
     import hashlib
-    import os
     import shutil
     import urllib.error
     import urllib.request
+
+    from astroclass.fileio import atomic_output
 
     if cache_dir is None:
         cache_dir = Path(torch.hub.get_dir()) / "checkpoints"
@@ -297,13 +298,11 @@ def download_weights(url: str, cache_dir: str | Path | None = None, timeout: flo
     target = cache_dir / f"{hashlib.sha256(url.encode()).hexdigest()[:12]}-{name}"
     if target.is_file():
         return target
-    tmp = target.with_name(f".{target.name}.part{os.getpid()}")
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp, open(tmp, "wb") as fh:
+        with atomic_output(target) as tmp, urllib.request.urlopen(url, timeout=timeout) as resp, \
+                open(tmp, "wb") as fh:
             shutil.copyfileobj(resp, fh)
-        os.replace(tmp, target)
     except (urllib.error.URLError, OSError, ValueError) as exc:
-        tmp.unlink(missing_ok=True)
         raise AstroclassError(f"could not download weights from {url} ({exc})") from None
     return target
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -26,10 +25,8 @@ import torch
 
 from astroclass import __version__
 from astroclass.errors import AstroclassError
-from astroclass.training import to_float
-
-CHECKPOINT_FORMAT = "astroclass.checkpoint"
-CHECKPOINT_VERSION = 1
+from astroclass.fileio import atomic_output
+from astroclass.training import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, predict_probs
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -49,12 +46,6 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise AstroclassError(f"{path}: checkpoint format {ck['format_version']} comes from a newer astroclass "
                               f"({ck['card'].get('astroclass_version')}); this is {__version__}: upgrade astroclass")
     return ck
-
-
-def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Symmetry k (0..7) of the square: rotation by k·90° (k mod 4), flipped left-right for k ≥ 4."""
-    y = torch.rot90(x, k % 4, dims=(2, 3))
-    return y.flip(3) if k >= 4 else y
 
 
 class Classifier:
@@ -95,28 +86,19 @@ class Classifier:
             matmul_1x1(self.model)
 
     # -- arrays ----------------------------------------------------------------------------
-    def _as_float(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
+    def predict_tensor(self, x: np.ndarray | torch.Tensor, tta: bool = False, batch_size: int = 256) -> np.ndarray:
+        """Softmax probabilities (N, K) for stored-format images (uint8, or float in [0, 1]), computed as
+        the training run's evaluation computes them."""
         t = torch.as_tensor(np.asarray(x)) if not isinstance(x, torch.Tensor) else x
         if t.ndim == 3:
             t = t[None]
         if t.ndim != 4 or t.shape[1:] != (self.in_chans, self.size, self.size):
             raise AstroclassError(f"expected images of shape (N, {self.in_chans}, {self.size}, {self.size}), got "
                                   f"{tuple(t.shape)}")
-        return to_float(t)
-
-    @torch.no_grad()
-    def predict_tensor(self, x: torch.Tensor, tta: bool = False, batch_size: int = 256) -> np.ndarray:
-        """Softmax probabilities (N, K) for stored-format images (uint8, or float in [0, 1])."""
-        out = []
-        for i in range(0, len(x), batch_size):
-            xb = self._as_float(x[i:i + batch_size]).to(self.device).contiguous(memory_format=torch.channels_last)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                if tta:
-                    p = sum(torch.softmax(self.model(dihedral(xb, k)).float(), 1) for k in range(8)) / 8
-                else:
-                    p = torch.softmax(self.model(xb).float(), 1)
-            out.append(p.float().cpu())
-        return torch.cat(out).numpy() if out else np.zeros((0, len(self.class_names)), np.float32)
+        if not len(t):
+            return np.zeros((0, len(self.class_names)), np.float32)
+        return predict_probs(self.model, t, self.device, batch_size, channels_last=True,
+                             amp=torch.bfloat16 if self.amp else None, tta=tta)
 
     def predict(self, images: np.ndarray | torch.Tensor | Sequence[str | Path], tta: bool = False) -> np.ndarray:
         """Probabilities (N, K) for an array of stored-format images or a list of image/FITS files.
@@ -226,12 +208,12 @@ def predict_to_csv(clf: Classifier, inputs: Sequence[str | Path], output: str | 
     sources = list(expand_inputs(inputs, path_col, id_col))
     if not sources:
         raise AstroclassError("no inputs to predict")
-    tmp = output.with_name(f".{output.name}.part{os.getpid()}")
     counts = {"ok": 0, "failed": 0}
     h5_cache: dict[str, PreparedDataset] = {}
     t0 = time.perf_counter()
     try:
-        with open(tmp, "w", newline="") as fh, Bar(progress, len(sources), "predicting") as bar:
+        with atomic_output(output) as tmp, open(tmp, "w", newline="") as fh, \
+                Bar(progress, len(sources), "predicting") as bar:
             w = csv.writer(fh)
             w.writerow(["id", "source", "status", "predicted", *[f"p_{c}" for c in clf.class_names], "error"])
             for start in range(0, len(sources), block):
@@ -268,10 +250,6 @@ def predict_to_csv(clf: Classifier, inputs: Sequence[str | Path], output: str | 
                         w.writerow([s.id, s.path, "failed", "", *[""] * len(clf.class_names), errors[i]])
                         counts["failed"] += 1
                 bar.advance(len(chunk))
-        os.replace(tmp, output)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     finally:
         for ds in h5_cache.values():
             ds.close()
@@ -304,26 +282,21 @@ def export(clf: Classifier, onnx: str | Path | None = None, torchscript: str | P
     example = torch.rand(2, clf.in_chans, clf.size, clf.size)
     written = []
     if onnx is not None:
-        onnx = Path(onnx)
-        tmp = onnx.with_name(f".{onnx.name}.tmp")
         try:
-            torch.onnx.export(net, (example,), str(tmp), input_names=["images"], output_names=["probabilities"],
-                              dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"}}, opset_version=17,
-                              dynamo=False)
+            with atomic_output(onnx) as tmp:
+                torch.onnx.export(net, (example,), str(tmp), input_names=["images"], output_names=["probabilities"],
+                                  dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"}},
+                                  opset_version=17, dynamo=False)
         except Exception as exc:
-            tmp.unlink(missing_ok=True)
             raise AstroclassError(f"ONNX export of {clf.card['model']} failed: {type(exc).__name__}: {str(exc)[:200]}") from None
-        os.replace(tmp, onnx)
-        written.append(onnx)
+        written.append(Path(onnx))
     if torchscript is not None:
-        torchscript = Path(torchscript)
-        tmp = torchscript.with_name(f".{torchscript.name}.tmp")
         import warnings
 
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TorchScript's deprecation notice; the file still loads everywhere
             traced = torch.jit.trace(net, example)
-        traced.save(str(tmp))
-        os.replace(tmp, torchscript)
-        written.append(torchscript)
+        with atomic_output(torchscript) as tmp:
+            traced.save(str(tmp))
+        written.append(Path(torchscript))
     return written

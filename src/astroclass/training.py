@@ -49,6 +49,7 @@ import yaml
 
 from astroclass import __version__
 from astroclass.errors import AstroclassError
+from astroclass.fileio import atomic_output, atomic_write_text
 from astroclass.progress import Bar
 
 SETUPS = ("scratch", "pretrained")
@@ -56,6 +57,8 @@ SAMPLERS = ("none", "balanced")
 MONITORS = ("val_loss", "balanced_accuracy", "macro_f1")
 AMP_MODES = ("auto", "bf16", "off")
 COMPILE_MODES = ("auto", "off", "default", "reduce-overhead", "max-autotune")
+CHECKPOINT_FORMAT = "astroclass.checkpoint"
+CHECKPOINT_VERSION = 1
 OPTIMIZERS = ("rmsprop", "adam", "radam", "sgd")
 KERAS_DEFAULTS = {
     "rmsprop": {"lr": 1e-3, "alpha": 0.9, "eps": 1e-7, "momentum": 0.0, "centered": False},
@@ -225,23 +228,6 @@ class TrainingFailed(AstroclassError):
     """A run that could not finish (e.g. the loss became NaN); its history is kept."""
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temporary name beside ``path`` and rename: readers never see a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -302,6 +288,14 @@ def environment(device: torch.device) -> dict[str, Any]:
     return env
 
 
+def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Symmetry k (0..7) of the square: rotation by k·90° (k mod 4), flipped left-right for k ≥ 4."""
+    if k == 0:
+        return x
+    y = torch.rot90(x, k % 4, dims=(2, 3))
+    return y.flip(3) if k >= 4 else y
+
+
 def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Each image gets one of the 8 symmetries of the square (rotations by 90°, with or without a flip)."""
     k = torch.randint(0, 8, (x.shape[0],), generator=generator, device="cpu").to(x.device)
@@ -309,8 +303,7 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     for t in range(1, 8):
         sel = k == t
         if sel.any():
-            y = torch.rot90(x[sel], t % 4, dims=(2, 3))
-            out[sel] = y.flip(3) if t >= 4 else y
+            out[sel] = dihedral(x[sel], t)
     return out
 
 
@@ -345,16 +338,20 @@ class EarlyStopping:
 
 @torch.no_grad()
 def predict_probs(model: torch.nn.Module, x: torch.Tensor, device: torch.device, batch_size: int = 256,
-                  channels_last: bool = False, amp: torch.dtype | None = None) -> np.ndarray:
-    """Softmax probabilities for stored images x (N, C, H, W), in eval mode (softmax in fp32)."""
+                  channels_last: bool = False, amp: torch.dtype | None = None, tta: bool = False) -> np.ndarray:
+    """Softmax probabilities for stored images x (N, C, H, W), in eval mode (softmax in fp32); with
+    ``tta``, averaged over the 8 symmetries of the square (galaxies have no preferred orientation)."""
     model.eval()
     out = []
     fmt = torch.channels_last if channels_last else torch.contiguous_format
+    views = range(8) if tta else range(1)
     for i in range(0, len(x), batch_size):
-        xb = to_float(x[i:i + batch_size].to(device, non_blocking=True)).contiguous(memory_format=fmt)
+        xb = to_float(x[i:i + batch_size].to(device, non_blocking=True))
+        p = 0
         with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
-            logits = model(xb)
-        out.append(torch.softmax(logits.float(), dim=1).cpu())
+            for k in views:
+                p = p + torch.softmax(model(dihedral(xb, k).contiguous(memory_format=fmt)).float(), dim=1)
+        out.append((p / len(views)).cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
 
 
@@ -554,13 +551,10 @@ class Trainer:
             self.on_epoch(row)
 
     def _write_history(self) -> None:
-        path = self.out_dir / "history.csv"
-        tmp = path.with_name(".history.csv.tmp")
-        with open(tmp, "w", newline="") as fh:
+        with atomic_output(self.out_dir / "history.csv") as tmp, open(tmp, "w", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=list(self.history[0]))
             w.writeheader()
             w.writerows(self.history)
-        os.replace(tmp, path)
 
     # -- the run -------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -646,9 +640,8 @@ class Trainer:
             result.threshold = binary_report(preds["val_labels"], preds["val_probs"], preds["test_labels"],
                                              preds["test_probs"], positive=int(np.argmin(train_counts)),
                                              class_names=ds.class_names)
-        tmp = self.out_dir / ".predictions.tmp.npz"
-        np.savez_compressed(tmp, **preds)
-        os.replace(tmp, self.out_dir / "predictions.npz")
+        with atomic_output(self.out_dir / "predictions.npz") as tmp, open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **preds)
 
     def _save_checkpoint(self, model, ds, result: RunResult) -> None:
         card = {
@@ -660,8 +653,9 @@ class Trainer:
             "best_epoch": result.best_epoch, "astroclass_version": __version__,
         }
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        atomic_torch_save({"format": "astroclass.checkpoint", "format_version": 1, "card": card,
-                           "state_dict": state}, self.out_dir / "checkpoint.pt")
+        with atomic_output(self.out_dir / "checkpoint.pt") as tmp:
+            torch.save({"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, "card": card,
+                        "state_dict": state}, tmp)
 
 
 def _headline(m: dict) -> dict:

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,7 @@ import numpy as np
 from astroclass import __version__
 from astroclass.data.images import ImageSpec
 from astroclass.errors import AstroclassError
+from astroclass.fileio import atomic_output
 
 FORMAT = "astroclass.prepared"
 FORMAT_VERSION = 1
@@ -50,13 +49,6 @@ def content_hash(images: np.ndarray, labels: np.ndarray, split: np.ndarray, ids:
     h.update(np.ascontiguousarray(split, dtype=np.uint8).tobytes())
     h.update("\n".join(ids).encode())
     return h.hexdigest()
-
-
-def atomic_path(target: Path) -> Path:
-    """A fresh temporary path in the target's folder (same file system, so rename is atomic)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    return Path(tmp)
 
 
 def write_prepared(path: str | Path, *, images: np.ndarray, labels: np.ndarray, split: np.ndarray,
@@ -76,43 +68,34 @@ def write_prepared(path: str | Path, *, images: np.ndarray, labels: np.ndarray, 
     labels = np.asarray(labels, dtype=np.int64)
     split = np.asarray(split, dtype=np.uint8)
     digest = content_hash(images, labels, split, ids, class_names)
-    tmp = atomic_path(path)
-    try:
-        with h5py.File(tmp, "w", track_order=False) as f:
-            chunk = (max(1, min(n, 64)),) + tuple(images.shape[1:])
-            f.create_dataset("images", data=images, chunks=chunk if n else None,
-                             compression="gzip" if n else None, compression_opts=4 if n else None,
-                             shuffle=bool(n), track_times=False)
-            f.create_dataset("labels", data=labels, track_times=False)
-            f.create_dataset("split", data=split, track_times=False)
-            str_dt = h5py.string_dtype()
-            f.create_dataset("ids", data=np.array(list(ids), dtype=object), dtype=str_dt, track_times=False)
-            f.create_dataset("paths", data=np.array(list(paths), dtype=object), dtype=str_dt, track_times=False)
-            if columns:
-                grp = f.create_group("columns", track_order=False)
-                for name in sorted(columns):
-                    grp.create_dataset(name, data=np.asarray(columns[name]), track_times=False)
-            attrs = {
-                "format": FORMAT,
-                "format_version": FORMAT_VERSION,
-                "class_names": json.dumps(list(class_names)),
-                "source": json.dumps(dict(source), sort_keys=True),
-                "options": json.dumps(dict(options), sort_keys=True),
-                "image_spec": json.dumps(spec.to_dict(), sort_keys=True),
-                "band_names": json.dumps(list(band_names)),
-                "astroclass_version": __version__,
-                "content_hash": digest,
-                "split_seed": -1 if split_seed is None else int(split_seed),
-            }
-            for k, v in attrs.items():
-                f.attrs[k] = v
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as tmp, h5py.File(tmp, "w", track_order=False) as f:
+        chunk = (max(1, min(n, 64)),) + tuple(images.shape[1:])
+        f.create_dataset("images", data=images, chunks=chunk if n else None,
+                         compression="gzip" if n else None, compression_opts=4 if n else None,
+                         shuffle=bool(n), track_times=False)
+        f.create_dataset("labels", data=labels, track_times=False)
+        f.create_dataset("split", data=split, track_times=False)
+        str_dt = h5py.string_dtype()
+        f.create_dataset("ids", data=np.array(list(ids), dtype=object), dtype=str_dt, track_times=False)
+        f.create_dataset("paths", data=np.array(list(paths), dtype=object), dtype=str_dt, track_times=False)
+        if columns:
+            grp = f.create_group("columns", track_order=False)
+            for name in sorted(columns):
+                grp.create_dataset(name, data=np.asarray(columns[name]), track_times=False)
+        attrs = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "class_names": json.dumps(list(class_names)),
+            "source": json.dumps(dict(source), sort_keys=True),
+            "options": json.dumps(dict(options), sort_keys=True),
+            "image_spec": json.dumps(spec.to_dict(), sort_keys=True),
+            "band_names": json.dumps(list(band_names)),
+            "astroclass_version": __version__,
+            "content_hash": digest,
+            "split_seed": -1 if split_seed is None else int(split_seed),
+        }
+        for k, v in attrs.items():
+            f.attrs[k] = v
     return digest
 
 

@@ -16,7 +16,7 @@ from astroclass.errors import AstroclassError
 from astroclass.experiments.engines import Job, make_engine
 from astroclass.experiments.spec import GridSpec
 from astroclass.experiments.store import Store
-from astroclass.training import atomic_write_text
+from astroclass.fileio import atomic_write_text
 
 KEEP_POLICIES = ("best", "all", "none")
 

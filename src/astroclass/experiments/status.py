@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 from typing import Any
 
 from astroclass.errors import AstroclassError
 from astroclass.experiments.spec import GridSpec
 from astroclass.experiments.store import Store
+from astroclass.fileio import atomic_output
 
 EXPORT_COLUMNS = ["id", "dataset", "model", "setup", "l2", "maxnorm", "optimizer", "seed", "status", "attempts",
                   "host", "device", "seconds", "val_accuracy", "val_balanced_accuracy", "val_macro_f1",
@@ -64,21 +64,20 @@ def flat_rows(store: Store) -> list[dict[str, Any]]:
 def export(store: Store, output: str | Path) -> Path:
     """All runs as one flat table: .csv, or .parquet (needs pyarrow)."""
     output = Path(output)
+    if output.suffix not in (".csv", ".parquet"):
+        raise AstroclassError(f"{output}: export to .csv or .parquet")
     rows = flat_rows(store)
-    tmp = output.with_name(f".{output.name}.tmp")
     if output.suffix == ".parquet":
         try:
             import pyarrow as pa
             import pyarrow.parquet as pq
         except ImportError:
             raise AstroclassError("Parquet export needs pyarrow (pip install pyarrow); CSV works without it") from None
-        pq.write_table(pa.Table.from_pylist(rows), tmp)
-    elif output.suffix == ".csv":
-        with open(tmp, "w", newline="") as fh:
+        with atomic_output(output) as tmp:
+            pq.write_table(pa.Table.from_pylist(rows), tmp)
+    else:
+        with atomic_output(output) as tmp, open(tmp, "w", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=EXPORT_COLUMNS)
             w.writeheader()
             w.writerows(rows)
-    else:
-        raise AstroclassError(f"{output}: export to .csv or .parquet")
-    os.replace(tmp, output)
     return output

@@ -22,7 +22,7 @@ from astroclass.report import plots
 from astroclass.report.stats import four_questions, load_predictions, ranked_cells, significance, summarise_choice
 from astroclass.report.scaling import scaling_answer, scaling_curves
 from astroclass.report.tables import OPT_SHORT, RunRow, Table, Tables, compare_with_paper, fmt
-from astroclass.training import atomic_write_text
+from astroclass.fileio import atomic_write_text
 
 
 def build_report(experiment: str | Path, output: str | Path) -> Path:
