@@ -95,9 +95,8 @@ def main() -> None:
                "optimizer_step_ms": opt, "params_m": sum(p.numel() for p in params) / 1e6}
         results["models"][name] = row
         print(f"{name:20s} {n:4d} {t_conv:8.0f} {t_mm:8.0f} {t_conv / t_mm:5.2f}x {err_conv:8.1e} {err_mm:8.1e} | "
-              f"{opt['adam']:6.0f} "
-              f"{opt['adam_fused']:6.0f} {opt['adam'] / opt['adam_fused']:5.2f}x {opt['rmsprop']:7.0f} "
-              f"{opt['radam']:6.0f}", flush=True)
+              f"{opt['adam']:6.0f} {opt['adam_fused']:6.0f} {opt['adam'] / opt['adam_fused']:5.2f}x "
+              f"{opt['rmsprop']:7.0f} {opt['radam']:6.0f}", flush=True)
     print(f"saved {save('kernels_cpu', results)}")
 
 

@@ -22,6 +22,7 @@ import csv
 import multiprocessing
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -64,25 +65,32 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def images_per_s(step: Callable[[], int], steps: int, device: torch.device, warm: int = 1) -> float:
+    """Call ``step`` (it returns its batch size) ``warm`` times untimed, then ``steps`` times timed."""
+    for _ in range(warm):
+        step()
+    sync(device)
+    t0 = time.perf_counter()
+    n = sum(step() for _ in range(steps))
+    sync(device)
+    return n / (time.perf_counter() - t0)
+
+
 def naive_train(model, loader, device, steps: int) -> float:
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, eps=1e-7)
     it = iter(loader)
-    n, t0 = 0, None
-    for step in range(steps + 1):
+
+    def step() -> int:
         x, y = next(it)
         x, y = x.to(device), y.to(device)
         loss = F.cross_entropy(model(x), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        if step == 0:  # warm-up step not timed
-            sync(device)
-            t0 = time.perf_counter()
-        else:
-            n += len(x)
-    sync(device)
-    return n / (time.perf_counter() - t0)
+        return len(x)
+
+    return images_per_s(step, steps, device)
 
 
 def speed_options(device: torch.device, amp: str = "auto") -> dict:
@@ -103,9 +111,8 @@ def fast_train(model, x_all, y_all, device, steps: int, speed: dict, batch: int 
     fwd = torch.compile(model, mode=compile_mode, dynamic=False) if compile_mode else model
     opt = make_optimizer("adam", model.parameters(), lr=1e-4, fused=speed["fused_optimizer"])
     gen = torch.Generator().manual_seed(0)
-    warm = 3 if compile_mode else 1
-    n, t0 = 0, None
-    for step in range(steps + warm):
+
+    def step() -> int:
         idx = torch.randint(0, len(x_all), (batch,), generator=gen).to(x_all.device)
         x = x_all[idx].to(device, non_blocking=True).float().div_(255).contiguous(memory_format=torch.channels_last)
         y = y_all[idx].to(device, non_blocking=True)
@@ -115,48 +122,38 @@ def fast_train(model, x_all, y_all, device, steps: int, speed: dict, batch: int 
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if step == warm - 1:
-            sync(device)
-            t0 = time.perf_counter()
-        elif step >= warm:
-            n += batch
-    sync(device)
-    return n / (time.perf_counter() - t0)
+        return batch
+
+    return images_per_s(step, steps, device, warm=3 if compile_mode else 1)
 
 
 @torch.inference_mode()
 def naive_infer(model, loader, device, batches: int) -> float:
     model.eval()
-    n, t0 = 0, None
-    for i, (x, _) in enumerate(loader):
+    it = iter(loader)
+
+    def step() -> int:
+        x, _ = next(it)
         model(x.to(device))
-        if i == 0:
-            sync(device)
-            t0 = time.perf_counter()
-        else:
-            n += len(x)
-        if i == batches:
-            break
-    sync(device)
-    return n / (time.perf_counter() - t0)
+        return len(x)
+
+    return images_per_s(step, batches, device)
 
 
 @torch.inference_mode()
 def fast_infer(model, x_all, device, images: int, speed: dict, batch: int = 256) -> float:
     model = fast_model(model, speed).eval()
     amp = speed["amp"] is not None
-    n, t0 = 0, None
-    for i in range(0, images + batch, batch):
+    start = iter(range(0, images + batch, batch))
+
+    def step() -> int:
+        i = next(start)
         x = x_all[i % len(x_all):][:batch].to(device).float().div_(255).contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             model(x)
-        if i == 0:
-            sync(device)
-            t0 = time.perf_counter()
-        else:
-            n += len(x)
-    sync(device)
-    return n / (time.perf_counter() - t0)
+        return len(x)
+
+    return images_per_s(step, -(-images // batch), device)
 
 
 def _packed_worker(args):

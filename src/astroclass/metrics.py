@@ -11,16 +11,8 @@ def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 15)
     """ECE with equal-width confidence bins: Σ_b (n_b / n) |accuracy_b − confidence_b|."""
     if len(y) == 0:
         return float("nan")
-    conf = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == y
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
-    ece = 0.0
-    for b in range(bins):
-        sel = which == b
-        if sel.any():
-            ece += sel.mean() * abs(correct[sel].mean() - conf[sel].mean())
-    return float(ece)
+    rb = reliability_bins(probs, y, bins)
+    return float(sum(n / len(y) * abs(a - c) for c, a, n in zip(rb["confidence"], rb["accuracy"], rb["count"]) if n))
 
 
 def reliability_bins(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> dict[str, list[float]]:

@@ -37,9 +37,10 @@ import os
 import platform
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -161,6 +162,13 @@ class RunConfig:
         if not 0 < self.train_fraction <= 1:
             raise AstroclassError(f"train_fraction must be in (0, 1], got {self.train_fraction}")
         return self
+
+    @staticmethod
+    @functools.lru_cache(maxsize=1)
+    def defaults() -> Mapping[str, Any]:
+        """Every option's default value, read-only (run ids and table variants count only options that
+        differ from these)."""
+        return MappingProxyType(RunConfig(dataset="").to_dict())
 
     def resolved_weights(self) -> str | None:
         if self.setup == "scratch":

@@ -15,7 +15,7 @@ from pathlib import Path
 from astroclass.errors import AstroclassError
 from astroclass.experiments.engines import Job, make_engine
 from astroclass.experiments.spec import GridSpec
-from astroclass.experiments.store import Store
+from astroclass.experiments.store import Store, first_line, run_label
 from astroclass.fileio import atomic_write_text
 
 KEEP_POLICIES = ("best", "all", "none")
@@ -72,12 +72,11 @@ def apply_keep_policy(store: Store, experiment: Path, rid: str, keep: str) -> No
     """
     if keep == "all":
         return
-    run = store.runs(ids=[rid])[0]
     if keep == "none":
         (experiment / "runs" / rid / "checkpoint.pt").unlink(missing_ok=True)
         return
-    cell = [r for r in store.runs(status="done") if (r["dataset"], r["model"], r["setup"]) ==
-            (run["dataset"], run["model"], run["setup"])]
+    run = store.runs(ids=[rid])[0]
+    cell = store.runs(status="done", cell=(run["dataset"], run["model"], run["setup"]))
     best = max(cell, key=lambda r: r["metrics"].get("val", {}).get("accuracy", -1.0), default=None)
     for r in cell:
         if best is not None and r["id"] != best["id"]:
@@ -163,8 +162,7 @@ class _Display:
         return f"grid ({len(self.running)} running)"
 
     def started(self, rid: str, cfg: dict) -> None:
-        self.running[rid] = f"{Path(cfg['dataset']).stem} {cfg['model']} {cfg['setup']} {cfg['optimizer']} " \
-                            f"l2={cfg['l2']:g} mn={cfg['maxnorm']:g} seed={cfg['seed']}"
+        self.running[rid] = run_label(cfg, Path(cfg["dataset"]).stem)
         if self._p is not None:
             self._p.update(self._task, description=self._describe())
 
@@ -174,7 +172,7 @@ class _Display:
             self.done += 1
             line = f"done   {rid} {name}: val acc {result['val']['accuracy']:.3f}, test acc {result['test']['accuracy']:.3f}"
         else:
-            err = (result.get("error") or "not recorded: lease lost").splitlines()[0]
+            err = first_line(result.get("error") or "not recorded: lease lost")
             line = f"failed {rid} {name}: {err}"
         if self._p is not None:
             self._p.update(self._task, completed=self.done, description=self._describe())

@@ -53,7 +53,7 @@ ID_ALWAYS = {"dataset", "model", "setup", "l2", "maxnorm", "optimizer", "seed"}
 def run_id(config: dict[str, Any]) -> str:
     """sha256 of the canonical config: the paper's axes, plus every other option that differs from its
     default (so options added to RunConfig later, at their defaults, leave existing ids unchanged)."""
-    defaults = RunConfig(dataset="").to_dict()
+    defaults = RunConfig.defaults()
     canon = {k: v for k, v in config.items()
              if k not in NOT_IN_ID and (k in ID_ALWAYS or k not in defaults or v != defaults[k])}
     return hashlib.sha256(json.dumps(canon, sort_keys=True, default=str).encode()).hexdigest()[:16]

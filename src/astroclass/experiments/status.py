@@ -8,7 +8,7 @@ from typing import Any
 
 from astroclass.errors import AstroclassError
 from astroclass.experiments.spec import GridSpec
-from astroclass.experiments.store import Store
+from astroclass.experiments.store import Store, first_line, run_label, status_counts
 from astroclass.fileio import atomic_output
 
 EXPORT_COLUMNS = ["id", "dataset", "model", "setup", "l2", "maxnorm", "optimizer", "seed", "status", "attempts",
@@ -19,13 +19,13 @@ EXPORT_COLUMNS = ["id", "dataset", "model", "setup", "l2", "maxnorm", "optimizer
 
 def grid_status(spec: GridSpec, store: Store, slots: int = 1) -> dict[str, Any]:
     """Counts by status, per-dataset progress, an ETA from measured run times, failures."""
-    ids = [r.id for r in spec.expand()]
+    expanded = spec.expand()
+    ids = [r.id for r in expanded]
     runs = store.runs(ids=ids)
-    known = {r["id"] for r in runs}
-    counts = store.counts(ids)
-    counts["pending"] += len(set(ids) - known)  # runs of the spec not yet added to the store
+    counts = status_counts(runs)
+    counts["pending"] += len(set(ids)) - len(runs)  # runs of the spec not yet added to the store
     per_ds: dict[str, dict[str, int]] = {d: {"done": 0, "total": 0} for d in spec.datasets}
-    for r in spec.expand():
+    for r in expanded:
         per_ds[r.dataset]["total"] += 1
     for r in runs:
         if r["status"] == "done" and r["dataset"] in per_ds:
@@ -33,9 +33,7 @@ def grid_status(spec: GridSpec, store: Store, slots: int = 1) -> dict[str, Any]:
     mean = store.mean_run_seconds()
     remaining = counts["pending"] + counts["running"]
     eta = mean * remaining / max(1, slots) if mean is not None else None
-    failures = [{"id": r["id"], "run": f"{r['dataset']} {r['model']} {r['setup']} {r['optimizer']} l2={r['l2']:g} "
-                                     f"mn={r['maxnorm']:g} seed={r['seed']}", "attempts": r["attempts"],
-                 "error": (r["error"] or "").splitlines()[0] if r["error"] else ""}
+    failures = [{"id": r["id"], "run": run_label(r), "attempts": r["attempts"], "error": first_line(r["error"])}
                 for r in runs if r["status"] == "failed"]
     return {"total": len(ids), "counts": counts, "datasets": per_ds, "mean_run_seconds": mean, "eta_seconds": eta,
             "failures": failures}
@@ -56,7 +54,7 @@ def flat_rows(store: Store) -> list[dict[str, Any]]:
             "test_accuracy_ci_low": ci[0], "test_accuracy_ci_high": ci[1],
             "test_balanced_accuracy": test.get("balanced_accuracy"), "test_macro_f1": test.get("macro_f1"),
             "test_ece": test.get("ece"), "best_epoch": m.get("best_epoch"), "epochs_run": m.get("epochs_run"),
-            "train_images_per_s": m.get("train_images_per_s"), "error": (r["error"] or "").splitlines()[0] if r["error"] else "",
+            "train_images_per_s": m.get("train_images_per_s"), "error": first_line(r["error"]),
         })
     return rows
 

@@ -63,6 +63,27 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def status_counts(runs: Iterable, ids: Sequence[str] | None = None) -> dict[str, int]:
+    """Runs per status (every status present, 0 when none), counting only ``ids`` if given."""
+    wanted = set(ids) if ids is not None else None
+    c = {s: 0 for s in STATUSES}
+    for r in runs:
+        if wanted is None or r["id"] in wanted:
+            c[r["status"]] += 1
+    return c
+
+
+def run_label(config: dict[str, Any], dataset: str | None = None) -> str:
+    """A run in one line: dataset model setup optimiser l2= mn= seed=."""
+    c = config
+    return (f"{dataset or c['dataset']} {c['model']} {c['setup']} {c['optimizer']} l2={c['l2']:g} "
+            f"mn={c['maxnorm']:g} seed={c['seed']}")
+
+
+def first_line(error: str | None) -> str:
+    return error.splitlines()[0] if error else ""
+
+
 class Store:
     """A results store at ``path`` (created when missing)."""
 
@@ -250,12 +271,18 @@ class Store:
                            "lease_until=NULL WHERE id=? AND token=? AND status='running'", (rid, token))
 
     # -- queries (the report's API) -------------------------------------------------------
-    def runs(self, status: str | None = None, ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
-        """Runs as dicts (config and metrics decoded), in insertion order."""
-        sql, args = "SELECT * FROM runs", []
+    def runs(self, status: str | None = None, ids: Sequence[str] | None = None,
+             cell: tuple[str, str, str] | None = None) -> list[dict[str, Any]]:
+        """Runs as dicts (config and metrics decoded), in insertion order; optionally only those with
+        ``status``, among ``ids``, or of one (dataset, model, setup) ``cell``."""
+        where, args = [], []
         if status is not None:
-            sql += " WHERE status=?"
+            where.append("status=?")
             args.append(status)
+        if cell is not None:
+            where.append("dataset=? AND model=? AND setup=?")
+            args.extend(cell)
+        sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(where) if where else "")
         out = []
         wanted = set(ids) if ids is not None else None
         for r in self.db.execute(sql + " ORDER BY rowid", args):
@@ -272,10 +299,7 @@ class Store:
             "SELECT * FROM history WHERE run_id=? ORDER BY CASE phase WHEN 'head' THEN 0 ELSE 1 END, epoch", (rid,))]
 
     def counts(self, ids: Sequence[str] | None = None) -> dict[str, int]:
-        c = {s: 0 for s in STATUSES}
-        for r in self.runs(ids=ids):
-            c[r["status"]] += 1
-        return c
+        return status_counts(self.db.execute("SELECT id, status FROM runs"), ids)
 
     def mean_run_seconds(self) -> float | None:
         row = self.db.execute("SELECT AVG(seconds) FROM runs WHERE status='done' AND seconds IS NOT NULL").fetchone()

@@ -17,6 +17,7 @@ import numpy as np
 
 from astroclass.errors import AstroclassError
 from astroclass.experiments.runner import open_experiment
+from astroclass.experiments.store import first_line
 from astroclass.models import display_name
 from astroclass.report import plots
 from astroclass.report.stats import four_questions, load_predictions, ranked_cells, significance, summarise_choice
@@ -144,7 +145,7 @@ def build_report(experiment: str | Path, output: str | Path) -> Path:
     page.h2("Plots")
     pdir = output / "plots"
     for d, cs in curves.items():
-        slug = "".join(c if c.isalnum() else "_" for c in d)
+        slug = _slug(d)
         page.img(plots.scaling(cs, f"{d}: data scaling", pdir / f"scaling_{slug}.png"),
                  f"{d}: test accuracy and balanced accuracy against training images per class (train_fraction axis; "
                  f"error bars: ±1 standard deviation over seeds).")
@@ -165,7 +166,7 @@ def build_report(experiment: str | Path, output: str | Path) -> Path:
         m, s, ch = ranked[0]
         run = min(ch.runs, key=lambda r: r.seed)
         label = f"{d}: {display_name(m)} {s} (run {run.id}, seed {run.seed})"
-        slug = "".join(c if c.isalnum() else "_" for c in d)
+        slug = _slug(d)
         hist = store.history(run.id)
         if hist:
             page.img(plots.learning_curves(hist, f"Learning curves, {label}", pdir / f"curves_{slug}.png"),
@@ -191,6 +192,11 @@ def build_report(experiment: str | Path, output: str | Path) -> Path:
     atomic_write_text(html_path, page.render())
     store.close()
     return html_path
+
+
+def _slug(name: str) -> str:
+    """A dataset name as a file-name part."""
+    return "".join(c if c.isalnum() else "_" for c in name)
 
 
 def _beyond_wide(t: Table):
@@ -278,7 +284,7 @@ def _failures(page: "_Page", failed: list[dict]) -> None:
     page.h2("Failed runs")
     page.table(["run", "dataset", "model", "setup", "λ", "γ", "optimiser", "seed", "attempts", "error"],
                [[r["id"], r["dataset"], display_name(r["model"]), r["setup"], f"{r['l2']:g}", f"{r['maxnorm']:g}",
-                 r["optimizer"], str(r["seed"]), str(r["attempts"]), (r["error"] or "").splitlines()[0][:200]]
+                 r["optimizer"], str(r["seed"]), str(r["attempts"]), first_line(r["error"])[:200]]
                 for r in failed], "")
 
 

@@ -43,7 +43,7 @@ VARIANT_KEYS = ("train_fraction", "classes", "class_weights", "sampler", "monito
 def variant_of(config: dict[str, Any]) -> tuple:
     from astroclass.training import RunConfig
 
-    defaults = RunConfig(dataset="").to_dict()
+    defaults = RunConfig.defaults()
     return tuple((k, config.get(k, defaults[k])) for k in VARIANT_KEYS if config.get(k, defaults[k]) != defaults[k])
 
 
