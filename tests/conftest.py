@@ -21,10 +21,10 @@ os.environ.setdefault("RAY_TMPDIR", os.path.join(_home, "ray"))
 
 
 def data_set(name: str) -> Path:
-    """A folder of ../shared/data, or skip the test with the reason when it is absent."""
+    """A folder of ../shared/data; the tests run on real data, so its absence fails them, naming the path."""
     path = DATA / name
     if not path.exists():
-        pytest.skip(f"real data {path} is not present (it lies beside the repository in ../shared/data)")
+        pytest.fail(f"real data {path} is not present: the tests need ../shared/data beside the repository")
     return path
 
 

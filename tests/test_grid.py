@@ -221,7 +221,7 @@ def test_grid_cli_status_and_export(cli, tiny_h5, tmp_path):
 
 @pytest.mark.slow
 def test_ray_engine_gives_the_same_results_table_as_local(tiny_h5, tmp_path, monkeypatch):
-    ray = pytest.importorskip("ray")
+    import ray
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
     spec = GridSpec.load(write_spec(tmp_path, tiny_h5, train={"epochs": 2, "batch_size": 16, "patience": 2}))
     local = run_grid(spec, tmp_path / "local", GridOptions(threads=1), progress=False)

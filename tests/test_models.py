@@ -188,11 +188,19 @@ def test_weights_downloaded_from_a_url(tmp_path):
         server.shutdown()
 
 
-def test_hub_weights_offline_fail_fast_with_advice():
+def test_hub_weights_offline_fail_fast_with_advice(monkeypatch):
+    """The hub endpoint pointed at a closed local port: the offline path, whether or not this machine is online."""
+    import socket
+
+    from huggingface_hub import constants
+
     from astroclass.models import hub_reachable
 
-    if hub_reachable():
-        pytest.skip("the weight hub is reachable from this machine; the offline path cannot be exercised")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{closed}")
+    assert not hub_reachable()
     t0 = time.perf_counter()
     with pytest.raises(AstroclassError, match="--weights PATH"):
         build_model("test_resnet", 2, weights="hub")

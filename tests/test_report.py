@@ -196,10 +196,10 @@ def test_report_of_a_real_grid_has_statistics_and_plots(tiny_experiment, tmp_pat
 
 
 def test_report_opens_in_headless_chromium(tiny_experiment, tmp_path):
+    from playwright import sync_api
+
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("Debian chromium is not installed (.ci/run installs it)")
-    sync_api = pytest.importorskip("playwright.sync_api")
+    assert chromium is not None, "the browser test needs Debian chromium (apt-get install chromium; .ci/run installs it)"
     html = build_report(tiny_experiment, tmp_path / "r")
     errors: list[str] = []
     with sync_api.sync_playwright() as p:

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import hashlib
 
+import galsim
 import numpy as np
 import pytest
 
 from astroclass.data import PreparedDataset
-
-galsim = pytest.importorskip("galsim")
-
-from astroclass.data.synth import SynthConfig, render_object, synthesize  # noqa: E402
+from astroclass.data.synth import SynthConfig, render_object, synthesize
 
 
 def test_class_balance_and_truth_columns(tmp_path):
