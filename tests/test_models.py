@@ -183,7 +183,7 @@ def test_weights_downloaded_from_a_url(tmp_path):
         assert torch.equal(m.backbone.conv_stem.weight, efficientnet_lite0_package_state()["conv_stem.weight"])
         with pytest.raises(AstroclassError, match="could not download"):
             download_weights(url.replace("lite0", "missing"), cache_dir=tmp_path / "cache")
-        assert not list((tmp_path / "cache").glob(".*part*"))
+        assert not list((tmp_path / "cache").glob(".*"))  # no temporary left behind
     finally:
         server.shutdown()
 
