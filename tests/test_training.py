@@ -212,9 +212,9 @@ def test_fast_path_follows_the_paper_exact_loss_trajectory(tiny_h5, tmp_path):
     fast = train(RunConfig(**base, amp="off"), tmp_path / "fast", progress=False)
     auto = train(RunConfig(**base), tmp_path / "auto", progress=False)
     assert exact.environment["speed"] == {"channels_last": False, "compile": None, "amp": None, "matmul_1x1": False,
-                                          "fused_optimizer": False}
+                                          "fused_optimizer": False, "grouped_kernels": False, "fused": 1}
     assert fast.environment["speed"] == {"channels_last": True, "compile": None, "amp": None, "matmul_1x1": True,
-                                         "fused_optimizer": True}
+                                         "fused_optimizer": True, "grouped_kernels": False, "fused": 1}
     bf16 = auto_amp(torch.device("cpu")) is not None
     assert auto.environment["speed"]["amp"] == ("bfloat16" if bf16 else None)
     history = {k: list(csv.DictReader(open(tmp_path / k / "history.csv"))) for k in ("exact", "fast", "auto")}

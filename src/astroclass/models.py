@@ -95,28 +95,45 @@ class AstroNet(nn.Module):
         f = self.backbone.forward_features((x - self.mean) / self.std)
         return f.mean(dim=(2, 3)) if self.pooling == "avg" else f.flatten(1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, C, H, W) float in [0, 1] → logits (B, K)."""
-        return self.classifier(self.dropout(self.act(self.hidden(self.features(x)))))
+    def forward(self, x: torch.Tensor, dropout_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, C, H, W) float in [0, 1] → logits (B, K).
+
+        ``dropout_mask`` (B, 2048): the head's dropout as a given mask of 0 and 1/(1-p) (training draws
+        it from each run's own generator, see :func:`astroclass.training.method.dropout_masks`); None
+        uses ``nn.Dropout`` (the identity in eval mode)."""
+        h = self.act(self.hidden(self.features(x)))
+        h = self.dropout(h) if dropout_mask is None else h * dropout_mask.to(h.dtype)
+        return self.classifier(h)
 
     def head_parameters(self) -> list[nn.Parameter]:
         return [*self.hidden.parameters(), *self.classifier.parameters()]
 
+    @property
+    def runs(self) -> int:
+        """How many runs this model computes side by side (1; more for a fused model,
+        :mod:`astroclass.training.fusion`)."""
+        return getattr(self.hidden, "runs", 1)
+
     def l2_penalty(self) -> torch.Tensor:
-        """Keras ``kernel_regularizer=l2(1)`` on the hidden layer: Σ W² (times λ by the caller)."""
-        return self.hidden.weight.pow(2).sum()
+        """Keras ``kernel_regularizer=l2(1)`` on the hidden layer: Σ W² (times λ by the caller); one value
+        per run, shape (runs,)."""
+        return self.hidden.weight.view(self.runs, -1).pow(2).sum(1)
 
     @torch.no_grad()
-    def apply_max_norm(self, gamma: float, eps: float = 1e-7) -> None:
+    def apply_max_norm(self, gamma, eps: float = 1e-7) -> None:
         """Keras ``MaxNorm(gamma)`` on the hidden layer: each unit's incoming weights to norm ≤ γ.
 
-        Keras: ``w * clip(‖w‖, 0, γ) / (ε + ‖w‖)`` with ε = 1e-7, norms over the input axis.
+        Keras: ``w * clip(‖w‖, 0, γ) / (ε + ‖w‖)`` with ε = 1e-7, norms over the input axis. ``gamma``:
+        one number, or one per run (γ = 0: off for that run).
         """
-        if gamma <= 0:
+        gammas = [float(gamma)] * self.runs if isinstance(gamma, (int, float)) else [float(g) for g in gamma]
+        if not any(g > 0 for g in gammas):
             return
-        w = self.hidden.weight  # (out, in): one row per hidden unit
-        norms = w.norm(dim=1, keepdim=True)
-        w.mul_(norms.clamp(0, gamma) / (eps + norms))
+        w = self.hidden.weight.view(self.runs, HIDDEN_UNITS, -1)  # one row per hidden unit, per run
+        norms = w.norm(dim=2, keepdim=True)
+        for r, g in enumerate(gammas):
+            if g > 0:
+                w[r].mul_(norms[r].clamp(0, g) / (eps + norms[r]))
 
 
 class Conv1x1AsMatmul(nn.Conv2d):

@@ -40,7 +40,7 @@ def execute_run(job: Job) -> dict[str, Any]:
     """Train one run in a worker; never raises: returns {"result": ..., "history": [...]}."""
     import torch
 
-    from astroclass.training import RunConfig, Trainer
+    from astroclass.training import GroupTrainer, RunConfig
 
     if job.threads > 0:
         torch.set_num_threads(job.threads)
@@ -48,13 +48,13 @@ def execute_run(job: Job) -> dict[str, Any]:
     cfg["device"] = job.device
     trainer = None
     try:
-        trainer = Trainer(RunConfig.from_dict(cfg), job.run_dir, progress=False)
-        result = trainer.run().to_dict()
+        trainer = GroupTrainer([RunConfig.from_dict(cfg)], [job.run_dir], progress=False)
+        result = trainer.run()[0].to_dict()
     except AstroclassError as exc:
         result = {"status": "failed", "error": str(exc)}
     except Exception as exc:  # a bug or a resource problem: keep the grid going, keep the traceback
         result = {"status": "failed", "error": f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"}
-    return {"result": result, "history": trainer.history if trainer is not None else []}
+    return {"result": result, "history": trainer.runs[0].history if trainer is not None and hasattr(trainer, "runs") else []}
 
 
 def _gpu_count() -> int:

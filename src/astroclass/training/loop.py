@@ -1,0 +1,402 @@
+"""The training loop: one run, or G runs of one grid cell fused into one batched model.
+
+A run alone is a group of one. A group shares what the runs of one (dataset, model, setup) cell share:
+the data, the architecture and the batch size (see :func:`fuse_key`). Everything else is each run's own
+and stays so: initial weights (built with the run's seed, as if alone), data order, augmentation and
+dropout masks (the run's own generators), λ and γ, optimiser (over the run's own parameter views), batch-
+norm statistics, early stopping, best weights, outputs. A run that stops leaves the group: it is
+evaluated and written at once, and when half the slots are idle the group is rebuilt with the runs left
+(their weights and optimiser states moved over exactly), so the others no longer carry it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from astroclass.errors import AstroclassError
+from astroclass.progress import Bar
+from astroclass.training.config import RunConfig, RunResult, TrainingFailed
+from astroclass.training.data import DataCache, RunData
+from astroclass.training.fusion import Slots, fuse
+from astroclass.training.method import (EarlyStopping, augment_batch, batch_starts, class_weight_tensor,
+                                        dropout_generator, dropout_masks, epoch_order, finetune_optimizer,
+                                        make_optimizer, predict_probs, run_losses, to_float, val_scores)
+from astroclass.training.outputs import environment, evaluate, save_checkpoint, write_history, write_result
+from astroclass.training.speed import compiled, resolve_device
+
+PER_RUN_OPTIONS = frozenset({"l2", "maxnorm", "optimizer", "seed", "lr", "class_weights", "sampler", "monitor",
+                             "augment", "epochs", "patience", "finetune_lr", "finetune_momentum", "fuse"})
+"""Options in which the runs of one fused group may differ; every other option they share."""
+
+
+def fuse_key(config: dict[str, Any]) -> str:
+    """Runs with equal keys can train fused: the options outside :data:`PER_RUN_OPTIONS`."""
+    return json.dumps({k: v for k, v in sorted(config.items()) if k not in PER_RUN_OPTIONS}, default=str)
+
+
+class ModelCache:
+    """A worker's built models, kept between groups: a later group of the same architecture loads its
+    runs' initial weights into the kept model in place, so a compiled model (and its captured CUDA
+    graphs) is reused instead of built and compiled again."""
+
+    def __init__(self, size: int = 3):
+        self.size = size
+        self._items: OrderedDict[tuple, tuple[torch.nn.Module, Any, Slots]] = OrderedDict()
+
+    def get(self, key: tuple, build: Callable[[], torch.nn.Module], mode: str | None):
+        """(model, its compiled forward, its slots) for ``key``; built (and compiled) when new."""
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key], False
+        while len(self._items) >= self.size:
+            self._items.popitem(last=False)
+        model = build()
+        self._items[key] = (model, compiled(model, mode), Slots(model))
+        return self._items[key], True
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
+@dataclass
+class WorkerCache:
+    """What a long-lived worker keeps from one group to the next."""
+
+    models: ModelCache = field(default_factory=ModelCache)
+    data: DataCache = field(default_factory=DataCache)
+
+    def clear(self) -> None:
+        self.models.clear()
+        self.data.clear()
+
+
+@dataclass
+class _Run:
+    """One run of a group while it trains."""
+
+    index: int
+    cfg: RunConfig
+    out_dir: Path
+    result: RunResult
+    gen: torch.Generator
+    dgen: torch.Generator
+    history: list[dict[str, Any]] = field(default_factory=list)
+    opt: torch.optim.Optimizer | None = None
+    make_opt: Callable[[list], torch.optim.Optimizer] | None = None
+    stopper: EarlyStopping | None = None
+    weights: torch.Tensor | None = None  # loss weight per class (ones: unweighted)
+    slot: int = 0
+    train_images: int = 0
+    finished: bool = False  # done or failed: out of the group
+    phase_over: bool = False
+
+
+class GroupTrainer:
+    """Trains runs of one fused group (or one run) and writes each run's outputs to its folder.
+
+    ``on_epoch(i, row)``: after each epoch of run i; ``on_finish(i, result, history)``: when run i is done
+    or failed (at once, while the others go on); ``heartbeat()``: between epochs (a worker checks there
+    that its driver is alive)."""
+
+    def __init__(self, configs: list[RunConfig], out_dirs: list[str | Path], progress: bool = True,
+                 on_epoch: Callable[[int, dict], None] | None = None,
+                 on_finish: Callable[[int, dict, list], None] | None = None,
+                 heartbeat: Callable[[], None] | None = None, cache: WorkerCache | None = None):
+        if not configs or len(configs) != len(out_dirs):
+            raise AstroclassError("a training group needs one output folder per run config")
+        self.configs = [c.validate() for c in configs]
+        keys = {fuse_key(c.to_dict()) for c in self.configs}
+        if len(keys) > 1:
+            raise AstroclassError("runs of one group must share dataset, model, setup, batch size and the other "
+                                  f"options outside {sorted(PER_RUN_OPTIONS)}")
+        self.out_dirs = [Path(d) for d in out_dirs]
+        self.progress = progress
+        self.on_epoch = on_epoch
+        self.on_finish = on_finish
+        self.heartbeat = heartbeat
+        self.cache = cache or WorkerCache(ModelCache(1), DataCache(1))
+        self.startup_seconds = 0.0
+
+    # -- set-up ----------------------------------------------------------------------------
+    def _build_runs(self, data: RunData) -> tuple[list[_Run], list[dict], torch.nn.Module]:
+        """Each run's initial weights, built as if it trained alone (its seed, then the model), and a plain
+        model on the device (evaluation, and the pattern the fused model is made from)."""
+        from astroclass.models import build_model, matmul_1x1
+
+        runs, states, template = [], [], None
+        for i, (cfg, out) in enumerate(zip(self.configs, self.out_dirs)):
+            out.mkdir(parents=True, exist_ok=True)
+            cfg.to_yaml(out / "config.yaml")
+            torch.manual_seed(cfg.seed)
+            np.random.seed(cfg.seed % 2**32)
+            gen = torch.Generator().manual_seed(cfg.seed)
+            model = build_model(cfg.model, data.num_classes, in_chans=data.channels, input_size=data.size,
+                                pooling=cfg.pooling, weights=cfg.resolved_weights())
+            states.append(model.state_dict())
+            if template is None:
+                template = model.to(self.device)
+                if self.fast["channels_last"]:
+                    template = template.to(memory_format=torch.channels_last)
+                if self.fast["matmul_1x1"]:
+                    matmul_1x1(template)
+            result = RunResult(status="failed", config=cfg.to_dict(), dataset_hash=data.content_hash,
+                               environment=environment(self.device))
+            result.environment["speed"] = {**self.fast, "amp": str(self.fast["amp"]).replace("torch.", "")
+                                           if self.fast["amp"] else None, "fused": len(self.configs)}
+            runs.append(_Run(i, cfg, out, result, gen, dropout_generator(cfg.seed, self.device), slot=i))
+        return runs, states, template
+
+    def _model(self, template: torch.nn.Module, states: list[dict], data: RunData):
+        c = self.configs[0]
+        key = (c.model, data.channels, data.num_classes, data.size, c.pooling, c.resolved_weights(),
+               tuple(sorted((k, str(v)) for k, v in self.fast.items())), str(self.device), len(states))
+        (model, forward, slots), new = self.cache.models.get(
+            key, lambda: fuse(template, states, self.fast["grouped_kernels"]), self.fast["compile"])
+        if not new:
+            for r, state in enumerate(states):
+                slots.load(r, state)
+        return model, forward, slots
+
+    # -- the group ---------------------------------------------------------------------------
+    def run(self) -> list[RunResult]:
+        from astroclass.models import set_trainable
+
+        t_start = time.perf_counter()
+        c0 = self.configs[0]
+        self.device = resolve_device(c0.device)
+        self.fast = c0.speed(self.device)
+        data, dev = self.cache.data.get(c0, self.device)
+        runs, states, self.evaluator = self._build_runs(data)
+        self.model, self.forward, self.slots = self._model(self.evaluator, states, data)
+        del states
+        self.data = data
+        k = data.num_classes
+        y_train = data.tensors("train")[1]
+        for r in runs:
+            w = class_weight_tensor(r.cfg, y_train, k)
+            r.weights = (w if w is not None else torch.ones(k)).to(self.device)
+            r.result.train_counts = {c: int(n) for c, n in zip(data.class_names, np.bincount(y_train.numpy(),
+                                                                                             minlength=k))}
+        self.train_time = 0.0
+        self.startup_seconds = time.perf_counter() - t_start
+        if c0.setup == "scratch":
+            phases = [("train", "all", None, True)]
+        else:
+            phases = [("head", 0, c0.head_epochs, False), ("finetune", c0.unfreeze_layers, None, True)]
+        self.runs = runs
+        try:
+            for phase, trainable, fixed_epochs, early in phases:
+                self.trainable = trainable
+                set_trainable(self.model, trainable)
+                self.slots.refresh()
+                self.names = [n for n, p in self.model.named_parameters() if p.requires_grad]
+                for r in self._live():
+                    r.phase_over = False
+                    r.stopper = EarlyStopping(r.cfg.patience) if early else None
+                    if phase == "finetune":
+                        r.make_opt = lambda params, cfg=r.cfg: finetune_optimizer(cfg, params, self.fast["fused_optimizer"])
+                    else:
+                        r.make_opt = lambda params, cfg=r.cfg: make_optimizer(cfg.optimizer, params, cfg.lr,
+                                                                              self.fast["fused_optimizer"])
+                    r.opt = r.make_opt(self.slots.parameters(r.slot, self.names))
+                self._phase(phase, fixed_epochs, dev, last=phase == phases[-1][0])
+        finally:
+            for p in self.model.parameters():  # a kept model holds no gradients between groups
+                p.grad = None
+        return [r.result for r in runs]
+
+    def _live(self) -> list[_Run]:
+        return [r for r in self.runs if not r.finished]
+
+    def _phase(self, phase: str, fixed_epochs: int | None, dev: dict, last: bool) -> None:
+        (xt, yt), (xv, yv) = dev["train"], dev["val"]
+        epoch = 0
+        while True:
+            active = [r for r in self._live() if not r.phase_over]
+            if not active:
+                return
+            epoch += 1
+            if self.heartbeat is not None:
+                self.heartbeat()
+            t0 = time.perf_counter()
+            stats = self._train_epoch(active, xt, yt, phase, epoch)
+            train_time = time.perf_counter() - t0
+            self.train_time += train_time
+            val = self._val(active, xv, yv)
+            seconds = time.perf_counter() - t0
+            for r in active:
+                tl, ta, seen = stats[r.index]
+                r.train_images += seen
+                if not math.isfinite(tl):
+                    self._record(r, phase, epoch, math.nan, math.nan, math.nan, math.nan, seconds)
+                    self._fail(r, f"loss became {tl} in {phase} epoch {epoch}")
+                    continue
+                vl, va, monitored = val[r.index]
+                self._record(r, phase, epoch, tl, ta, vl, va, seconds)
+                if not math.isfinite(vl):
+                    self._fail(r, f"validation loss became {vl} in {phase} epoch {epoch}")
+                    continue
+                stop = r.stopper is not None and r.stopper.step(monitored, epoch, lambda r=r: self.slots.state(r.slot))
+                limit = fixed_epochs if fixed_epochs is not None else r.cfg.epochs
+                if stop or epoch >= limit:
+                    r.phase_over = True
+                    if last:
+                        self._finish(r, stopped=stop)
+            self._compact()
+
+    def _train_epoch(self, active: list[_Run], x: torch.Tensor, y: torch.Tensor, phase: str,
+                     epoch: int) -> dict[int, tuple[float, float, int]]:
+        from astroclass.models import train_mode
+
+        model, slots, g = self.model, self.slots, self.slots.runs
+        train_mode(model)
+        by_slot: list[_Run | None] = [None] * g
+        for r in active:
+            by_slot[r.slot] = r
+        orders = {r.slot: epoch_order(y, r.cfg.sampler, r.gen) for r in active}
+        filler = active[0].slot  # idle slots (runs that have left) compute on a live run's batch
+        lam = torch.tensor([r.cfg.l2 if r else 0.0 for r in by_slot], device=self.device)
+        gammas = [r.cfg.maxnorm if r else 0.0 for r in by_slot]
+        weights = torch.stack([r.weights if r else active[0].weights for r in by_slot])
+        live_idx = torch.tensor([r.slot for r in active], device=self.device)
+        augment = [r is not None and r.cfg.augment for r in by_slot]
+        n = len(y)
+        starts = batch_starts(n, self.configs[0].batch_size)
+        total_loss = torch.zeros(g, device=self.device)
+        total_correct = torch.zeros(g, device=self.device, dtype=torch.long)
+        seen = 0
+        amp = self.fast["amp"]
+        bar = Bar(self.progress, len(starts), f"{phase} epoch {epoch}" + (f" ({len(active)} runs)" if g > 1 else ""))
+        for s in starts:
+            idx = torch.cat([orders.get(i, orders[filler])[s:s + self.configs[0].batch_size] for i in range(g)])
+            b = len(idx) // g
+            xb = to_float(x[idx.to(x.device)].to(self.device, non_blocking=True))
+            if any(augment):
+                xb = torch.cat([augment_batch(xb[i * b:(i + 1) * b], by_slot[i].gen) if augment[i]
+                                else xb[i * b:(i + 1) * b] for i in range(g)])
+            if self.fast["channels_last"]:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            yb = y[idx.to(y.device)].to(self.device, non_blocking=True)
+            masks = dropout_masks([r.dgen if r else None for r in by_slot], b, self.device)
+            with torch.autocast(self.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+                logits = self.forward(xb, masks)
+            losses = run_losses(logits, yb, weights) + lam * model.l2_penalty()
+            slots.zero_grads()
+            losses.index_select(0, live_idx).sum().backward()
+            slots.bind_grads(self.names)
+            for r in active:
+                r.opt.step()
+            model.apply_max_norm(gammas)
+            total_loss += losses.detach() * b
+            total_correct += (logits.detach().argmax(1) == yb).view(g, b).sum(1)
+            seen += b
+            bar.advance()
+        bar.close()
+        mean_loss = (total_loss / max(seen, 1)).tolist()
+        correct = total_correct.tolist()
+        return {r.index: (mean_loss[r.slot], correct[r.slot] / max(seen, 1), seen) for r in active}
+
+    def _val(self, active: list[_Run], x: torch.Tensor, y: torch.Tensor) -> dict[int, tuple[float, float, float]]:
+        g = self.slots.runs
+        probs = predict_probs(self.model, x, self.device, self.configs[0].eval_batch_size, self.fast["channels_last"],
+                              self.fast["amp"], runs=g)
+        if g == 1:
+            probs = probs[None]
+        penalty = self.model.l2_penalty().tolist()
+        yt = y.cpu().numpy()
+        return {r.index: val_scores(probs[r.slot], yt, r.cfg.l2 * penalty[r.slot] if r.cfg.l2 > 0 else 0.0,
+                                    r.cfg.monitor) for r in active}
+
+    def _record(self, r: _Run, phase: str, epoch: int, tl, ta, vl, va, seconds: float) -> None:
+        row = {"phase": phase, "epoch": epoch, "train_loss": tl, "train_accuracy": ta, "val_loss": vl,
+               "val_accuracy": va, "lr": r.opt.param_groups[0]["lr"], "seconds": round(seconds, 3)}
+        r.history.append(row)
+        write_history(r.out_dir, r.history)
+        if self.progress:
+            who = f"{r.cfg.model}" if len(self.runs) == 1 else f"{r.cfg.model} #{r.index} {r.cfg.optimizer} " \
+                                                                 f"l2={r.cfg.l2:g} mn={r.cfg.maxnorm:g} s{r.cfg.seed}"
+            print(f"[{who} {phase} {epoch:3d}] loss {tl:.4f} acc {ta:.4f} | val loss {vl:.4f} acc {va:.4f} | "
+                  f"{seconds:.1f}s", flush=True)
+        if self.on_epoch:
+            self.on_epoch(r.index, row)
+
+    # -- leaving the group ---------------------------------------------------------------------
+    def _leave(self, r: _Run) -> None:
+        r.finished = r.phase_over = True
+        r.opt, r.stopper = None, None  # free the optimiser state and best weights
+        r.result.epochs_run = len(r.history)
+        r.result.train_seconds = round(self.train_time, 3)
+        r.result.train_images_per_s = r.train_images / self.train_time if self.train_time > 0 else 0.0
+        r.result.environment["startup_seconds"] = round(self.startup_seconds, 3)
+
+    def _fail(self, r: _Run, error: str) -> None:
+        self._leave(r)
+        r.result.error = error
+        write_result(r.out_dir, r.result)
+        if self.on_finish:
+            self.on_finish(r.index, r.result.to_dict(), r.history)
+
+    def _finish(self, r: _Run, stopped: bool) -> None:
+        """Run r is done: its best weights into the plain model, evaluated, written, reported."""
+        stopper = r.stopper
+        self.evaluator.load_state_dict(stopper.best_state if stopper and stopper.best_state is not None
+                                       else self.slots.state(r.slot))
+        self._leave(r)
+        r.result.best_epoch = stopper.best_epoch if stopper else len(r.history)
+        r.result.stopped_early = stopped
+        evaluate(self.evaluator, self.data, r.cfg, self.device, self.fast, r.result, r.out_dir)
+        r.result.status = "done"
+        save_checkpoint(self.evaluator, self.data, r.cfg, r.result, r.out_dir)
+        write_result(r.out_dir, r.result)
+        if self.on_finish:
+            self.on_finish(r.index, r.result.to_dict(), r.history)
+
+    def _compact(self) -> None:
+        """When half the slots or more are idle, rebuild the group with the runs still training: their
+        weights, buffers and optimiser states move over exactly."""
+        from astroclass.models import set_trainable
+
+        live = self._live()
+        g = self.slots.runs
+        if g == 1 or not live or len(live) > g // 2:
+            return
+        states = [self.slots.state(r.slot) for r in live]
+        opt_states = [r.opt.state_dict() for r in live]
+        for p in self.model.parameters():
+            p.grad = None
+        self.model, self.forward, self.slots = self._model(self.evaluator, states, self.data)
+        set_trainable(self.model, self.trainable)
+        self.slots.refresh()
+        for slot, (r, st) in enumerate(zip(live, opt_states)):
+            r.slot = slot
+            r.opt = r.make_opt(self.slots.parameters(slot, self.names))
+            r.opt.load_state_dict(st)
+
+
+def train_group(configs: list[RunConfig], out_dirs: list[str | Path], progress: bool = True,
+                on_finish: Callable[[int, dict, list], None] | None = None,
+                heartbeat: Callable[[], None] | None = None, cache: WorkerCache | None = None) -> list[RunResult]:
+    """Train runs of one grid cell fused as one batched model; each run's outputs go to its own folder, as
+    if it had trained alone. Failed runs (e.g. NaN loss) come back with status "failed"."""
+    return GroupTrainer(configs, out_dirs, progress, on_finish=on_finish, heartbeat=heartbeat, cache=cache).run()
+
+
+def train(config: RunConfig, out_dir: str | Path, progress: bool = True,
+          on_epoch: Callable[[dict], None] | None = None) -> RunResult:
+    """Run one training run; outputs: config.yaml, history.csv, checkpoint.pt, predictions.npz, result.json.
+    Raises :class:`TrainingFailed` (after writing result.json and the history) when the run fails."""
+    trainer = GroupTrainer([config], [out_dir], progress, on_epoch=(lambda i, row: on_epoch(row)) if on_epoch else None)
+    result = trainer.run()[0]
+    if result.status != "done":
+        raise TrainingFailed(result.error)
+    return result

@@ -1,0 +1,223 @@
+"""The paper's method, once: what a training step, an epoch's order and a validation score are.
+
+Setups (paper, section 3.2; Keras semantics where PyTorch's defaults differ):
+
+* ``scratch``: every layer trains with the run's optimiser for up to ``epochs`` (200) epochs;
+  early stopping on validation loss with ``patience`` (10) and the best weights restored
+  (Keras ``EarlyStopping(monitor="val_loss", patience=10, restore_best_weights=True)``).
+* ``pretrained``: ImageNet weights; phase ``head`` trains only the head for ``head_epochs`` (10)
+  epochs with the backbone frozen, using the run's optimiser; phase ``finetune`` unfreezes the
+  last ``unfreeze_layers`` (7) backbone layers (see :mod:`astroclass.models` for what a layer
+  is) and trains with SGD (lr 1e-3, momentum 0.9) for up to ``epochs`` epochs with the same
+  early stopping.
+
+Regularisation on the 2048-unit hidden layer only: L2 adds λ·ΣW² to the loss (Keras
+``kernel_regularizer``; it is part of the validation loss too, as in Keras), and max-norm
+rescales each unit's incoming weights to norm ≤ γ after every optimiser step (γ = 0: off).
+
+Optimisers with Keras' defaults: ``rmsprop`` (lr 1e-3, rho 0.9, ε 1e-7), ``adam`` (lr 1e-3,
+β 0.9/0.999, ε 1e-7), ``radam`` (lr 1e-3, β 0.9/0.999, ε 1e-7; rectification threshold 5 as in
+TF-Addons' RectifiedAdam), ``sgd`` (lr 0.01, no momentum). PyTorch's Adam adds ε after the
+bias correction of √v while Keras adds it before; the two differ only while √v is near 1e-7.
+
+Batches: the split is held in memory as a uint8 (or float16) tensor, shuffled each epoch with
+a generator seeded by the run's seed; a last batch of a single image is dropped (batch-norm
+cannot train on it). The seed fixes initialisation, shuffling, augmentation and the head's dropout
+masks (drawn from a generator of the run's own, so a run gets the same masks whether it trains alone
+or fused with others), so the same config on the same CPU gives identical results.
+
+Every function here works on G runs at once (G = 1 for a run trained alone): the loop in
+:mod:`astroclass.training.loop` is the same for both.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from astroclass.errors import AstroclassError
+from astroclass.models import DROPOUT, HIDDEN_UNITS
+from astroclass.training.config import OPTIMIZERS, RunConfig
+
+KERAS_DEFAULTS = {
+    "rmsprop": {"lr": 1e-3, "alpha": 0.9, "eps": 1e-7, "momentum": 0.0, "centered": False},
+    "adam": {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-7, "amsgrad": False},
+    "radam": {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-7},
+    "sgd": {"lr": 1e-2, "momentum": 0.0, "nesterov": False},
+}
+
+
+def make_optimizer(name: str, params, lr: float | None = None, fused: bool = False) -> torch.optim.Optimizer:
+    """One of the paper's optimisers with Keras' default hyperparameters (lr overridable).
+
+    ``fused``: Adam and SGD use PyTorch's fused single-kernel update (same update rule; Adam's step is
+    2-4x faster on CPU, benchmarks/bench_kernels.py); RMSprop and RAdam have no fused kernel and keep
+    the multi-tensor one."""
+    if name not in KERAS_DEFAULTS:
+        raise AstroclassError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
+    kw = dict(KERAS_DEFAULTS[name])
+    if lr is not None:
+        kw["lr"] = lr
+    if fused and name in ("adam", "sgd"):
+        kw["fused"] = True
+    cls = {"rmsprop": torch.optim.RMSprop, "adam": torch.optim.Adam, "radam": torch.optim.RAdam,
+           "sgd": torch.optim.SGD}[name]
+    return cls(params, **kw)
+
+
+def finetune_optimizer(cfg: RunConfig, params, fused: bool) -> torch.optim.Optimizer:
+    """The fine-tune phase's optimiser: SGD with the paper's lr 1e-3 and momentum 0.9."""
+    return torch.optim.SGD(params, lr=cfg.finetune_lr, momentum=cfg.finetune_momentum, fused=fused or None)
+
+
+class EarlyStopping:
+    """Keras EarlyStopping on a monitored value to minimise (min_delta 0), restoring the best weights."""
+
+    def __init__(self, patience: int):
+        self.patience = patience
+        self.best = math.inf
+        self.best_epoch = 0
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.wait = 0
+
+    def step(self, value: float, epoch: int, model: torch.nn.Module | Callable[[], dict]) -> bool:
+        """Record an epoch; True when training should stop. ``model``: the model, or a function
+        returning a copy of the run's state dict (a run's share of a fused model)."""
+        if value < self.best:
+            self.best, self.best_epoch, self.wait = value, epoch, 0
+            self.best_state = copy.deepcopy(model.state_dict()) if isinstance(model, torch.nn.Module) else model()
+            return False
+        self.wait += 1
+        return self.wait >= self.patience
+
+    def restore(self, model: torch.nn.Module) -> None:
+        if self.best_state is not None:
+            model.load_state_dict(self.best_state)
+
+
+def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Symmetry k (0..7) of the square: rotation by k·90° (k mod 4), flipped left-right for k ≥ 4."""
+    if k == 0:
+        return x
+    y = torch.rot90(x, k % 4, dims=(2, 3))
+    return y.flip(3) if k >= 4 else y
+
+
+def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Each image gets one of the 8 symmetries of the square (rotations by 90°, with or without a flip)."""
+    k = torch.randint(0, 8, (x.shape[0],), generator=generator, device="cpu").to(x.device)
+    out = x.clone()
+    for t in range(1, 8):
+        sel = k == t
+        if sel.any():
+            out[sel] = dihedral(x[sel], t)
+    return out
+
+
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    """Stored images → float32 in [0, 1] (uint8 is divided by 255; float16 is already scaled)."""
+    return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+
+
+def class_weight_tensor(cfg: RunConfig, y: torch.Tensor, k: int) -> torch.Tensor | None:
+    """Loss weights: None, balanced n / (K n_c) (scikit-learn's formula), or the given numbers."""
+    if cfg.class_weights == "none":
+        return None
+    if cfg.class_weights == "balanced":
+        counts = torch.bincount(y, minlength=k).double()
+        return (len(y) / (k * counts)).float()
+    w = [float(v) for v in cfg.class_weights.split(",")]
+    if len(w) != k:
+        raise AstroclassError(f"class_weights {cfg.class_weights!r} gives {len(w)} weights for {k} classes")
+    return torch.tensor(w, dtype=torch.float32)
+
+
+def epoch_order(y: torch.Tensor, sampler: str, gen: torch.Generator) -> torch.Tensor:
+    """The training images of one epoch, in order: a permutation, or for the balanced sampler len(y)
+    draws with replacement, each image with probability ∝ 1 / (size of its class)."""
+    if sampler == "balanced":
+        per_class = torch.bincount(y.cpu(), minlength=int(y.max()) + 1).double()
+        return torch.multinomial((1.0 / per_class)[y.cpu()], len(y), replacement=True, generator=gen)
+    return torch.randperm(len(y), generator=gen)
+
+
+def batch_starts(n: int, batch_size: int) -> list[int]:
+    """Where the batches of an epoch of n images start; a last batch of one image is dropped (batch-norm
+    cannot train on it)."""
+    return [s for s in range(0, n, batch_size) if min(batch_size, n - s) > 1]
+
+
+def dropout_generator(seed: int, device: torch.device) -> torch.Generator:
+    """The generator of a run's head-dropout masks (its own stream, apart from data order and augmentation)."""
+    return torch.Generator(device=device).manual_seed(seed + 0x5EED)
+
+
+def dropout_masks(generators: list[torch.Generator | None], batch: int, device: torch.device) -> torch.Tensor:
+    """The head's dropout (rate 0.5) for G runs as one (G·B, 2048) mask of 0 and 1/(1-p); a run whose
+    generator is None (it has stopped) gets ones."""
+    keep = 1.0 - DROPOUT
+    masks = []
+    for g in generators:
+        if g is None:
+            masks.append(torch.ones(batch, HIDDEN_UNITS, device=device))
+        else:
+            masks.append(torch.empty(batch, HIDDEN_UNITS, device=device).bernoulli_(keep, generator=g).div_(keep))
+    return torch.cat(masks)
+
+
+def run_losses(logits: torch.Tensor, y: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Each run's training loss before L2: its (class-weighted) mean cross-entropy over its batch.
+
+    logits (G·B, K) run-major, y (G·B,), weights (G, K) (ones for an unweighted run) → (G,). Equal to
+    ``F.cross_entropy(logits_r, y_r, weight=w_r)`` for every run r."""
+    g = weights.shape[0]
+    nll = F.cross_entropy(logits.float(), y, reduction="none").view(g, -1)
+    w = weights.gather(1, y.view(g, -1))
+    return (nll * w).sum(1) / w.sum(1)
+
+
+def val_scores(probs: np.ndarray, y: np.ndarray, l2_term: float, monitor: str) -> tuple[float, float, float]:
+    """(val loss as Keras reports it: cross-entropy plus the L2 term, val accuracy, the value early
+    stopping minimises) for one run's softmax outputs on the validation split."""
+    from sklearn.metrics import balanced_accuracy_score, f1_score
+
+    ce = float(F.nll_loss(torch.log(torch.from_numpy(probs).clamp_min(1e-12)), torch.from_numpy(y)).item()) \
+        if len(y) else float("nan")
+    ce += l2_term
+    pred = probs.argmax(1)
+    value = {"val_loss": lambda: ce, "balanced_accuracy": lambda: -balanced_accuracy_score(y, pred),
+             "macro_f1": lambda: -f1_score(y, pred, average="macro", zero_division=0)}[monitor]()
+    return ce, float((pred == y).mean()), float(value)
+
+
+@torch.no_grad()
+def predict_probs(model: torch.nn.Module, x: torch.Tensor, device: torch.device, batch_size: int = 256,
+                  channels_last: bool = False, amp: torch.dtype | None = None, tta: bool = False,
+                  runs: int = 1) -> np.ndarray:
+    """Softmax probabilities for stored images x (N, C, H, W), in eval mode (softmax in fp32); with
+    ``tta``, averaged over the 8 symmetries of the square (galaxies have no preferred orientation).
+
+    ``runs`` > 1: ``model`` is a fused model of that many runs; every run sees the same images and the
+    result is (runs, N, K)."""
+    model.eval()
+    out = []
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    views = range(8) if tta else range(1)
+    for i in range(0, len(x), batch_size):
+        xb = to_float(x[i:i + batch_size].to(device, non_blocking=True))
+        if runs > 1:
+            xb = xb.repeat(runs, 1, 1, 1)
+        p = 0
+        with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+            for k in views:
+                p = p + torch.softmax(model(dihedral(xb, k).contiguous(memory_format=fmt)).float(), dim=1)
+        p = (p / len(views)).cpu()
+        out.append(p.view(runs, -1, p.shape[-1]) if runs > 1 else p)
+    if not out:
+        return np.zeros((runs, 0, 0) if runs > 1 else (0, 0), dtype=np.float32)
+    return torch.cat(out, dim=1 if runs > 1 else 0).numpy()
