@@ -184,11 +184,58 @@ def test_sigkill_mid_grid_then_resume_loses_nothing_and_duplicates_nothing(tiny_
     assert len(after) == 8
     for rid, metrics in done_before.items():
         assert after[rid]["metrics"] == metrics and after[rid]["attempts"] == 1
-    for rid in interrupted:
-        assert after[rid]["attempts"] == 2
+    for rid in interrupted:  # a kill is not a failed attempt: it does not use one up
+        assert after[rid]["attempts"] == 1
     for rid, r in after.items():
         hist = store.history(rid)
         assert len(hist) == r["metrics"]["epochs_run"] == len({(h["phase"], h["epoch"]) for h in hist})
+
+
+def _folder_matches_store(exp: Path) -> None:
+    import json
+
+    for r in Store(exp / "store.sqlite").runs():
+        folder = exp / "runs" / r["id"]
+        if r["status"] in ("done", "failed"):
+            saved = json.loads((folder / "result.json").read_text())
+            assert saved["status"] == r["status"], r["id"]
+            if r["status"] == "done":
+                assert saved["val"] == r["metrics"]["val"] and saved["test"] == r["metrics"]["test"], r["id"]
+                assert saved["best_epoch"] == r["metrics"]["best_epoch"], r["id"]
+            assert not list(folder.glob(".attempt-*")), r["id"]
+
+
+def test_sigkill_of_the_parent_alone_kills_its_workers_and_the_folder_matches_the_store(tiny_h5, tmp_path):
+    spec_path = write_spec(tmp_path, tiny_h5, l2=[0.0, 0.1], maxnorm=[0.0, 2.0], optimizers=["adam", "rmsprop"],
+                           train={"epochs": 4, "batch_size": 16, "patience": 4})
+    exp = tmp_path / "exp"
+    proc = _grid_process(spec_path, exp, "--workers", "2", "--fuse", "2")
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        s = _statuses(exp)
+        if s.get("done", 0) >= 2 and s.get("running", 0) >= 1:
+            break
+        time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail(f"grid never reached a state to kill: {_statuses(exp)}; output {proc.communicate()[0][-2000:]}")
+    os.kill(proc.pid, signal.SIGKILL)  # the driver only: its workers must not train on
+    proc.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            os.killpg(proc.pid, 0)  # anything left of the driver's process group?
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("worker processes outlived their killed driver")
+    _folder_matches_store(exp)
+    counts = run_grid(GridSpec.load(spec_path), exp, GridOptions(threads=1, workers=2), progress=False)
+    assert counts == {"pending": 0, "running": 0, "done": 8, "failed": 0}
+    _folder_matches_store(exp)
+    assert all(r["attempts"] == 1 for r in Store(exp / "store.sqlite").runs())
 
 
 def test_two_runners_on_one_store_execute_each_run_once(tiny_h5, tmp_path):
@@ -196,12 +243,14 @@ def test_two_runners_on_one_store_execute_each_run_once(tiny_h5, tmp_path):
     spec_path = write_spec(tmp_path, tiny_h5, l2=[0.0, 0.1], optimizers=["adam", "rmsprop", "radam"],
                            train={"epochs": 3, "batch_size": 16, "patience": 3})
     exp = tmp_path / "exp"
-    a, b = _grid_process(spec_path, exp), _grid_process(spec_path, exp)
+    a, b = _grid_process(spec_path, exp, "--fuse", "2"), _grid_process(spec_path, exp, "--fuse", "2")
     outs = [p.communicate(timeout=300)[0].decode() for p in (a, b)]
     assert a.returncode == 0 and b.returncode == 0, outs
     runs = Store(exp / "store.sqlite").runs()
     assert len(runs) == 6 and all(r["status"] == "done" and r["attempts"] == 1 for r in runs)
     assert len({r["token"].split("-")[0] for r in runs}) == 2  # both runners did work
+    assert {len([r for r in runs if r["token"] == t]) for t in {r["token"] for r in runs}} == {2}  # claimed in pairs
+    _folder_matches_store(exp)
 
 
 def test_grid_cli_status_and_export(cli, tiny_h5, tmp_path):

@@ -49,6 +49,12 @@ def run_cmd(spec: SpecArg, experiment: Experiment = None, data: DataOpt = None,
             ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: start a local "
                                                                     "Ray instance).")] = None,
             ray_cpus: Annotated[Optional[int], typer.Option(help="CPUs of the local Ray instance.")] = None,
+            fuse: Annotated[Optional[str], typer.Option(help="Train the runs of a (dataset, model, setup) cell together "
+                                                             "as one batched model: auto (groups as large as the "
+                                                             "device's free memory allows), off (one run per worker "
+                                                             "at a time) or a group size. Each run's results are "
+                                                             "what it gets alone. [default: the spec's fuse, else "
+                                                             "auto]")] = None,
             quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live progress display.")] = False):
     """Run every unfinished run of SPEC exactly once; safe to kill and start again, or to run twice at once."""
     from astroclass.experiments.runner import GridOptions, run_grid
@@ -56,7 +62,7 @@ def run_cmd(spec: SpecArg, experiment: Experiment = None, data: DataOpt = None,
     gs, exp = _load(spec, data, experiment)
     opts = GridOptions(engine=engine, workers=workers, per_gpu=per_gpu, threads=threads, max_attempts=max_attempts,
                        keep=keep, lease_s=lease, heartbeat_s=min(5.0, lease / 4), ray_address=ray_address,
-                       ray_num_cpus=ray_cpus)
+                       ray_num_cpus=ray_cpus, fuse=fuse)
     counts = run_grid(gs, exp, opts, progress=not quiet)
     typer.echo(f"{exp}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     if counts["failed"]:

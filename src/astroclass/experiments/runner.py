@@ -1,19 +1,23 @@
 """Running a grid: claim runs from the store, hand them to an engine, record what comes back.
 
 The experiment folder holds ``store.sqlite`` (the results store), ``spec.yaml`` (the spec as
-last run) and ``runs/<run id>/`` (each run's config, history, checkpoint and predictions).
+last run) and ``runs/<run id>/`` (each run's config, history, checkpoint and predictions, moved there
+from the attempt's own folder when the store records its result).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from astroclass.errors import AstroclassError
-from astroclass.experiments.engines import Job, make_engine
+from astroclass.experiments.engines import make_engine
+from astroclass.experiments.workers import AUTO_GROUP, GroupJob, failed
 from astroclass.experiments.spec import GridSpec
 from astroclass.experiments.store import Store, first_line, run_label
 from astroclass.fileio import atomic_write_text
@@ -33,6 +37,8 @@ class GridOptions:
     keep: str = "best"
     ray_address: str | None = None
     ray_num_cpus: int | None = None
+    fuse: str | None = None
+    """auto, off or a group size; None: the spec's ``fuse`` run option (default auto)."""
 
 
 def store_path(experiment: str | Path) -> Path:
@@ -83,53 +89,116 @@ def apply_keep_policy(store: Store, experiment: Path, rid: str, keep: str) -> No
             (experiment / "runs" / r["id"] / "checkpoint.pt").unlink(missing_ok=True)
 
 
+def attempt_dir(experiment: Path, rid: str, token: str) -> Path:
+    """Where one attempt at a run writes its files; they move into ``runs/<id>/`` only when the store
+    records that attempt's result (so a worker whose claim was lost never overwrites a recorded run)."""
+    return experiment / "runs" / rid / f".attempt-{token}"
+
+
+def adopt_attempt(experiment: Path, rid: str, token: str, result: dict | None = None) -> None:
+    """Make ``runs/<id>/`` hold exactly the attempt's files (stale files of earlier attempts removed,
+    other attempts' folders too); ``result``: a result.json to write there (a failure the driver saw)."""
+    final = experiment / "runs" / rid
+    attempt = attempt_dir(experiment, rid, token)
+    final.mkdir(parents=True, exist_ok=True)
+    keep = {p.name for p in attempt.iterdir()} if attempt.is_dir() else set()
+    for p in final.iterdir():
+        if p.is_file() and p.name not in keep:
+            p.unlink()
+    for name in sorted(keep):
+        os.replace(attempt / name, final / name)
+    if result is not None:
+        atomic_write_text(final / "result.json", json.dumps(result, indent=2))
+    for p in final.glob(".attempt-*"):
+        shutil.rmtree(p, ignore_errors=True)
+
+
 def run_grid(spec: GridSpec, experiment: str | Path, options: GridOptions = GridOptions(),
              progress: bool = True) -> dict[str, int]:
-    """Run every unfinished run of ``spec`` exactly once into the experiment's store; returns status counts."""
+    """Run every unfinished run of ``spec`` exactly once into the experiment's store; returns status counts.
+
+    Runs of one (dataset, model, setup) cell are claimed together, under one lease, and trained fused by
+    one worker (``options.fuse``, else the spec's ``fuse`` run option: auto, off or a group size)."""
+    from astroclass.training import fuse_key
+
     if options.keep not in KEEP_POLICIES:
         raise AstroclassError(f"--keep must be one of {KEEP_POLICIES}, got {options.keep!r}")
     if options.max_attempts < 1:
         raise AstroclassError(f"max attempts must be at least 1, got {options.max_attempts}")
+    fuse = str(options.fuse or spec.train.get("fuse") or "auto")
+    if fuse not in ("auto", "off") and not (fuse.isdigit() and int(fuse) >= 1):
+        raise AstroclassError(f"--fuse must be auto, off or a group size >= 1, got {fuse!r}")
+    cap = 1 if fuse == "off" else AUTO_GROUP if fuse == "auto" else int(fuse)
     experiment = Path(experiment)
     store, ids = prepare(spec, experiment)
     engine = make_engine(options.engine, options.workers, options.per_gpu, options.threads, options.ray_address,
                          options.ray_num_cpus)
     free = list(engine.slots)
-    held: dict[str, tuple[str, str]] = {}  # run id -> (token, device slot)
+    groups: dict[str, dict] = {}  # group token -> {"device", "runs": set of run ids not yet reported}
+    held: dict[str, str] = {}  # run id -> token
     token_base = uuid.uuid4().hex[:8]
     display = _Display(progress, store, ids)
     last_beat = time.time()
+
+    def record(rid: str, token: str, outcome: dict, driver_error: bool = False) -> None:
+        result = outcome["result"]
+        try:
+            recorded = store.finish(rid, token, result, outcome["history"],
+                                    accept=lambda: adopt_attempt(experiment, rid, token,
+                                                                 result if driver_error else None))
+        except OSError as exc:  # the files could not be moved into place: nothing was recorded
+            recorded = store.fail(rid, token, f"could not move the run's files into {experiment / 'runs' / rid} "
+                                              f"({exc})")
+            result = {"status": "failed", "error": str(exc)}
+        if not recorded:
+            shutil.rmtree(attempt_dir(experiment, rid, token), ignore_errors=True)
+        elif result.get("status") == "done":
+            apply_keep_policy(store, experiment, rid, options.keep)
+        held.pop(rid, None)
+        display.finished(rid, result, recorded)
+
     try:
         while True:
             while free:
-                claim = store.claim(ids, options.max_attempts, options.lease_s, f"{token_base}-{uuid.uuid4().hex[:8]}",
-                                    device=free[0])
-                if claim is None:
+                c = store.counts(ids)
+                limit = max(1, min(cap, -(-(c["pending"] + c["failed"]) // len(engine.slots))))
+                token = f"{token_base}-{uuid.uuid4().hex[:8]}"
+                claimed = store.claim_group(ids, options.max_attempts, options.lease_s, token, device=free[0],
+                                            limit=limit, group_key=fuse_key)
+                if not claimed:
                     break
-                rid, cfg, token = claim
                 device = free.pop(0)
-                cfg = {**cfg, "dataset": str(spec.datasets[cfg["dataset"]])}
-                engine.submit(rid, Job(rid, cfg, str(experiment / "runs" / rid), device, 0))
-                held[rid] = (token, device)
-                display.started(rid, cfg)
-            if not held:
+                runs = []
+                for rid, cfg in claimed:
+                    cfg = {**cfg, "dataset": str(spec.datasets[cfg["dataset"]])}
+                    runs.append((rid, cfg, str(attempt_dir(experiment, rid, token))))
+                    held[rid] = token
+                    display.started(rid, cfg)
+                engine.submit(GroupJob(token, runs, device, fuse=fuse))
+                groups[token] = {"device": device, "runs": {rid for rid, _ in claimed}}
+            if not groups:
                 break
-            for rid, outcome in engine.wait(timeout=options.heartbeat_s):
-                token, device = held.pop(rid)
-                free.append(device)
-                recorded = store.finish(rid, token, outcome["result"], outcome["history"])
-                if recorded and outcome["result"].get("status") == "done":
-                    apply_keep_policy(store, experiment, rid, options.keep)
-                display.finished(rid, outcome["result"], recorded)
+            for kind, token, rid, outcome in engine.wait(timeout=options.heartbeat_s):
+                group = groups[token]
+                if kind == "run":
+                    group["runs"].discard(rid)
+                    record(rid, token, outcome)
+                    continue
+                why = "worker process died (killed, or out of memory)" if kind == "lost" else \
+                    "the worker ended the group without a result for this run"
+                for left in sorted(group["runs"]):
+                    record(left, token, failed(why), driver_error=True)
+                free.append(group["device"])
+                del groups[token]
             if time.time() - last_beat >= options.heartbeat_s and held:
-                lost = store.heartbeat({r: t for r, (t, _) in held.items()}, options.lease_s)
+                lost = store.heartbeat(held, options.lease_s)
                 for rid in lost:
                     display.note(f"lost the lease of run {rid} (another runner took it over); its result will "
                                  f"not be recorded here")
                 last_beat = time.time()
     except BaseException:
-        store.release({r: t for r, (t, _) in held.items()})
-        engine.shutdown()
+        store.release(held)
+        engine.shutdown(kill=True)
         display.close()
         raise
     engine.shutdown()

@@ -20,7 +20,7 @@ EF-2, ...) and the axes to cross. Example::
 Relative dataset paths are resolved against the spec file's folder (for a built-in spec,
 against the current folder). A run's id is the first 16 hex digits of the sha256 of its
 canonical config: the dataset by short name, the paper's axes, and every other option that differs
-from its default (device and evaluation batch size excluded, since they do not change what is
+from its default (device, evaluation batch size and fusion excluded, since they do not change what is
 computed), so the same run has the same id in every store and across astroclass versions that add
 options.
 """
@@ -43,7 +43,7 @@ from astroclass.training import OPTIMIZERS, SETUPS, RunConfig
 AXES = {"models": "model", "setups": "setup", "l2": "l2", "maxnorm": "maxnorm", "optimizers": "optimizer",
         "seeds": "seed"}
 TOP_KEYS = {"name", "datasets", "axes", "train", *AXES}
-NOT_IN_ID = {"device", "eval_batch_size"}
+NOT_IN_ID = {"device", "eval_batch_size", "fuse"}
 BUILTIN = ("paper", "demo", "tiny")
 
 

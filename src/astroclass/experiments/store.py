@@ -2,17 +2,19 @@
 
 Exactly-once execution rests on three rules:
 
-1. A run is *claimed* in one ``BEGIN IMMEDIATE`` transaction that picks a claimable run and
-   marks it ``running`` with the claimer's token, host, pid and a lease deadline; two runners
-   can never claim the same run.
-2. The claimer renews the lease (heartbeat) while the run trains. A run is claimable when it is
+1. Runs are *claimed* in one ``BEGIN IMMEDIATE`` transaction that picks claimable runs (one, or
+   a group of runs that can train fused) and marks them ``running`` with the claimer's token,
+   host, pid and one lease deadline; two runners can never claim the same run.
+2. The claimer renews the lease (heartbeat) while the runs train. A run is claimable when it is
    ``pending``; or ``running`` with an expired lease, or whose claimer process is gone (same
    host, pid no longer alive); or ``failed`` with attempts left.
-3. A result is recorded in one transaction (status, metrics, history) only if the run is still
-   claimed by the same token; a runner that lost its lease records nothing.
+3. A result is recorded in one transaction per run (status, metrics, history, and the move of the
+   attempt's files into the run's folder) only if the run is still claimed by the same token; a
+   runner that lost its lease records nothing.
 
-So killing a runner at any moment loses at most the runs it was training (they are claimed
-again) and never records a run twice.
+``attempts`` counts attempts that ended with a result (done or failed): a claim interrupted by a
+kill, a lost lease or ctrl-C does not use one up. So killing a runner at any moment loses at most
+the runs it was training (they are claimed again) and never records a run twice.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import socket
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -205,13 +207,25 @@ class Store:
               device: str = "") -> tuple[str, dict, str] | None:
         """Atomically claim one claimable run among ``ids``: (run id, config, token), or None."""
         token = token or uuid.uuid4().hex
+        got = self.claim_group(ids, max_attempts, lease_s, token, device, limit=1)
+        return (got[0][0], got[0][1], token) if got else None
+
+    def claim_group(self, ids: Sequence[str], max_attempts: int, lease_s: float, token: str, device: str = "",
+                    limit: int = 1, group_key: Callable[[dict], str] | None = None) -> list[tuple[str, dict]]:
+        """Atomically claim up to ``limit`` claimable runs among ``ids`` under one token and one lease: the
+        first claimable run in insertion order, and further ones with the same ``group_key`` of their
+        config (runs that can train fused). Returns [(run id, config)], empty when nothing is claimable."""
         host, now = socket.gethostname(), time.time()
+        wanted = set(ids)
+        picked: list[tuple[str, dict]] = []
+        key = None
         with self.transaction() as db:
             rows = db.execute(
-                "SELECT id, status, attempts, host, pid, lease_until FROM runs WHERE status != 'done' "
+                "SELECT id, status, attempts, host, pid, lease_until, config FROM runs WHERE status != 'done' "
                 "ORDER BY rowid").fetchall()
-            wanted = set(ids)
             for r in rows:
+                if len(picked) >= limit:
+                    break
                 if r["id"] not in wanted:
                     continue
                 if r["status"] == "running":
@@ -220,12 +234,17 @@ class Store:
                         continue
                 elif r["status"] == "failed" and r["attempts"] >= max_attempts:
                     continue
-                db.execute("UPDATE runs SET status='running', attempts=attempts+1, token=?, host=?, pid=?, device=?, "
-                           "lease_until=?, started=?, ended=NULL, error=NULL WHERE id=?",
-                           (token, host, os.getpid(), device, now + lease_s, now, r["id"]))
-                cfg = json.loads(db.execute("SELECT config FROM runs WHERE id=?", (r["id"],)).fetchone()[0])
-                return r["id"], cfg, token
-        return None
+                cfg = json.loads(r["config"])
+                k = group_key(cfg) if group_key else None
+                if picked and k != key:
+                    continue
+                key = k
+                picked.append((r["id"], cfg))
+            for rid, _ in picked:
+                db.execute("UPDATE runs SET status='running', token=?, host=?, pid=?, device=?, lease_until=?, "
+                           "started=?, ended=NULL, error=NULL WHERE id=?",
+                           (token, host, os.getpid(), device, now + lease_s, now, rid))
+        return picked
 
     def heartbeat(self, claims: dict[str, str], lease_s: float) -> list[str]:
         """Extend the leases of runs we hold ({run id: token}); returns the ids we no longer hold."""
@@ -238,8 +257,11 @@ class Store:
                     lost.append(rid)
         return lost
 
-    def finish(self, rid: str, token: str, result: dict[str, Any], history: Sequence[dict]) -> bool:
-        """Record a finished run, with its history, if we still hold it; False otherwise."""
+    def finish(self, rid: str, token: str, result: dict[str, Any], history: Sequence[dict],
+               accept: Callable[[], None] | None = None) -> bool:
+        """Record a finished run, with its history, if we still hold it; False otherwise. ``accept`` runs
+        inside the transaction, after the claim was checked (the runner moves the attempt's files into
+        place there): if it raises, nothing is recorded."""
         now = time.time()
         with self.transaction() as db:
             row = db.execute("SELECT started FROM runs WHERE id=? AND token=? AND status='running'", (rid, token)).fetchone()
@@ -251,24 +273,26 @@ class Store:
                 f"INSERT INTO history (run_id, {', '.join(HISTORY_COLUMNS)}) VALUES (?{', ?' * len(HISTORY_COLUMNS)})",
                 [(rid, *[h.get(c) for c in HISTORY_COLUMNS]) for h in history])
             metrics = {k: v for k, v in result.items() if k not in ("config", "status", "error")}
-            db.execute("UPDATE runs SET status=?, ended=?, seconds=?, metrics=?, error=?, lease_until=NULL, "
-                       "device=COALESCE(?, device) WHERE id=?",
+            db.execute("UPDATE runs SET status=?, attempts=attempts+1, ended=?, seconds=?, metrics=?, error=?, "
+                       "lease_until=NULL, device=COALESCE(?, device) WHERE id=?",
                        (status, now, now - (row["started"] or now), json.dumps(metrics), result.get("error") or None,
                         (result.get("environment") or {}).get("device"), rid))
+            if accept is not None:
+                accept()
         return True
 
     def fail(self, rid: str, token: str, error: str) -> bool:
         with self.transaction() as db:
-            cur = db.execute("UPDATE runs SET status='failed', ended=?, error=?, lease_until=NULL "
+            cur = db.execute("UPDATE runs SET status='failed', attempts=attempts+1, ended=?, error=?, lease_until=NULL "
                              "WHERE id=? AND token=? AND status='running'", (time.time(), error, rid, token))
             return cur.rowcount == 1
 
     def release(self, claims: dict[str, str]) -> None:
-        """Give back runs we hold without a result (e.g. on ctrl-C): pending again, attempt not counted."""
+        """Give back runs we hold without a result (e.g. on ctrl-C): pending again, no attempt used."""
         with self.transaction() as db:
             for rid, token in claims.items():
-                db.execute("UPDATE runs SET status='pending', attempts=MAX(attempts-1, 0), token=NULL, "
-                           "lease_until=NULL WHERE id=? AND token=? AND status='running'", (rid, token))
+                db.execute("UPDATE runs SET status='pending', token=NULL, lease_until=NULL "
+                           "WHERE id=? AND token=? AND status='running'", (rid, token))
 
     # -- queries (the report's API) -------------------------------------------------------
     def runs(self, status: str | None = None, ids: Sequence[str] | None = None,

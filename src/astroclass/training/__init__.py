@@ -14,8 +14,8 @@
 from astroclass.training.config import (AMP_MODES, COMPILE_MODES, MONITORS, OPTIMIZERS, SAMPLERS, SETUPS, RunConfig,
                                         RunResult, TrainingFailed)
 from astroclass.training.data import DataCache, RunData, load_run_data
-from astroclass.training.loop import (PER_RUN_OPTIONS, GroupTrainer, ModelCache, WorkerCache, fuse_key, train,
-                                      train_group)
+from astroclass.training.loop import (PER_RUN_OPTIONS, GroupTrainer, ModelCache, WorkerCache, fuse_key,
+                                      fused_group_size, train, train_group)
 from astroclass.training.method import (KERAS_DEFAULTS, EarlyStopping, augment_batch, class_weight_tensor, dihedral,
                                         epoch_order, make_optimizer, predict_probs, to_float)
 from astroclass.training.outputs import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, environment
@@ -25,6 +25,6 @@ __all__ = [
     "AMP_MODES", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "COMPILE_MODES", "KERAS_DEFAULTS", "MONITORS", "OPTIMIZERS",
     "PER_RUN_OPTIONS", "SAMPLERS", "SETUPS", "DataCache", "EarlyStopping", "GroupTrainer", "ModelCache", "RunConfig",
     "RunData", "RunResult", "TrainingFailed", "WorkerCache", "augment_batch", "auto_amp", "class_weight_tensor",
-    "compiled", "cpu_has_amx", "dihedral", "environment", "epoch_order", "fuse_key", "load_run_data",
+    "compiled", "cpu_has_amx", "dihedral", "environment", "epoch_order", "fuse_key", "fused_group_size", "load_run_data",
     "make_optimizer", "predict_probs", "resolve_device", "to_float", "train", "train_group",
 ]

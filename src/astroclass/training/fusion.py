@@ -188,6 +188,14 @@ def _fused_module(module: nn.Module, runs: int, grouped: bool) -> nn.Module:
     return m
 
 
+def fusable(model: nn.Module) -> bool:
+    """Whether every layer of ``model`` that holds tensors is one fusion knows how to batch."""
+    from timm.layers import BatchNormAct2d, Conv2dSame
+
+    known = (nn.Linear, nn.Conv2d, Conv1x1AsMatmul, Conv2dSame, nn.BatchNorm2d, BatchNormAct2d)
+    return all(type(m) in known for _, m in _holders(model))
+
+
 def _holders(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """Modules that hold parameters or per-run buffers of their own (the AstroNet's mean/std excluded)."""
     out = []

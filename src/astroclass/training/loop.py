@@ -52,6 +52,7 @@ class ModelCache:
     def __init__(self, size: int = 3):
         self.size = size
         self._items: OrderedDict[tuple, tuple[torch.nn.Module, Any, Slots]] = OrderedDict()
+        self.sizes: dict[tuple, int] = {}  # per-run memory footprints (fused_group_size)
 
     def get(self, key: tuple, build: Callable[[], torch.nn.Module], mode: str | None):
         """(model, its compiled forward, its slots) for ``key``; built (and compiled) when new."""
@@ -381,6 +382,46 @@ class GroupTrainer:
             r.slot = slot
             r.opt = r.make_opt(self.slots.parameters(slot, self.names))
             r.opt.load_state_dict(st)
+
+
+def fused_group_size(cfg: RunConfig, limit: int, auto: bool, cache: WorkerCache | None = None) -> int:
+    """How many runs like ``cfg`` to fuse: ``limit`` (1 when the model has a layer fusion cannot batch),
+    and with ``auto`` no more than fit in 60% of the device's free memory. A run's footprint is estimated
+    from its model: 6 copies of the parameters (weights, gradients, two optimiser moments, best and initial
+    weights) plus twice the activations of one training batch (measured by a forward pass)."""
+    from astroclass.models import build_model
+    from astroclass.training.fusion import fusable
+    from astroclass.training.speed import available_memory
+
+    if limit <= 1:
+        return 1
+    device = resolve_device(cfg.device)
+    key = ("size", cfg.model, cfg.dataset, cfg.batch_size, cfg.pooling, str(device))
+    memo = cache.models.sizes if cache is not None else {}
+    if key not in memo:
+        from astroclass.data.prepared import PreparedDataset
+
+        with PreparedDataset(cfg.dataset) as ds:
+            channels, size, k = ds.channels, ds.image_shape[-1], len(ds.class_names)
+        model = build_model(cfg.model, k, in_chans=channels, input_size=size, pooling=cfg.pooling)
+        if not fusable(model):
+            memo[key] = 0
+        else:
+            acts = [0]
+            hooks = [m.register_forward_hook(lambda m, i, o: acts.__setitem__(0, acts[0] + (o.numel() * 4 if
+                     isinstance(o, torch.Tensor) else 0))) for m in model.modules() if not list(m.children())]
+            with torch.no_grad():
+                model.train()(torch.zeros(cfg.batch_size, channels, size, size))
+            for h in hooks:
+                h.remove()
+            params = sum(p.numel() * 4 for p in model.parameters())
+            memo[key] = 6 * params + 2 * acts[0]
+    per_run = memo[key]
+    if per_run == 0:
+        return 1
+    if not auto:
+        return limit
+    return max(1, min(limit, int(0.6 * available_memory(device) // per_run)))
 
 
 def train_group(configs: list[RunConfig], out_dirs: list[str | Path], progress: bool = True,

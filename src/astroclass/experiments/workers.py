@@ -1,0 +1,131 @@
+"""What a grid worker does: train a group of runs (fused, or one by one) and report each run as it ends.
+
+A worker lives for many groups: it keeps its built (and compiled) models and its datasets in a
+:class:`astroclass.training.WorkerCache`, so a later run of an architecture starts in about the time
+it takes to build that run's initial weights. It is recycled (a fresh process) after
+``max_groups`` groups or after an unexpected error, and it dies with its driver: on Linux the kernel
+kills it when the driver dies (parent-death signal), elsewhere it checks between epochs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from astroclass.errors import AstroclassError
+
+AUTO_GROUP = 24
+"""Most runs a driver hands one worker under ``fuse: auto`` (a paper grid cell); the worker trains them in
+fused groups as large as the device's memory allows."""
+
+
+@dataclass
+class GroupJob:
+    """Runs for one worker: (run id, config with the dataset's file path, output folder) each."""
+
+    key: str
+    runs: list[tuple[str, dict[str, Any], str]]
+    device: str
+    threads: int = 0
+    fuse: str = "auto"
+    """"auto", "off" or a number: the largest fused group the worker may form (see RunConfig.fuse)."""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def failed(error: str, history: list | None = None) -> dict[str, Any]:
+    return {"result": {"status": "failed", "error": error}, "history": history or []}
+
+
+def execute_group(job: GroupJob, emit: Callable[[str, dict], None], heartbeat: Callable[[], None] | None,
+                  cache) -> bool:
+    """Train ``job``'s runs, calling ``emit(run id, {"result", "history"})`` once per run as it ends.
+    Never raises; returns False after an unexpected error (the worker should then be recycled)."""
+    import torch
+
+    from astroclass.training import RunConfig, fused_group_size, train_group
+
+    if job.threads > 0:
+        torch.set_num_threads(job.threads)
+    reported: set[str] = set()
+
+    def report(rid: str, outcome: dict) -> None:
+        reported.add(rid)
+        emit(rid, outcome)
+
+    pending = []
+    for rid, cfg, out in job.runs:
+        try:
+            pending.append((rid, RunConfig.from_dict({**cfg, "device": job.device}), out))
+        except AstroclassError as exc:
+            report(rid, failed(str(exc)))
+    ok = True
+    while pending:
+        chunk, rest = pending[:1], pending[1:]
+        try:
+            limit = 1 if job.fuse == "off" else len(pending) if job.fuse == "auto" else int(job.fuse)
+            size = fused_group_size(chunk[0][1], min(limit, len(pending)), job.fuse == "auto", cache)
+            chunk, rest = pending[:size], pending[size:]
+            train_group([c for _, c, _ in chunk], [o for _, _, o in chunk], progress=False,
+                        on_finish=lambda i, res, hist, chunk=chunk: report(chunk[i][0], {"result": res, "history": hist}),
+                        heartbeat=heartbeat, cache=cache)
+        except AstroclassError as exc:  # bad data or options: every run of the chunk fails the same way
+            for rid, _, _ in chunk:
+                if rid not in reported:
+                    report(rid, failed(str(exc)))
+        except Exception as exc:  # a bug or a resource problem: keep the grid going, keep the traceback
+            ok = False
+            cache.clear()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            for rid, _, _ in chunk:
+                if rid not in reported:
+                    report(rid, failed(f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
+            for rid, _, _ in rest:
+                report(rid, failed("not trained: the worker stopped after an error in another run of its group"))
+            rest = []
+        pending = rest
+    return ok
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Have the kernel kill this process when its parent dies (Linux); exit now if it already has."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    check_parent(parent_pid)
+
+
+def check_parent(parent_pid: int) -> None:
+    """Exit at once if the driver that started this worker is gone (this process was re-parented)."""
+    if os.getppid() != parent_pid:
+        os._exit(3)
+
+
+def worker_main(conn, parent_pid: int, max_groups: int) -> None:
+    """A local worker process: receive GroupJobs, send ("run", key, run id, outcome) per finished run and
+    ("done", key, ok, None) per group; exit after ``max_groups`` groups, an error, or None."""
+    from astroclass.training import WorkerCache
+
+    die_with_parent(parent_pid)
+    cache = WorkerCache()
+    for _ in range(max_groups):
+        try:
+            job = conn.recv()
+        except (EOFError, OSError):
+            return
+        if job is None:
+            return
+        ok = execute_group(job, lambda rid, outcome, key=job.key: conn.send(("run", key, rid, outcome)),
+                           lambda: check_parent(parent_pid), cache)
+        conn.send(("done", job.key, ok, None))
+        if not ok:
+            return
