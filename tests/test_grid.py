@@ -87,6 +87,29 @@ def test_local_grid_runs_once_keeps_best_checkpoint_and_exports(tiny_h5, tmp_pat
     assert len(lines) == 3 and lines[0].startswith("id,dataset,model")
 
 
+def test_fused_grid_records_every_run_as_alone_and_falls_back_for_models_fusion_cannot_batch(tiny_h5, tmp_path):
+    import csv
+
+    spec = GridSpec.load(write_spec(tmp_path, tiny_h5, models=["test_resnet", "test_efficientnet_gn"], optimizers=["adam", "sgd"],
+                                    train={"epochs": 2, "batch_size": 16, "patience": 2, "amp": "off"}))
+    counts = run_grid(spec, tmp_path / "fused", GridOptions(threads=1, fuse="auto"), progress=False)
+    assert counts == {"pending": 0, "running": 0, "done": 8, "failed": 0}
+    alone = run_grid(spec, tmp_path / "alone", GridOptions(threads=1, fuse="off"), progress=False)
+    assert alone == counts
+    fused_runs = {r["id"]: r for r in Store(tmp_path / "fused" / "store.sqlite").runs()}
+    for r in Store(tmp_path / "alone" / "store.sqlite").runs():
+        f = fused_runs[r["id"]]
+        group = f["metrics"]["environment"]["speed"]["fused"]
+        assert group == (4 if r["model"] == "test_resnet" else 1)  # group norm cannot be fused: one by one
+        assert r["metrics"]["environment"]["speed"]["fused"] == 1
+        assert f["metrics"]["test"]["confusion_matrix"] == r["metrics"]["test"]["confusion_matrix"]
+        assert f["metrics"]["best_epoch"] == r["metrics"]["best_epoch"]
+        for a, b in zip(csv.DictReader(open(tmp_path / "alone" / "runs" / r["id"] / "history.csv")),
+                        csv.DictReader(open(tmp_path / "fused" / "runs" / r["id"] / "history.csv"))):
+            assert float(b["val_loss"]) == pytest.approx(float(a["val_loss"]), rel=1e-4)
+    _folder_matches_store(tmp_path / "fused")
+
+
 def test_changed_or_missing_dataset_is_refused(tiny_h5, tmp_path):
     import shutil
 

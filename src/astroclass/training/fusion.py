@@ -184,7 +184,8 @@ def _fused_module(module: nn.Module, runs: int, grouped: bool) -> nn.Module:
         m.__class__ = _fused_norm_class(kind)
         m.num_features = module.num_features * runs
     else:
-        raise NotFusable(f"cannot fuse runs of a model with a {kind.__name__} layer; train with fuse: off")
+        raise NotFusable(f"cannot fuse runs of a model with a {kind.__name__} layer (one with tensors of its own that "
+                         f"fusion does not know how to batch); train with fuse: off")
     return m
 
 
@@ -219,7 +220,10 @@ def fuse(template: AstroNet, states: list[dict[str, torch.Tensor]], grouped: boo
     for name, module in _holders(fused):
         parent_name, _, attr = name.rpartition(".")
         parent = fused.get_submodule(parent_name) if parent_name else fused
-        new = _fused_module(module, runs, grouped)
+        try:
+            new = _fused_module(module, runs, grouped)
+        except NotFusable as exc:
+            raise NotFusable(f"{name}: {exc}") from None
         for kind in ("_parameters", "_buffers"):
             for key, t in getattr(module, kind).items():
                 if t is None:

@@ -1,0 +1,147 @@
+"""Fused runs: each run of a fused group gets what it gets alone; the grouped kernels compute the same maths."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+
+import pytest
+import torch
+
+from astroclass.training import RunConfig, WorkerCache, train, train_group
+from astroclass.training.fusion import NotFusable, Slots, fuse, fusable
+from astroclass.training.method import run_losses
+
+
+def _history(folder):
+    return list(csv.DictReader(open(folder / "history.csv")))
+
+
+@pytest.fixture(scope="module")
+def backbone_weights(tmp_path_factory):
+    """'ImageNet' weights for the pretrained setup, offline: a state dict of test_efficientnet in a file."""
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(123)
+    bb = timm.create_model("test_efficientnet", num_classes=0, global_pool="")
+    path = tmp_path_factory.mktemp("weights") / "test_efficientnet.safetensors"
+    save_file({k: v.contiguous() for k, v in bb.state_dict().items()}, str(path))
+    return path
+
+
+@pytest.mark.parametrize("setup", ["scratch", "pretrained"])
+def test_every_fused_run_equals_the_same_run_trained_alone(tiny_h5, tmp_path, setup, backbone_weights):
+    """CPU, fp32, a tiny timm backbone (with batch-norm layers) and the paper's head. The group mixes the four
+    optimisers, λ ∈ {0, 0.1}, γ ∈ {0, 2} and one class-weighted, augmented run; patience 1 makes runs stop at
+    different epochs, so the group shrinks on the way (rebuilt with the runs left)."""
+    extra = dict(weights=str(backbone_weights), head_epochs=2, unfreeze_layers=4) if setup == "pretrained" else {}
+    combos = list(itertools.product(["rmsprop", "adam", "radam", "sgd"], [0.0, 0.1], [0.0, 2.0]))[::2]
+    configs = [RunConfig(dataset=str(tiny_h5), model="test_efficientnet", setup=setup, optimizer=o, l2=l2, maxnorm=mn,
+                         seed=i, epochs=6, patience=1, batch_size=16, amp="off", **extra)
+               for i, (o, l2, mn) in enumerate(combos)]
+    configs.append(RunConfig(dataset=str(tiny_h5), model="test_efficientnet", setup=setup, optimizer="adam", l2=0.1,
+                             seed=7, epochs=6, patience=1, batch_size=16, amp="off", class_weights="balanced",
+                             augment=True, **extra))
+    alone = [train(c, tmp_path / f"alone{i}", progress=False) for i, c in enumerate(configs)]
+    finished = []
+    fused = train_group(configs, [tmp_path / f"fused{i}" for i in range(len(configs))], progress=False,
+                        on_finish=lambda i, result, history: finished.append(i))
+    assert sorted(finished) == list(range(len(configs)))
+    assert len({r.epochs_run for r in alone}) > 1  # runs left the group at different epochs
+    for i, (a, f) in enumerate(zip(alone, fused)):
+        assert f.status == "done" and f.environment["speed"]["fused"] == len(configs)
+        assert (f.best_epoch, f.epochs_run, f.stopped_early) == (a.best_epoch, a.epochs_run, a.stopped_early), i
+        ha, hf = _history(tmp_path / f"alone{i}"), _history(tmp_path / f"fused{i}")
+        assert [(r["phase"], r["epoch"]) for r in ha] == [(r["phase"], r["epoch"]) for r in hf]
+        for ra, rf in zip(ha, hf):
+            for key in ("train_loss", "val_loss"):
+                assert float(rf[key]) == pytest.approx(float(ra[key]), rel=1e-4), (i, ra, rf)
+        assert f.test["confusion_matrix"] == a.test["confusion_matrix"], i
+    # the runs really differ from each other: fusion did not give them one shared model
+    assert len({round(float(_history(tmp_path / f"fused{i}")[0]["train_loss"]), 6) for i in range(len(configs))}) \
+        == len(configs)
+
+
+def test_a_kept_model_reinitialised_in_place_trains_as_a_fresh_one(tiny_h5, tmp_path):
+    """A worker keeps its built model between groups: a group trained on the kept model (after another
+    group used it) gets exactly what it gets in a fresh worker."""
+    def cfgs(seed0):
+        return [RunConfig(dataset=str(tiny_h5), model="test_resnet", optimizer=o, seed=seed0 + i, epochs=2, patience=2,
+                          batch_size=16, amp="off") for i, o in enumerate(["adam", "rmsprop"])]
+
+    cache = WorkerCache()
+    train_group(cfgs(0), [tmp_path / "a0", tmp_path / "a1"], progress=False, cache=cache)
+    (kept_model, _, _), = [v for v in cache.models._items.values()]
+    again = train_group(cfgs(10), [tmp_path / "b0", tmp_path / "b1"], progress=False, cache=cache)
+    assert [v[0] for v in cache.models._items.values()] == [kept_model]  # the same model object, reused
+    fresh = train_group(cfgs(10), [tmp_path / "c0", tmp_path / "c1"], progress=False)
+    for i in range(2):
+        assert _history(tmp_path / f"b{i}") == [{**r, "seconds": h["seconds"]} for r, h in
+                                                zip(_history(tmp_path / f"c{i}"), _history(tmp_path / f"b{i}"))]
+        assert again[i].test == fresh[i].test
+
+
+@pytest.mark.parametrize("name, channels_last, matmul", [("test_resnet", False, False), ("test_resnet", True, True),
+                                                         ("test_efficientnet", True, False)])
+def test_grouped_kernels_compute_each_run_as_alone(name, channels_last, matmul):
+    """The GPU path's grouped convolutions, batch-norm regrouping and batched matrix products give each run
+    the outputs, gradients and running statistics of its own model, up to fp32 rounding (per-run kernels,
+    the CPU path, are bit for bit: the test above)."""
+    from astroclass.models import build_model, matmul_1x1
+
+    g, b = 3, 8
+    models = []
+    for seed in range(g):
+        torch.manual_seed(seed)
+        m = build_model(name, 3, input_size=32)
+        if channels_last:
+            m = m.to(memory_format=torch.channels_last)
+        if matmul:
+            matmul_1x1(m)
+        models.append(m.train())
+    fused = fuse(models[0], [m.state_dict() for m in models], grouped=True).train()
+    slots = Slots(fused)
+    torch.manual_seed(0)
+    x = torch.rand(g * b, 3, 32, 32)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 3, (g * b,))
+    masks = (torch.rand(g * b, 2048) < 0.5).float() * 2
+    logits = fused(x, masks)
+    run_losses(logits, y, torch.ones(g, 3)).sum().backward()
+    names = [n for n, _ in fused.named_parameters()]
+    slots.bind_grads(names)
+    for r, m in enumerate(models):
+        sl = slice(r * b, (r + 1) * b)
+        out = m(x[sl], masks[sl])
+        torch.testing.assert_close(logits[sl], out, rtol=1e-4, atol=1e-5)
+        run_losses(out, y[sl], torch.ones(1, 3)).sum().backward()
+        views = slots.views(r)
+        # rounding is judged against the run's largest gradient: some gradients are pure rounding noise (a
+        # batch-norm bias followed by another batch-norm has a true gradient of 0)
+        scale = max(p.grad.abs().max().item() for p in m.parameters())
+        for n, p in m.named_parameters():
+            torch.testing.assert_close(views[n].grad, p.grad, rtol=1e-4, atol=1e-5 * scale, msg=n)
+        for n, buf in m.named_buffers():
+            if buf.dtype.is_floating_point and n not in ("mean", "std"):
+                torch.testing.assert_close(views[n], buf, rtol=1e-5, atol=1e-6, msg=n)
+
+
+def test_layers_fusion_cannot_batch_are_refused_by_name():
+    from astroclass.models import build_model
+
+    gn = build_model("test_efficientnet_gn", 2, input_size=32)  # group norm: not batched by fusion
+    assert not fusable(gn)
+    with pytest.raises(NotFusable, match="backbone.bn1: cannot fuse runs of a model with a GroupNormAct layer"):
+        fuse(gn, [gn.state_dict(), gn.state_dict()])
+    assert fusable(build_model("test_resnet", 2, input_size=32))
+
+
+def test_group_of_runs_that_differ_in_shared_options_is_refused(tiny_h5, tmp_path):
+    from astroclass.errors import AstroclassError
+
+    a = RunConfig(dataset=str(tiny_h5), model="test_resnet", epochs=1)
+    with pytest.raises(AstroclassError, match="must share dataset, model, setup, batch size"):
+        train_group([a, RunConfig(dataset=str(tiny_h5), model="test_resnet", epochs=1, batch_size=8)],
+                    [tmp_path / "a", tmp_path / "b"], progress=False)
