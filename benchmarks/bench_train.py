@@ -30,15 +30,11 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, save  # noqa: E402
+from common import DATA, PAPER_NAMES, projection, save  # noqa: E402
 
 from astroclass.models import PAPER_MODELS, build_model, matmul_1x1  # noqa: E402
 from astroclass.training import RunConfig, make_optimizer  # noqa: E402
 
-# The paper's datasets: images, and whether a run fine-tunes (pretrained adds 10 head epochs)
-PAPER_SIZES = {"SG": 50090, "MG": 15766, "EF-2": 3604, "EF-4": 4389, "EF-15": 4327}
-PAPER_NAMES = {"vgg16": "VGG16", "inception_v3": "InceptionV3", "inception_resnet_v2": "InceptionResNetV2",
-               "resnext50_32x4d": "ResNext50", "densenet121": "DenseNet121"}
 
 
 class JpegDataset(torch.utils.data.Dataset):
@@ -172,26 +168,6 @@ def packed(name: str, k: int, steps: int) -> float:
     with ctx.Pool(k) as pool:
         rates = pool.map(_packed_worker, [(name, steps, s) for s in range(k)])
     return float(sum(rates))
-
-
-def projection(rates: dict[str, float], eval_factor: float = 0.15) -> dict[str, float]:
-    """Hours for the paper's 600 runs: per (dataset, model, optimiser) the paper's mean epochs to
-    convergence (Table 7) + the 10 patience epochs, over 80% of the images; pretrained runs add 10 head
-    epochs; validation passes add ``eval_factor`` of a training epoch's time."""
-    from importlib import resources
-
-    text = resources.files("astroclass").joinpath("reference/table7_epochs_to_convergence.csv").read_text()
-    epochs = {(r["dataset"], r["model"], r["optimizer"]): float(r["mean_epochs"]) for r in csv.DictReader(text.splitlines())}
-    hours = {}
-    for m, rate in rates.items():
-        total = 0.0
-        for d, n in PAPER_SIZES.items():
-            for opt in ("rmsprop", "adam", "radam"):
-                e = epochs[(d, PAPER_NAMES[m], opt)] + 10
-                per_epoch = 0.8 * n / rate * (1 + eval_factor)
-                total += 4 * (e * per_epoch) + 4 * ((e + 10) * per_epoch)  # 4 (λ, γ) × scratch, pretrained
-        hours[m] = total / 3600
-    return hours
 
 
 def main() -> None:

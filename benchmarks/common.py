@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import platform
@@ -43,3 +44,36 @@ def import_real(name: str, folder: str | Path, **kw) -> Path:
     out = Path(folder) / f"{name}.h5"
     import_catalog(cat, out, show_progress=False, **kw)
     return out
+
+
+# The paper's datasets (images) and its models' names in its tables
+PAPER_SIZES = {"SG": 50090, "MG": 15766, "EF-2": 3604, "EF-4": 4389, "EF-15": 4327}
+PAPER_NAMES = {"vgg16": "VGG16", "inception_v3": "InceptionV3", "inception_resnet_v2": "InceptionResNetV2",
+               "resnext50_32x4d": "ResNext50", "densenet121": "DenseNet121"}
+
+
+def paper_epochs() -> dict[tuple[str, str, str], float]:
+    """Table 7: the paper's mean epochs to convergence per (dataset, model, optimiser)."""
+    from importlib import resources
+
+    text = resources.files("astroclass").joinpath("reference/table7_epochs_to_convergence.csv").read_text()
+    return {(r["dataset"], r["model"], r["optimizer"]): float(r["mean_epochs"]) for r in csv.DictReader(text.splitlines())}
+
+
+def paper_train_images(model: str) -> float:
+    """Training images the paper's 120 runs of ``model`` see: per (dataset, optimiser) Table 7's epochs to
+    convergence + the 10 patience epochs over 80% of the images, 4 (λ, γ) × scratch and pretrained; pretrained
+    runs add 10 head epochs."""
+    epochs = paper_epochs()
+    total = 0.0
+    for d, n in PAPER_SIZES.items():
+        for opt in ("rmsprop", "adam", "radam"):
+            e = epochs[(d, PAPER_NAMES[model], opt)] + 10
+            total += 0.8 * n * (4 * e + 4 * (e + 10))
+    return total
+
+
+def projection(rates: dict[str, float], eval_factor: float = 0.15) -> dict[str, float]:
+    """Hours for the paper's 600 runs at a training throughput (images/s) per model: the images of
+    :func:`paper_train_images`; validation passes add ``eval_factor`` of a training epoch's time."""
+    return {m: paper_train_images(m) / rate * (1 + eval_factor) / 3600 for m, rate in rates.items()}

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# GPU check, sized for one H100/H200 in under 8 minutes (torch and timm only; nothing downloaded).
+# GPU check, sized for one H100/H200 (torch, timm, h5py, scikit-learn, PyYAML; nothing downloaded).
 # From the repository root, with ../shared/data beside it:  bash benchmarks/gpu_check.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=src
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
-timeout 360 python benchmarks/bench_train.py --steps 20 --pack 4
+timeout 400 python benchmarks/gpu_grid.py          # the grid: --fuse off vs fused (results/grid_gpu.json)
+timeout 300 python benchmarks/bench_train.py --steps 20 --pack 4
 timeout 120 python benchmarks/gpu_train_check.py --model resnext50_32x4d --epochs 3

@@ -92,7 +92,7 @@ def test_fused_grid_records_every_run_as_alone_and_falls_back_for_models_fusion_
 
     spec = GridSpec.load(write_spec(tmp_path, tiny_h5, models=["test_resnet", "test_efficientnet_gn"], optimizers=["adam", "sgd"],
                                     train={"epochs": 2, "batch_size": 16, "patience": 2, "amp": "off"}))
-    counts = run_grid(spec, tmp_path / "fused", GridOptions(threads=1, fuse="auto"), progress=False)
+    counts = run_grid(spec, tmp_path / "fused", GridOptions(threads=1, fuse="4"), progress=False)
     assert counts == {"pending": 0, "running": 0, "done": 8, "failed": 0}
     alone = run_grid(spec, tmp_path / "alone", GridOptions(threads=1, fuse="off"), progress=False)
     assert alone == counts

@@ -50,8 +50,9 @@ def run_cmd(spec: SpecArg, experiment: Experiment = None, data: DataOpt = None,
                                                                     "Ray instance).")] = None,
             ray_cpus: Annotated[Optional[int], typer.Option(help="CPUs of the local Ray instance.")] = None,
             fuse: Annotated[Optional[str], typer.Option(help="Train the runs of a (dataset, model, setup) cell together "
-                                                             "as one batched model: auto (groups as large as the "
-                                                             "device's free memory allows), off (one run per worker "
+                                                             "as one batched model: auto (on a GPU, groups as large as "
+                                                             "its free memory allows; on a CPU one run at a time, "
+                                                             "measured faster there), off (one run per worker "
                                                              "at a time) or a group size. Each run's results are "
                                                              "what it gets alone. [default: the spec's fuse, else "
                                                              "auto]")] = None,

@@ -128,11 +128,12 @@ def run_grid(spec: GridSpec, experiment: str | Path, options: GridOptions = Grid
     fuse = str(options.fuse or spec.train.get("fuse") or "auto")
     if fuse not in ("auto", "off") and not (fuse.isdigit() and int(fuse) >= 1):
         raise AstroclassError(f"--fuse must be auto, off or a group size >= 1, got {fuse!r}")
-    cap = 1 if fuse == "off" else AUTO_GROUP if fuse == "auto" else int(fuse)
     experiment = Path(experiment)
     store, ids = prepare(spec, experiment)
     engine = make_engine(options.engine, options.workers, options.per_gpu, options.threads, options.ray_address,
                          options.ray_num_cpus)
+    gpu = any(slot.startswith("cuda") for slot in engine.slots)  # auto fuses on GPUs only (fused_group_size)
+    cap = 1 if fuse == "off" or (fuse == "auto" and not gpu) else AUTO_GROUP if fuse == "auto" else int(fuse)
     free = list(engine.slots)
     groups: dict[str, dict] = {}  # group token -> {"device", "runs": set of run ids not yet reported}
     held: dict[str, str] = {}  # run id -> token

@@ -72,8 +72,9 @@ class RunConfig:
     """Mixed precision: "auto" (bf16 where the hardware computes it natively: CUDA GPUs and CPUs with
     AMX; fp32 elsewhere), "bf16" or "off"."""
     compile: str = "auto"
-    """torch.compile: "auto" (reduce-overhead, i.e. CUDA graphs, on CUDA; off on CPU), "off", "default",
-    "reduce-overhead" or "max-autotune"."""
+    """torch.compile: "auto" (reduce-overhead, i.e. CUDA graphs, for a single run on CUDA; off on CPU and for
+    fused groups, whose kernels already serve all their runs at once), "off", "default", "reduce-overhead" or
+    "max-autotune"."""
     fuse: str = "auto"
     """Grid runs only: train runs of one (dataset, model, setup) cell together as one batched model
     (:mod:`astroclass.training.fusion`): "auto" (group size from the device's free memory), "off" (one run

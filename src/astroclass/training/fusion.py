@@ -77,8 +77,11 @@ class _FusedLayer:
     runs: int
     grouped: bool
 
-    def _per_run(self, x: torch.Tensor, fn) -> torch.Tensor:
-        return torch.cat([fn(xr, r) for r, xr in enumerate(x.chunk(self.runs))])
+    def _per_run(self, x: torch.Tensor, fn, *tensors: torch.Tensor | None) -> torch.Tensor:
+        """``fn(x_r, *tensors_r)`` for every run r, concatenated: the batch and each tensor split into the runs'
+        chunks in one operation each (one backward node, not one per run)."""
+        parts = [t.chunk(self.runs) if t is not None else [None] * self.runs for t in tensors]
+        return torch.cat([fn(xr, *(p[r] for p in parts)) for r, xr in enumerate(x.chunk(self.runs))])
 
 
 class FusedConv2d(_FusedLayer, nn.Conv2d):
@@ -99,15 +102,14 @@ class FusedConv2d(_FusedLayer, nn.Conv2d):
     def _padding(self):
         return (0, 0) if self.kind == "same" or self.padding_mode != "zeros" else self.padding
 
-    def _one(self, x: torch.Tensor, r: int) -> torch.Tensor:
-        w, b = _chunk(self.weight, self.runs, r), _chunk(self.bias, self.runs, r)
+    def _one(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
         if self.kind == "matmul":
             return F.linear(x.permute(0, 2, 3, 1), w.flatten(1), b).permute(0, 3, 1, 2)
         return F.conv2d(self._pad(x), w, b, self.stride, self._padding(), self.dilation, self.run_groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.grouped:
-            return self._per_run(x, self._one)
+            return self._per_run(x, self._one, self.weight, self.bias)
         g = self.runs
         if self.kind == "matmul":  # no regrouping copies: one batched product over channels-last pixels
             gb, c, h, w = x.shape
@@ -139,8 +141,7 @@ class _FusedNorm(_FusedLayer):
             y = from_grouped(norm(to_grouped(x, self.runs), self.running_mean, self.running_var, self.weight,
                                   self.bias), self.runs)
         else:
-            y = self._per_run(x, lambda xr, r: norm(xr, *(_chunk(t, self.runs, r) for t in (
-                self.running_mean, self.running_var, self.weight, self.bias))))
+            y = self._per_run(x, norm, self.running_mean, self.running_var, self.weight, self.bias)
         if hasattr(self, "act"):  # BatchNormAct2d: dropout then activation, per element
             y = self.act(self.drop(y))
         return y
@@ -157,7 +158,7 @@ class FusedLinear(_FusedLayer, nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         g = self.runs
         if not self.grouped:
-            return self._per_run(x, lambda xr, r: F.linear(xr, _chunk(self.weight, g, r), _chunk(self.bias, g, r)))
+            return self._per_run(x, F.linear, self.weight, self.bias)
         xb = x.reshape(g, -1, x.shape[-1])
         w = self.weight.view(g, -1, self.weight.shape[-1]).transpose(1, 2)
         y = torch.bmm(xb, w) if self.bias is None else torch.baddbmm(self.bias.view(g, 1, -1), xb, w)

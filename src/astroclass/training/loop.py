@@ -126,7 +126,7 @@ class GroupTrainer:
         self.on_finish = on_finish
         self.heartbeat = heartbeat
         self.cache = cache or WorkerCache(ModelCache(1), DataCache(1))
-        self.startup_seconds = 0.0
+        self.setup_seconds = 0.0
 
     # -- set-up ----------------------------------------------------------------------------
     def _build_runs(self, data: RunData) -> tuple[list[_Run], list[dict], torch.nn.Module]:
@@ -166,6 +166,7 @@ class GroupTrainer:
         if not new:
             for r, state in enumerate(states):
                 slots.load(r, state)
+        self.model_reused = getattr(self, "model_reused", not new)  # the group's first model: built or kept
         return model, forward, slots
 
     # -- the group ---------------------------------------------------------------------------
@@ -176,6 +177,12 @@ class GroupTrainer:
         c0 = self.configs[0]
         self.device = resolve_device(c0.device)
         self.fast = c0.speed(self.device)
+        if len(self.configs) > 1 and c0.compile == "auto":
+            # a fused step already launches each kernel once for all G runs (what CUDA graphs buy a single run),
+            # so fused groups run eager and skip the compile start-up; compile: reduce-overhead asks for both
+            self.fast["compile"] = None
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
         data, dev = self.cache.data.get(c0, self.device)
         runs, states, self.evaluator = self._build_runs(data)
         self.model, self.forward, self.slots = self._model(self.evaluator, states, data)
@@ -189,7 +196,7 @@ class GroupTrainer:
             r.result.train_counts = {c: int(n) for c, n in zip(data.class_names, np.bincount(y_train.numpy(),
                                                                                              minlength=k))}
         self.train_time = 0.0
-        self.startup_seconds = time.perf_counter() - t_start
+        self.setup_seconds = time.perf_counter() - t_start
         if c0.setup == "scratch":
             phases = [("train", "all", None, True)]
         else:
@@ -338,7 +345,11 @@ class GroupTrainer:
         r.result.epochs_run = len(r.history)
         r.result.train_seconds = round(self.train_time, 3)
         r.result.train_images_per_s = r.train_images / self.train_time if self.train_time > 0 else 0.0
-        r.result.environment["startup_seconds"] = round(self.startup_seconds, 3)
+        env = r.result.environment
+        env["setup_seconds"] = round(self.setup_seconds, 3)  # data, initial weights, model: before epoch 1
+        env["worker_model_reused"] = self.model_reused  # a model kept by the worker (no build, no compile)
+        if self.device.type == "cuda":
+            env["peak_gpu_memory_bytes"] = int(torch.cuda.max_memory_allocated(self.device))
 
     def _fail(self, r: _Run, error: str) -> None:
         self._leave(r)
@@ -388,14 +399,19 @@ def fused_group_size(cfg: RunConfig, limit: int, auto: bool, cache: WorkerCache 
     """How many runs like ``cfg`` to fuse: ``limit`` (1 when the model has a layer fusion cannot batch),
     and with ``auto`` no more than fit in 60% of the device's free memory. A run's footprint is estimated
     from its model: 6 copies of the parameters (weights, gradients, two optimiser moments, best and initial
-    weights) plus twice the activations of one training batch (measured by a forward pass)."""
+    weights) plus twice the activations of one training batch (measured by a forward pass).
+
+    ``auto`` on a CPU is 1: there a run's batch fits the processor's caches and G runs' batches do not, so a
+    fused step moves more memory per image than G single steps (benchmarks/bench_grid.py measured a fused
+    24-run cell at 0.40-0.70x the throughput of one run on the 2-core CPU); fusion pays where one run leaves
+    most of the device idle, on a GPU."""
     from astroclass.models import build_model
     from astroclass.training.fusion import fusable
     from astroclass.training.speed import available_memory
 
-    if limit <= 1:
-        return 1
     device = resolve_device(cfg.device)
+    if limit <= 1 or (auto and device.type != "cuda"):
+        return 1
     key = ("size", cfg.model, cfg.dataset, cfg.batch_size, cfg.pooling, str(device))
     memo = cache.models.sizes if cache is not None else {}
     if key not in memo:

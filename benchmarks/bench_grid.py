@@ -1,0 +1,224 @@
+"""The comparison grid end to end, one run per worker (``--fuse off``) vs fused (the default), same call.
+
+For each model it runs a real mini paper grid through ``astroclass grid run`` (a subprocess, as a user
+runs it) on ARIES star/galaxy cutouts from ../shared/data: the paper's 24 settings (setup × λ × γ ×
+optimiser) at a fixed small epoch budget (no early stopping), twice: ``--fuse off`` and the default
+(``auto``; on a CPU, where auto trains one run at a time, ``--fuse 24``). The pretrained setup loads a saved random initialisation as its "ImageNet" weights (nothing
+can be downloaded here; the timings do not depend on the weights' values). It also trains one scratch
+cell of 24 runs (12 settings × 2 seeds) fused as one group, for the aggregate-throughput ratio.
+
+Printed and saved (benchmarks/results/grid_<device>.json):
+* wall time of each grid and its end-to-end aggregate train images/s (all runs' training images / wall);
+* per-run start-up: the group's set-up (data, initial weights, model) plus its first epoch's excess over
+  its later epochs (compile, CUDA-graph capture), per run; for the first group of an architecture on a
+  worker and for later ones (the worker keeps the built, compiled model);
+* steady aggregate throughput of the fused 24-run cell (epochs ≥ 2) vs one unfused run of the same model;
+* peak GPU memory;
+* the projected wall time of the paper's 600-run grid for each path. Method: the measured wall time is
+  split as ``groups × start-up / workers + images / R`` (start-up measured per group as above), which
+  gives R, the throughput net of start-up; the paper grid is then ``paper groups × start-up / workers +
+  paper images / R``, where paper images follow Table 7's epochs to convergence plus patience on the
+  paper's dataset sizes (benchmarks/common.py) and paper groups are 600 (off) or 50 cells × ⌈12 / mean
+  fused group size⌉ (fused: a cell is one dataset, model and setup).
+
+Usage: python benchmarks/bench_grid.py [--models test_resnet,test_efficientnet] [--images 600] [--size 32]
+       [--epochs 3] [--workers 1] [--per-gpu 1] [--name grid_cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import DATA, PAPER_NAMES, REPO, paper_train_images, save  # noqa: E402
+
+PAPER_SETTINGS = {"setups": ["scratch", "pretrained"], "l2": [0.0, 0.1], "maxnorm": [0.0, 2.0],
+                  "optimizers": ["rmsprop", "adam", "radam"]}
+
+
+def aries_subset(folder: Path, images: int, size: int) -> Path:
+    """The first ``images`` ARIES cutouts (stars and galaxies in their catalogue proportions) at ``size`` px."""
+    from astroclass.data import ImageSpec, build_dataset
+    from astroclass.data.importers import catalog_items
+
+    cat = DATA / "aries_star_galaxy" / "labels.csv"
+    if not cat.exists():
+        sys.exit(f"{cat} not found: the benchmark needs ../shared/data beside the repository")
+    items = catalog_items(cat)[:images]
+    out = folder / f"aries_{len(items)}_{size}px.h5"
+    build_dataset(items, out, ImageSpec(size=size), source={"kind": "benchmark slice"}, show_progress=False)
+    return out
+
+
+def standin_weights(model: str, folder: Path) -> Path:
+    """A saved random initialisation of ``model``'s backbone, standing in for ImageNet weights."""
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    from astroclass.models import timm_name
+
+    torch.manual_seed(0)
+    bb = timm.create_model(timm_name(model), num_classes=0, global_pool="")
+    path = folder / f"{model}-standin.safetensors"
+    save_file({k: v.contiguous() for k, v in bb.state_dict().items()}, str(path))
+    return path
+
+
+def run_grid_cli(spec: dict, folder: Path, fuse: str, workers: int, per_gpu: int) -> tuple[float, list[dict]]:
+    """``astroclass grid run`` in a subprocess; (wall seconds, the store's runs with their histories)."""
+    from astroclass.experiments import Store
+
+    name = f"{spec['name']}-{fuse}"
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({**spec, "name": name}))
+    exp = folder / name
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    cmd = [sys.executable, "-m", "astroclass.cli", "grid", "run", str(path), "-e", str(exp), "-q", "--fuse", fuse,
+           "--per-gpu", str(per_gpu), "--workers", str(workers)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        sys.exit(f"grid run failed ({' '.join(cmd)}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    store = Store(exp / "store.sqlite")
+    runs = store.runs()
+    for r in runs:
+        r["history"] = store.history(r["id"])
+    store.close()
+    return wall, runs
+
+
+def summarise(runs: list[dict], wall: float, n_train: int, workers: int) -> dict:
+    """Start-up per group and per run, images, throughput, and the fit of wall = groups·S/workers + images/R."""
+    groups: dict[str, list[dict]] = {}
+    for r in runs:
+        groups.setdefault(r["token"], []).append(r)
+    startups, first, later = [], [], []
+    for members in groups.values():
+        env = members[0]["metrics"]["environment"]
+        epochs = {}
+        for r in members:
+            for h in r["history"]:
+                epochs.setdefault((h["phase"], h["epoch"]), h["seconds"])
+        times = [epochs[k] for k in sorted(epochs, key=lambda k: (k[0] != "head", k[1]))]
+        steady = statistics.median(times[1:]) if len(times) > 1 else 0.0
+        startup = env.get("setup_seconds", 0.0) + max(0.0, times[0] - steady)
+        startups.append(startup)
+        (later if env.get("worker_model_reused") else first).append(startup / len(members))
+    images = sum(len(r["history"]) * n_train for r in runs)
+    startup_total = sum(startups) / workers
+    net = max(wall - startup_total, 1e-9)
+    peak = max((r["metrics"]["environment"].get("peak_gpu_memory_bytes", 0) for r in runs), default=0)
+    return {"runs": len(runs), "groups": len(groups), "mean_group_size": len(runs) / len(groups), "wall_s": wall,
+            "train_images": images, "aggregate_images_per_s": images / wall,
+            "startup_per_group_s": statistics.mean(startups),
+            "startup_per_run_first_s": statistics.mean(first) if first else None,
+            "startup_per_run_later_s": statistics.mean(later) if later else None,
+            "net_images_per_s": images / net, "peak_gpu_memory_gib": peak / 2**30}
+
+
+def project_paper_hours(model: str, s: dict, workers: int) -> float | None:
+    """The paper grid's hours for one of its five models (None for other models)."""
+    if model not in PAPER_NAMES:
+        return None
+    paper_groups = 600 / 5 if s["mean_group_size"] <= 1 else 10 * math.ceil(12 / s["mean_group_size"])
+    return (paper_groups * s["startup_per_group_s"] / workers + paper_train_images(model) / s["net_images_per_s"]) / 3600
+
+
+def steady_rate(runs: list[dict], n_train: int) -> float:
+    """Aggregate train images/s of one group over its epochs ≥ 2 (runs live in each epoch × images / seconds)."""
+    per_epoch: dict[int, list] = {}
+    for r in runs:
+        for h in r["history"]:
+            if h["epoch"] >= 2:
+                per_epoch.setdefault(h["epoch"], [0, h["seconds"]])[0] += n_train
+    images = sum(v[0] for v in per_epoch.values())
+    seconds = sum(v[1] for v in per_epoch.values())
+    return images / seconds if seconds else float("nan")
+
+
+def main(argv: list[str] | None = None, defaults: dict | None = None) -> dict:
+    d = {"models": "test_resnet,test_efficientnet", "images": 600, "size": 32, "epochs": 3, "workers": 1,
+         "per_gpu": 1, "name": "grid_cpu", **(defaults or {})}
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default=d["models"])
+    ap.add_argument("--images", type=int, default=d["images"], help="ARIES cutouts used (80/10/10 split)")
+    ap.add_argument("--size", type=int, default=d["size"], help="pixels")
+    ap.add_argument("--epochs", type=int, default=d["epochs"], help="epochs per run (pretrained: 1 head + this)")
+    ap.add_argument("--workers", type=int, default=d["workers"], help="fuse off: concurrent runs")
+    ap.add_argument("--per-gpu", type=int, default=d["per_gpu"], help="fuse off on a GPU: runs packed per GPU")
+    ap.add_argument("--name", default=d["name"], help="results file name (benchmarks/results/NAME.json)")
+    ap.add_argument("--skip-cell24", action="store_true", help="skip the 24-run cell ratio")
+    args = ap.parse_args(argv)
+    import torch
+
+    gpu = torch.cuda.is_available()
+    workers_off = args.per_gpu * torch.cuda.device_count() if gpu else args.workers
+    out: dict = {"settings": vars(args), "models": {}}
+    with tempfile.TemporaryDirectory(prefix="astroclass-bench-grid-") as tmp:
+        folder = Path(tmp)
+        os.environ.setdefault("XDG_CACHE_HOME", str(folder / "cache"))  # a cold compile cache, as for a new user
+        data = aries_subset(folder, args.images, args.size)
+        from astroclass.data import PreparedDataset
+
+        with PreparedDataset(data) as ds:
+            n_train = len(ds.indices("train"))
+        for model in args.models.split(","):
+            weights = standin_weights(model, folder)
+            spec = {"name": model, "datasets": {"SG": str(data)}, "models": [model], "seeds": [0], **PAPER_SETTINGS,
+                    "train": {"epochs": args.epochs, "patience": args.epochs, "head_epochs": 1, "weights": str(weights)}}
+            row = {}
+            fused = "auto" if gpu else "24"  # auto on a CPU is one run at a time: measure fusion there explicitly
+            for fuse, workers in (("off", workers_off), (fused, 1 if gpu else args.workers)):
+                wall, runs = run_grid_cli(spec, folder, fuse, workers, args.per_gpu if fuse == "off" else 1)
+                s = summarise(runs, wall, n_train, workers)
+                s["paper_grid_hours"] = project_paper_hours(model, s, workers)
+                row["fused" if fuse != "off" else "off"] = s
+                print(f"{model:>20} fuse {fuse:>4}: {s['runs']} runs in {s['groups']} groups, wall {wall:7.1f} s, "
+                      f"{s['aggregate_images_per_s']:8.0f} train images/s end to end, start-up per run "
+                      f"first {s['startup_per_run_first_s'] or 0:.2f} s / later {s['startup_per_run_later_s'] or 0:.2f} s, "
+                      f"peak GPU {s['peak_gpu_memory_gib']:.1f} GiB" + (f"; paper grid ≈ {s['paper_grid_hours']:.2f} h"
+                                                              if s["paper_grid_hours"] is not None else ""),
+                      flush=True)
+            row["wall_ratio"] = row["off"]["wall_s"] / row["fused"]["wall_s"]
+            if not args.skip_cell24:
+                cell = {"name": f"{model}-cell24", "datasets": {"SG": str(data)}, "models": [model],
+                        "setups": ["scratch"], "l2": [0.0, 0.1], "maxnorm": [0.0, 2.0],
+                        "optimizers": ["rmsprop", "adam", "radam"], "seeds": [0, 1],
+                        "train": {"epochs": args.epochs, "patience": args.epochs}}
+                one = {**cell, "name": f"{model}-single", "l2": [0.1], "maxnorm": [0.0], "optimizers": ["adam"],
+                       "seeds": [0]}
+                _, single = run_grid_cli(one, folder, "off", 1, 1)
+                _, fused = run_grid_cli(cell, folder, "24", 1, 1)
+                r1, r24 = steady_rate(single, n_train), steady_rate(fused, n_train)
+                row["cell24"] = {"single_images_per_s": r1, "fused24_images_per_s": r24, "ratio": r24 / r1}
+                print(f"{model:>20} 24-run cell fused: {r24:8.0f} train images/s vs one unfused run {r1:8.0f}: "
+                      f"{r24 / r1:.2f}x", flush=True)
+            out["models"][model] = row
+            print(f"{model:>20} grid wall time off/fused: {row['wall_ratio']:.2f}x", flush=True)
+            save(args.name, out)  # after each model: a run cut short by a time limit keeps what it measured
+    paper = [m for m in out["models"] if m in PAPER_NAMES]
+    if paper:
+        total = {f: sum(out["models"][m][f]["paper_grid_hours"] for m in paper) for f in ("off", "fused")}
+        out["paper_grid_hours"] = {**total, "models": paper}
+        print(f"projected paper grid ({len(paper) * 120} of its 600 runs: {', '.join(paper)}): fuse off "
+              f"{total['off']:.2f} h, fused {total['fused']:.2f} h (method: see the docstring)")
+    path = save(args.name, out)
+    print(f"saved {path}")
+    return out
+
+
+if __name__ == "__main__":
+    main()
