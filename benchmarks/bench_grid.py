@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None, defaults: dict | None = None) -> dict:
                 cell = {"name": f"{model}-cell24", "datasets": {"SG": str(data)}, "models": [model],
                         "setups": ["scratch"], "l2": [0.0, 0.1], "maxnorm": [0.0, 2.0],
                         "optimizers": ["rmsprop", "adam", "radam"], "seeds": [0, 1],
-                        "train": {"epochs": args.epochs, "patience": args.epochs}}
+                        "train": {"epochs": max(3, args.epochs), "patience": max(3, args.epochs)}}  # steady: epochs ≥ 2
                 one = {**cell, "name": f"{model}-single", "l2": [0.1], "maxnorm": [0.0], "optimizers": ["adam"],
                        "seeds": [0]}
                 _, single = run_grid_cli(one, folder, "off", 1, 1)

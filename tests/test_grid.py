@@ -321,3 +321,39 @@ def test_run_ids_ignore_options_left_at_their_defaults():
     assert run_id(full) == run_id(base)  # an option added later, at its default, keeps old ids
     assert run_id({**full, "sampler": "balanced"}) != run_id(full)
     assert run_id({**full, "device": "cuda:3", "eval_batch_size": 1024}) == run_id(full)
+
+
+def test_local_workers_keep_their_models_are_recycled_and_a_dead_one_is_reported(tiny_h5, tmp_path):
+    from astroclass.experiments.engines import LocalEngine
+    from astroclass.experiments.workers import GroupJob
+
+    cfg = {"dataset": str(tiny_h5), "model": "test_resnet", "epochs": 1, "batch_size": 16, "amp": "off"}
+    engine = LocalEngine(workers=1, threads=1, max_groups=2)
+
+    def run(i, **over):
+        engine.submit(GroupJob(f"g{i}", [(f"r{i}", {**cfg, "seed": i, **over}, str(tmp_path / f"r{i}"))], "cpu"))
+        pid = engine._busy[0].process.pid
+        events = []
+        while not any(kind in ("done", "lost") for kind, *_ in events):
+            events += engine.wait(timeout=60)
+        return pid, events
+
+    try:
+        pid0, ev0 = run(0)
+        pid1, ev1 = run(1)
+        assert pid0 == pid1  # one worker, kept between groups
+        outcome0, outcome1 = ev0[0][3]["result"], ev1[0][3]["result"]
+        assert outcome0["status"] == outcome1["status"] == "done"
+        assert not outcome0["environment"]["worker_model_reused"] and outcome1["environment"]["worker_model_reused"]
+        pid2, _ = run(2)
+        assert pid2 != pid1  # recycled after max_groups
+        engine.submit(GroupJob("g3", [("r3", {**cfg, "epochs": 500, "patience": 500}, str(tmp_path / "r3"))], "cpu"))
+        time.sleep(3)
+        os.kill(engine._busy[0].process.pid, signal.SIGKILL)  # e.g. the kernel's out-of-memory killer
+        events = []
+        deadline = time.time() + 60
+        while not events and time.time() < deadline:
+            events = engine.wait(timeout=5)
+        assert events == [("lost", "g3", None, None)]
+    finally:
+        engine.shutdown(kill=True)

@@ -114,7 +114,7 @@ class LocalEngine:
                     if kind == "done":
                         self._busy.remove(w)
                         w.job = None
-                        (self._idle.append(w) if rid else w.stop())  # rid carries ok: False → recycle
+                        (self._idle.append(w) if rid else w.stop())  # rid carries "takes more": else recycled
                         break
             except (EOFError, OSError):
                 pass

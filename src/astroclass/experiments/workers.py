@@ -112,12 +112,13 @@ def check_parent(parent_pid: int) -> None:
 
 def worker_main(conn, parent_pid: int, max_groups: int) -> None:
     """A local worker process: receive GroupJobs, send ("run", key, run id, outcome) per finished run and
-    ("done", key, ok, None) per group; exit after ``max_groups`` groups, an error, or None."""
+    ("done", key, more, None) per group, ``more`` saying whether it takes another group; it exits after
+    ``max_groups`` groups, an unexpected error, or None."""
     from astroclass.training import WorkerCache
 
     die_with_parent(parent_pid)
     cache = WorkerCache()
-    for _ in range(max_groups):
+    for n in range(max_groups):
         try:
             job = conn.recv()
         except (EOFError, OSError):
@@ -126,6 +127,6 @@ def worker_main(conn, parent_pid: int, max_groups: int) -> None:
             return
         ok = execute_group(job, lambda rid, outcome, key=job.key: conn.send(("run", key, rid, outcome)),
                            lambda: check_parent(parent_pid), cache)
-        conn.send(("done", job.key, ok, None))
+        conn.send(("done", job.key, ok and n < max_groups - 1, None))
         if not ok:
             return

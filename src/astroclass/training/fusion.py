@@ -14,11 +14,15 @@ replaced, keeping their names and places:
   statistics, running statistics and affine parameters;
 * a linear layer (the paper's head) becomes one batched matrix product.
 
+That is the *grouped* mode, for GPUs: one kernel launch serves all G runs. In the *per-run* mode (CPUs)
+the same layers call the unfused kernel once per run on that run's slice of the batch, so each run is
+computed bit for bit as alone, and everything between those layers still runs once for all G.
+
 Every parameter and buffer of run r is the r-th of G equal chunks along the first axis of the fused
 tensor; :class:`Slots` hands out those chunks as views, so each run gets its own optimiser over its own
 parameters, and its state dict (for early stopping's best weights and for its checkpoint) has exactly
-the keys and shapes of the unfused model. Nothing mixes runs: the grouped kernels compute each group
-from its own inputs and weights only.
+the keys and shapes of the unfused model. Nothing mixes runs: every kernel computes each run from its own
+inputs and weights only.
 """
 
 from __future__ import annotations
