@@ -28,7 +28,6 @@ Usage: python benchmarks/bench_grid.py [--models test_resnet,test_efficientnet] 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import statistics

@@ -180,11 +180,9 @@ def _statuses(exp: Path) -> dict[str, int]:
         return {}
 
 
-def test_sigkill_mid_grid_then_resume_loses_nothing_and_duplicates_nothing(tiny_h5, tmp_path):
-    spec_path = write_spec(tmp_path, tiny_h5, l2=[0.0, 0.1], maxnorm=[0.0, 2.0], optimizers=["adam", "rmsprop"],
-                           train={"epochs": 3, "batch_size": 16, "patience": 3})
-    exp = tmp_path / "exp"
-    proc = _grid_process(spec_path, exp, "--workers", "2")
+def _grid_started(spec: Path, exp: Path, *extra: str) -> subprocess.Popen:
+    """A grid process, once at least 2 of its runs are done and at least 1 is running."""
+    proc = _grid_process(spec, exp, *extra)
     deadline = time.time() + 240
     while time.time() < deadline:
         s = _statuses(exp)
@@ -194,6 +192,14 @@ def test_sigkill_mid_grid_then_resume_loses_nothing_and_duplicates_nothing(tiny_
     else:
         proc.kill()
         pytest.fail(f"grid never reached a state to kill: {_statuses(exp)}; output {proc.communicate()[0][-2000:]}")
+    return proc
+
+
+def test_sigkill_mid_grid_then_resume_loses_nothing_and_duplicates_nothing(tiny_h5, tmp_path):
+    spec_path = write_spec(tmp_path, tiny_h5, l2=[0.0, 0.1], maxnorm=[0.0, 2.0], optimizers=["adam", "rmsprop"],
+                           train={"epochs": 3, "batch_size": 16, "patience": 3})
+    exp = tmp_path / "exp"
+    proc = _grid_started(spec_path, exp, "--workers", "2")
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and its workers, at once
     proc.wait()
     store = Store(exp / "store.sqlite")
@@ -232,16 +238,7 @@ def test_sigkill_of_the_parent_alone_kills_its_workers_and_the_folder_matches_th
     spec_path = write_spec(tmp_path, tiny_h5, l2=[0.0, 0.1], maxnorm=[0.0, 2.0], optimizers=["adam", "rmsprop"],
                            train={"epochs": 4, "batch_size": 16, "patience": 4})
     exp = tmp_path / "exp"
-    proc = _grid_process(spec_path, exp, "--workers", "2", "--fuse", "2")
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        s = _statuses(exp)
-        if s.get("done", 0) >= 2 and s.get("running", 0) >= 1:
-            break
-        time.sleep(0.2)
-    else:
-        proc.kill()
-        pytest.fail(f"grid never reached a state to kill: {_statuses(exp)}; output {proc.communicate()[0][-2000:]}")
+    proc = _grid_started(spec_path, exp, "--workers", "2", "--fuse", "2")
     os.kill(proc.pid, signal.SIGKILL)  # the driver only: its workers must not train on
     proc.wait()
     deadline = time.time() + 30
