@@ -8,7 +8,7 @@ import itertools
 import pytest
 import torch
 
-from astroclass.training import RunConfig, WorkerCache, train, train_group
+from astroclass.training import GroupTrainer, RunConfig, WorkerCache, train, train_group
 from astroclass.training.fusion import NotFusable, Slots, fuse, fusable
 from astroclass.training.method import run_losses
 
@@ -31,23 +31,32 @@ def backbone_weights(tmp_path_factory):
 
 
 @pytest.mark.parametrize("setup", ["scratch", "pretrained"])
-def test_every_fused_run_equals_the_same_run_trained_alone(tiny_h5, tmp_path, setup, backbone_weights):
+def test_every_fused_run_equals_the_same_run_trained_alone(tiny_h5, tmp_path, setup, backbone_weights, monkeypatch):
     """CPU, fp32, a tiny timm backbone (with batch-norm layers) and the paper's head. The group mixes the four
-    optimisers, λ ∈ {0, 0.1}, γ ∈ {0, 2} and one class-weighted, augmented run; patience 1 makes runs stop at
-    different epochs, so the group shrinks on the way (rebuilt with the runs left)."""
+    optimisers, λ ∈ {0, 0.1}, γ ∈ {0, 2} and one class-weighted, augmented run; half the runs have 2 epochs and
+    patience is 1, so runs stop at different epochs and the group shrinks on the way (rebuilt with the runs
+    left, their weights and optimiser moments moved over)."""
     extra = dict(weights=str(backbone_weights), head_epochs=2, unfreeze_layers=4) if setup == "pretrained" else {}
     combos = list(itertools.product(["rmsprop", "adam", "radam", "sgd"], [0.0, 0.1], [0.0, 2.0]))[::2]
     configs = [RunConfig(dataset=str(tiny_h5), model="test_efficientnet", setup=setup, optimizer=o, l2=l2, maxnorm=mn,
-                         seed=i, epochs=6, patience=1, batch_size=16, amp="off", **extra)
+                         seed=i, epochs=2 if i % 2 == 0 else 6, patience=1, batch_size=16, amp="off", **extra)
                for i, (o, l2, mn) in enumerate(combos)]
     configs.append(RunConfig(dataset=str(tiny_h5), model="test_efficientnet", setup=setup, optimizer="adam", l2=0.1,
-                             seed=7, epochs=6, patience=1, batch_size=16, amp="off", class_weights="balanced",
+                             seed=7, epochs=2, patience=1, batch_size=16, amp="off", class_weights="balanced",
                              augment=True, **extra))
     alone = [train(c, tmp_path / f"alone{i}", progress=False) for i, c in enumerate(configs)]
-    finished = []
+    finished, sizes = [], []
+    build = GroupTrainer._model
+
+    def spy(self, template, states, data):
+        sizes.append(len(states))
+        return build(self, template, states, data)
+
+    monkeypatch.setattr(GroupTrainer, "_model", spy)
     fused = train_group(configs, [tmp_path / f"fused{i}" for i in range(len(configs))], progress=False,
                         on_finish=lambda i, result, history: finished.append(i))
     assert sorted(finished) == list(range(len(configs)))
+    assert sizes[0] == len(configs) and len(sizes) > 1  # the group was rebuilt smaller as runs left
     assert len({r.epochs_run for r in alone}) > 1  # runs left the group at different epochs
     for i, (a, f) in enumerate(zip(alone, fused)):
         assert f.status == "done" and f.environment["speed"]["fused"] == len(configs)

@@ -93,7 +93,6 @@ class _Run:
     dgen: torch.Generator
     history: list[dict[str, Any]] = field(default_factory=list)
     opt: torch.optim.Optimizer | None = None
-    make_opt: Callable[[list], torch.optim.Optimizer] | None = None
     stopper: EarlyStopping | None = None
     weights: torch.Tensor | None = None  # loss weight per class (ones: unweighted)
     slot: int = 0
@@ -208,20 +207,35 @@ class GroupTrainer:
                 set_trainable(self.model, trainable)
                 self.slots.refresh()
                 self.names = [n for n, p in self.model.named_parameters() if p.requires_grad]
+                self.phase = phase
                 for r in self._live():
                     r.phase_over = False
                     r.stopper = EarlyStopping(r.cfg.patience) if early else None
-                    if phase == "finetune":
-                        r.make_opt = lambda params, cfg=r.cfg: finetune_optimizer(cfg, params, self.fast["fused_optimizer"])
-                    else:
-                        r.make_opt = lambda params, cfg=r.cfg: make_optimizer(cfg.optimizer, params, cfg.lr,
-                                                                              self.fast["fused_optimizer"])
-                    r.opt = r.make_opt(self.slots.parameters(r.slot, self.names))
+                self._make_optimizers()
                 self._phase(phase, fixed_epochs, dev, last=phase == phases[-1][0])
         finally:
             for p in self.model.parameters():  # a kept model holds no gradients between groups
                 p.grad = None
         return [r.result for r in runs]
+
+    def _make_optimizers(self) -> None:
+        """Each live run's optimiser over its own parameter views. Runs with the same optimiser and
+        hyperparameters share one optimiser object: its update is per tensor (each view keeps its own
+        moments and step count), so this is each run's own optimiser, stepped for all of them at once."""
+        fused = self.fast["fused_optimizer"]
+        groups: dict[tuple, list[_Run]] = {}
+        for r in self._live():
+            c = r.cfg
+            key = ("finetune", c.finetune_lr, c.finetune_momentum) if self.phase == "finetune" else (c.optimizer, c.lr)
+            groups.setdefault(key, []).append(r)
+        self.optimizers = []
+        for key, members in groups.items():
+            params = [p for r in members for p in self.slots.parameters(r.slot, self.names)]
+            opt = finetune_optimizer(members[0].cfg, params, fused) if self.phase == "finetune" else \
+                make_optimizer(key[0], params, key[1], fused)
+            self.optimizers.append(opt)
+            for r in members:
+                r.opt = opt
 
     def _live(self) -> list[_Run]:
         return [r for r in self.runs if not r.finished]
@@ -302,8 +316,8 @@ class GroupTrainer:
             slots.zero_grads()
             losses.index_select(0, live_idx).sum().backward()
             slots.bind_grads(self.names)
-            for r in active:
-                r.opt.step()
+            for opt in self.optimizers:  # runs that have left step too, harmlessly, until the group is rebuilt
+                opt.step()
             model.apply_max_norm(gammas)
             total_loss += losses.detach() * b
             total_correct += (logits.detach().argmax(1) == yb).view(g, b).sum(1)
@@ -383,16 +397,19 @@ class GroupTrainer:
         if g == 1 or not live or len(live) > g // 2:
             return
         states = [self.slots.state(r.slot) for r in live]
-        opt_states = [r.opt.state_dict() for r in live]
+        moments = [(r.opt, self.slots.parameters(r.slot, self.names)) for r in live]
         for p in self.model.parameters():
             p.grad = None
         self.model, self.forward, self.slots = self._model(self.evaluator, states, self.data)
         set_trainable(self.model, self.trainable)
         self.slots.refresh()
-        for slot, (r, st) in enumerate(zip(live, opt_states)):
+        for slot, r in enumerate(live):
             r.slot = slot
-            r.opt = r.make_opt(self.slots.parameters(slot, self.names))
-            r.opt.load_state_dict(st)
+        self._make_optimizers()
+        for r, (old_opt, old_params) in zip(live, moments):  # each view's optimiser state moves to its new view
+            for old, new in zip(old_params, self.slots.parameters(r.slot, self.names)):
+                if old in old_opt.state:
+                    r.opt.state[new] = old_opt.state[old]
 
 
 def fused_group_size(cfg: RunConfig, limit: int, auto: bool, cache: WorkerCache | None = None) -> int:
