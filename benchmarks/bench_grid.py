@@ -150,7 +150,7 @@ def steady_rate(runs: list[dict], n_train: int) -> float:
 
 def main(argv: list[str] | None = None, defaults: dict | None = None) -> dict:
     d = {"models": "test_resnet,test_efficientnet", "images": 600, "size": 32, "epochs": 3, "workers": 1,
-         "per_gpu": 1, "name": "grid_cpu", **(defaults or {})}
+         "per_gpu": 1, "name": "grid_cpu", "budget": 0, **(defaults or {})}
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default=d["models"])
     ap.add_argument("--images", type=int, default=d["images"], help="ARIES cutouts used (80/10/10 split)")
@@ -160,12 +160,27 @@ def main(argv: list[str] | None = None, defaults: dict | None = None) -> dict:
     ap.add_argument("--per-gpu", type=int, default=d["per_gpu"], help="fuse off on a GPU: runs packed per GPU")
     ap.add_argument("--name", default=d["name"], help="results file name (benchmarks/results/NAME.json)")
     ap.add_argument("--skip-cell24", action="store_true", help="skip the 24-run cell ratio")
+    ap.add_argument("--budget", type=float, default=d["budget"],
+                    help="seconds; 0 = none. Steps run in the order: fused grids, 24-run cells, fuse-off grids; a "
+                         "step that would start after the budget is skipped and said so (results are saved after "
+                         "every step)")
     args = ap.parse_args(argv)
     import torch
 
+    t_start = time.perf_counter()
     gpu = torch.cuda.is_available()
     workers_off = args.per_gpu * torch.cuda.device_count() if gpu else args.workers
-    out: dict = {"settings": vars(args), "models": {}}
+    fused_flag = "auto" if gpu else "24"  # auto on a CPU is one run at a time: measure fusion there explicitly
+    models = args.models.split(",")
+    out: dict = {"settings": vars(args), "models": {m: {} for m in models}, "skipped": []}
+
+    def in_budget(step: str) -> bool:
+        if args.budget and time.perf_counter() - t_start > args.budget:
+            out["skipped"].append(step)
+            print(f"skipped (time budget): {step}", flush=True)
+            return False
+        return True
+
     with tempfile.TemporaryDirectory(prefix="astroclass-bench-grid-") as tmp:
         folder = Path(tmp)
         os.environ.setdefault("XDG_CACHE_HOME", str(folder / "cache"))  # a cold compile cache, as for a new user
@@ -174,25 +189,19 @@ def main(argv: list[str] | None = None, defaults: dict | None = None) -> dict:
 
         with PreparedDataset(data) as ds:
             n_train = len(ds.indices("train"))
-        for model in args.models.split(","):
+        specs = {}
+        for model in models:
             weights = standin_weights(model, folder)
-            spec = {"name": model, "datasets": {"SG": str(data)}, "models": [model], "seeds": [0], **PAPER_SETTINGS,
-                    "train": {"epochs": args.epochs, "patience": args.epochs, "head_epochs": 1, "weights": str(weights)}}
-            row = {}
-            fused = "auto" if gpu else "24"  # auto on a CPU is one run at a time: measure fusion there explicitly
-            for fuse, workers in (("off", workers_off), (fused, 1 if gpu else args.workers)):
-                wall, runs = run_grid_cli(spec, folder, fuse, workers, args.per_gpu if fuse == "off" else 1)
-                s = summarise(runs, wall, n_train, workers)
-                s["paper_grid_hours"] = project_paper_hours(model, s, workers)
-                row["fused" if fuse != "off" else "off"] = s
-                print(f"{model:>20} fuse {fuse:>4}: {s['runs']} runs in {s['groups']} groups, wall {wall:7.1f} s, "
-                      f"{s['aggregate_images_per_s']:8.0f} train images/s end to end, start-up per run "
-                      f"first {s['startup_per_run_first_s'] or 0:.2f} s / later {s['startup_per_run_later_s'] or 0:.2f} s, "
-                      f"peak GPU {s['peak_gpu_memory_gib']:.1f} GiB" + (f"; paper grid ≈ {s['paper_grid_hours']:.2f} h"
-                                                              if s["paper_grid_hours"] is not None else ""),
-                      flush=True)
-            row["wall_ratio"] = row["off"]["wall_s"] / row["fused"]["wall_s"]
-            if not args.skip_cell24:
+            specs[model] = {"name": model, "datasets": {"SG": str(data)}, "models": [model], "seeds": [0],
+                            **PAPER_SETTINGS, "train": {"epochs": args.epochs, "patience": args.epochs,
+                                                        "head_epochs": 1, "weights": str(weights)}}
+        steps = [("fused", m) for m in models] + ([] if args.skip_cell24 else [("cell24", m) for m in models]) \
+            + [("off", m) for m in models]
+        for kind, model in steps:
+            if not in_budget(f"{kind} {model}"):
+                continue
+            row = out["models"][model]
+            if kind == "cell24":
                 cell = {"name": f"{model}-cell24", "datasets": {"SG": str(data)}, "models": [model],
                         "setups": ["scratch"], "l2": [0.0, 0.1], "maxnorm": [0.0, 2.0],
                         "optimizers": ["rmsprop", "adam", "radam"], "seeds": [0, 1],
@@ -200,20 +209,35 @@ def main(argv: list[str] | None = None, defaults: dict | None = None) -> dict:
                 one = {**cell, "name": f"{model}-single", "l2": [0.1], "maxnorm": [0.0], "optimizers": ["adam"],
                        "seeds": [0]}
                 _, single = run_grid_cli(one, folder, "off", 1, 1)
-                _, fused = run_grid_cli(cell, folder, "24", 1, 1)
-                r1, r24 = steady_rate(single, n_train), steady_rate(fused, n_train)
+                _, cell_runs = run_grid_cli(cell, folder, "24", 1, 1)
+                r1, r24 = steady_rate(single, n_train), steady_rate(cell_runs, n_train)
                 row["cell24"] = {"single_images_per_s": r1, "fused24_images_per_s": r24, "ratio": r24 / r1}
                 print(f"{model:>20} 24-run cell fused: {r24:8.0f} train images/s vs one unfused run {r1:8.0f}: "
                       f"{r24 / r1:.2f}x", flush=True)
-            out["models"][model] = row
-            print(f"{model:>20} grid wall time off/fused: {row['wall_ratio']:.2f}x", flush=True)
-            save(args.name, out)  # after each model: a run cut short by a time limit keeps what it measured
-    paper = [m for m in out["models"] if m in PAPER_NAMES]
-    if paper:
-        total = {f: sum(out["models"][m][f]["paper_grid_hours"] for m in paper) for f in ("off", "fused")}
-        out["paper_grid_hours"] = {**total, "models": paper}
-        print(f"projected paper grid ({len(paper) * 120} of its 600 runs: {', '.join(paper)}): fuse off "
-              f"{total['off']:.2f} h, fused {total['fused']:.2f} h (method: see the docstring)")
+            else:
+                fuse, workers = ("off", workers_off) if kind == "off" else (fused_flag, 1 if gpu else args.workers)
+                wall, runs = run_grid_cli(specs[model], folder, fuse, workers, args.per_gpu if fuse == "off" else 1)
+                s = summarise(runs, wall, n_train, workers)
+                s["paper_grid_hours"] = project_paper_hours(model, s, workers)
+                row[kind] = s
+                print(f"{model:>20} fuse {fuse:>4}: {s['runs']} runs in {s['groups']} groups, wall {wall:7.1f} s, "
+                      f"{s['aggregate_images_per_s']:8.0f} train images/s end to end, start-up per run "
+                      f"first {s['startup_per_run_first_s'] or 0:.2f} s / later {s['startup_per_run_later_s'] or 0:.2f} s, "
+                      f"peak GPU {s['peak_gpu_memory_gib']:.1f} GiB" + (f"; paper grid ≈ {s['paper_grid_hours']:.2f} h"
+                                                              if s["paper_grid_hours"] is not None else ""),
+                      flush=True)
+                if "off" in row and "fused" in row:
+                    row["wall_ratio"] = row["off"]["wall_s"] / row["fused"]["wall_s"]
+                    print(f"{model:>20} grid wall time off/fused: {row['wall_ratio']:.2f}x", flush=True)
+            save(args.name, out)  # after each step: a run cut short by a time limit keeps what it measured
+    paper = [m for m in models if m in PAPER_NAMES]
+    for f in ("fused", "off"):
+        have = [m for m in paper if f in out["models"][m]]
+        if have:
+            hours = sum(out["models"][m][f]["paper_grid_hours"] for m in have)
+            out.setdefault("paper_grid_hours", {})[f] = {"hours": hours, "models": have}
+            print(f"projected paper grid, {f}, for {len(have) * 120} of its 600 runs ({', '.join(have)}): {hours:.2f} h "
+                  f"(method: see the docstring)", flush=True)
     path = save(args.name, out)
     print(f"saved {path}")
     return out

@@ -2,8 +2,10 @@
 
 ``bench_grid.py`` with the GPU's sizes: the five paper backbones × the paper's 24 settings on all 3388
 ARIES cutouts at 76 px, 2 epochs per run (pretrained: 1 head epoch + 2), each grid run twice in this
-call. Results: benchmarks/results/grid_gpu.json (saved after each model). Sized for about 6 minutes on
-one H100; ``--models`` runs fewer backbones.
+call. Results: benchmarks/results/grid_gpu.json (saved after each step). The steps run fused grids first,
+then the 24-run cells, then the ``--fuse off`` grids (each of whose workers compiles every backbone:
+minutes each), and none starts after 300 s (``--budget``), so the call ends within about 6 minutes on one
+H100 with whatever it reached; ``--models`` runs fewer backbones.
 
 Usage (from the repository root, with ../shared/data beside it): PYTHONPATH=src python benchmarks/gpu_grid.py
 """
@@ -20,4 +22,4 @@ from astroclass.models import PAPER_MODELS  # noqa: E402
 
 if __name__ == "__main__":
     main(defaults={"models": ",".join(PAPER_MODELS), "images": 3388, "size": 76, "epochs": 2, "per_gpu": 4,
-                   "name": "grid_gpu"})
+                   "name": "grid_gpu", "budget": 300})
