@@ -30,50 +30,103 @@ def reliability_bins(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> dict[s
     return out
 
 
-def bootstrap_interval(values: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of ``values`` (e.g. 0/1 correctness per image)."""
-    values = np.asarray(values, dtype=np.float64)
-    if len(values) == 0:
+def wilson_interval(correct: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for a proportion (accuracy over n test images; SciPy's): close to its nominal
+    coverage even for small n or accuracies near 0 or 1, unlike the normal approximation."""
+    from scipy.stats import binomtest
+
+    if n == 0:
         return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), size=(n_boot, len(values)))].mean(axis=1)
-    lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
+    ci = binomtest(int(correct), int(n)).proportion_ci(confidence_level=level, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def student_t_interval(values, level: float = 0.95) -> tuple[float, float]:
+    """Student-t interval of the mean of per-seed values (n − 1 degrees of freedom); nan for fewer than two."""
+    from scipy.stats import sem, t
+
+    v = np.asarray(values, dtype=np.float64)
+    if len(v) < 2:
+        return float("nan"), float("nan")
+    if v.std() == 0:
+        return float(v.mean()), float(v.mean())
+    lo, hi = t.interval(level, len(v) - 1, loc=v.mean(), scale=sem(v))
     return float(lo), float(hi)
+
+
+def confusion_bootstrap(cm: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, list[float]]:
+    """Percentile bootstrap intervals of balanced accuracy and macro-F1 over test images, from the confusion
+    matrix alone: resampling n images with replacement is a multinomial draw over its K×K cells, so memory
+    is O(n_boot · K²), whatever the number of images (1M images cost what 100 do)."""
+    cm = np.asarray(cm, dtype=np.int64)
+    n = int(cm.sum())
+    if n == 0:
+        return {"balanced_accuracy": [float("nan")] * 2, "macro_f1": [float("nan")] * 2}
+    rng = np.random.default_rng(seed)
+    k = cm.shape[0]
+    draws = rng.multinomial(n, cm.ravel() / n, size=n_boot).reshape(n_boot, k, k).astype(np.float64)
+    tp = np.diagonal(draws, axis1=1, axis2=2)
+    support, predicted = draws.sum(2), draws.sum(1)
+    present = cm.sum(1) > 0  # balanced accuracy averages over the classes present in the test split
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = np.where(support > 0, tp / support, np.nan)
+        precision = np.where(predicted > 0, tp / predicted, 0.0)
+        f1 = np.where(precision + np.nan_to_num(recall) > 0,
+                      2 * precision * np.nan_to_num(recall) / (precision + np.nan_to_num(recall)), 0.0)
+    bal = np.nanmean(recall[:, present], axis=1)
+    macro = f1.mean(axis=1)
+    q = [(1 - level) / 2, 1 - (1 - level) / 2]
+    return {"balanced_accuracy": [float(x) for x in np.nanquantile(bal, q)],
+            "macro_f1": [float(x) for x in np.quantile(macro, q)]}
 
 
 def classification_metrics(y: np.ndarray, probs: np.ndarray, class_names: Sequence[str], n_boot: int = 1000,
                            seed: int = 0) -> dict:
     """Accuracy (the paper's metric), balanced accuracy, macro-F1, per-class P/R/F1, confusion
-    matrix (rows = true class), ECE, and a bootstrap 95% interval for accuracy."""
+    matrix (rows = true class), ECE, and 95% intervals over the images: Wilson for accuracy, a
+    confusion-matrix bootstrap (:func:`confusion_bootstrap`) for balanced accuracy and macro-F1."""
     from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
     y = np.asarray(y)
     pred = probs.argmax(axis=1)
     labels = list(range(len(class_names)))
     p, r, f, s = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
-    correct = (pred == y).astype(np.float64)
-    lo, hi = bootstrap_interval(correct, n_boot, seed)
+    correct = int((pred == y).sum())
+    cm = confusion_matrix(y, pred, labels=labels)
+    boot = confusion_bootstrap(cm, n_boot, seed)
     return {
         "n": int(len(y)),
-        "accuracy": float(correct.mean()) if len(y) else float("nan"),
-        "accuracy_ci95": [lo, hi],
+        "accuracy": correct / len(y) if len(y) else float("nan"),
+        "accuracy_ci95": list(wilson_interval(correct, len(y))),
         "balanced_accuracy": float(balanced_accuracy_score(y, pred)) if len(y) else float("nan"),
+        "balanced_accuracy_ci95": boot["balanced_accuracy"],
         "macro_f1": float(f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
+        "macro_f1_ci95": boot["macro_f1"],
         "ece": expected_calibration_error(probs, y),
         "per_class": {c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
                       for i, c in enumerate(class_names)},
-        "confusion_matrix": confusion_matrix(y, pred, labels=labels).tolist(),
+        "confusion_matrix": cm.tolist(),
     }
 
 
 def best_threshold(y: np.ndarray, p_pos: np.ndarray, positive: int) -> float:
-    """The threshold on P(positive) that maximises balanced accuracy (ties: the one nearest 0.5)."""
-    from sklearn.metrics import balanced_accuracy_score
+    """The threshold on P(positive) that maximises balanced accuracy (ties: the one nearest 0.5).
 
-    candidates = np.unique(np.concatenate([p_pos, [0.5]]))
-    scores = [(balanced_accuracy_score(y, np.where(p_pos >= t, positive, 1 - positive)), -abs(t - 0.5), t)
-              for t in candidates]
-    return float(max(scores)[2])
+    Balanced accuracy at a threshold is (TPR + 1 − FPR) / 2, so its maximum is that of Youden's J = TPR − FPR
+    over the ROC curve: one sort, O(N log N) (scikit-learn's ``roc_curve``, every distinct score kept)."""
+    from sklearn.metrics import roc_curve
+
+    pos = (np.asarray(y) == positive).astype(int)
+    if pos.min() == pos.max():  # one class only: every threshold scores the same; keep the argmax rule
+        return 0.5
+    fpr, tpr, thresholds = roc_curve(pos, p_pos, drop_intermediate=False)
+    j = tpr - fpr
+    keep = np.isfinite(thresholds)
+    cand, score = thresholds[keep], j[keep]
+    at_half = float(((p_pos >= 0.5) & (pos == 1)).sum() / pos.sum() - ((p_pos >= 0.5) & (pos == 0)).sum() / (1 - pos).sum())
+    cand, score = np.append(cand, 0.5), np.append(score, at_half)
+    best = np.flatnonzero(np.isclose(score, score.max(), rtol=0, atol=1e-12))
+    return float(cand[best[np.argmin(np.abs(cand[best] - 0.5))]])
 
 
 def binary_report(y_val: np.ndarray, p_val: np.ndarray, y_test: np.ndarray, p_test: np.ndarray, positive: int,

@@ -87,7 +87,8 @@ def build_report(experiment: str | Path, output: str | Path) -> Path:
     page.table(["dataset", "best model", "setup", "λ, γ, optimiser", "val acc", "test acc [95% interval]",
                 "test balanced acc", "test macro-F1", "seeds"], rows,
                "The best model of each dataset (by validation accuracy, as the paper chooses), with its held-out test "
-               "metrics. Intervals: bootstrap over test images for one seed, over seeds for several.")
+               "metrics. 95% intervals: for one seed, Wilson's over the test images; for several, Student-t over the "
+               "seeds' test accuracies (n − 1 degrees of freedom), which with 2-3 seeds is wide, as it should be.")
     page.h3("The paper's four questions, as measured here")
     page.ul([f"<b>{html.escape(q)}</b> {html.escape(a)}" for q, a in answers.items()], raw=True)
     page.h3("Is the best model significantly better than the runner-up?")

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from astroclass.metrics import bootstrap_interval
+from astroclass.metrics import student_t_interval
 from astroclass.models import display_name
 from astroclass.report.tables import OPT_SHORT, Choice, Tables
 
@@ -41,10 +41,10 @@ def summarise_choice(ch: Choice) -> dict[str, Any]:
     if len(ch.runs) == 1:
         ci = ch.runs[0].metrics.get("test", {}).get("accuracy_ci95") or [float("nan")] * 2
         out["test_accuracy_ci95"] = (float(ci[0]), float(ci[1]))
-        out["ci_kind"] = "bootstrap over test images"
+        out["ci_kind"] = "Wilson interval over test images"
     else:
-        out["test_accuracy_ci95"] = bootstrap_interval(np.array(vals("test", "accuracy")), seed=0)
-        out["ci_kind"] = f"bootstrap over {len(ch.runs)} seeds"
+        out["test_accuracy_ci95"] = student_t_interval(vals("test", "accuracy"))
+        out["ci_kind"] = f"Student-t interval over {len(ch.runs)} seeds ({len(ch.runs) - 1} degrees of freedom)"
     return out
 
 
