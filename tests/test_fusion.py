@@ -154,3 +154,21 @@ def test_group_of_runs_that_differ_in_shared_options_is_refused(tiny_h5, tmp_pat
     with pytest.raises(AstroclassError, match="must share dataset, model, setup, batch size"):
         train_group([a, RunConfig(dataset=str(tiny_h5), model="test_resnet", epochs=1, batch_size=8)],
                     [tmp_path / "a", tmp_path / "b"], progress=False)
+
+
+def test_max_norm_is_applied_in_training_to_each_run_with_its_own_gamma(tiny_h5, tmp_path):
+    """SGD with a large learning rate pushes the hidden units' weight norms up (measured: to 3.0); γ = 2 holds
+    them at 2 in the run that asks for it, not in its fused neighbour with γ = 0 (same seed), nor alone."""
+    base = dict(dataset=str(tiny_h5), model="test_resnet", optimizer="sgd", lr=1.0, epochs=2, patience=2,
+                batch_size=16, amp="off", seed=0)
+    configs = [RunConfig(**base, maxnorm=2.0), RunConfig(**base, maxnorm=0.0)]
+    train_group(configs, [tmp_path / "g2", tmp_path / "g0"], progress=False)
+
+    def norms(folder):
+        state = torch.load(folder / "checkpoint.pt", weights_only=True)["state_dict"]
+        return state["hidden.weight"].norm(dim=1)
+
+    assert norms(tmp_path / "g2").max() <= 2.0 + 1e-5
+    assert norms(tmp_path / "g0").max() > 2.5  # without the constraint the same training exceeds it
+    train(RunConfig(**base, maxnorm=0.0), tmp_path / "alone0", progress=False)
+    assert norms(tmp_path / "alone0").max() > 2.5
