@@ -100,11 +100,30 @@ def test_run_options_are_recorded_and_usable_as_grid_axes(tiny_h5, tmp_path):
     assert "Measured with the data-scaling axis" in page
 
 
-def test_monitor_choice_drives_early_stopping(tiny_h5, tmp_path):
-    res = train(RunConfig(dataset=str(tiny_h5), model="test_resnet", epochs=3, patience=1, batch_size=16,
-                          monitor="macro_f1", classes="galaxy,star"), tmp_path / "r", progress=False)
+def test_monitor_choice_drives_early_stopping(tiny_h5, tmp_path, monkeypatch):
+    """Early stopping follows the chosen monitor: the best epoch is the one of the highest val macro-F1 (the
+    first among equals), and the run stops `patience` epochs after it, whatever the val loss did."""
+    import astroclass.training.loop as loop
+    from sklearn.metrics import f1_score
+
+    seen = []
+    original = loop.val_scores
+
+    def spy(probs, y, l2_term, monitor):
+        out = original(probs, y, l2_term, monitor)
+        seen.append((out, f1_score(y, probs.argmax(1), average="macro", zero_division=0)))
+        return out
+
+    monkeypatch.setattr(loop, "val_scores", spy)
+    res = train(RunConfig(dataset=str(tiny_h5), model="test_resnet", epochs=8, patience=2, batch_size=16,
+                          monitor="macro_f1", classes="galaxy,star", amp="off"), tmp_path / "r", progress=False)
     assert res.status == "done" and res.config["monitor"] == "macro_f1"
     assert set(res.train_counts) == {"galaxy", "star"} and res.threshold["positive_class"] == "galaxy"
+    f1 = [f for _, f in seen]
+    assert all(monitored == -f for (_, _, monitored), f in seen)  # the value minimised is −macro-F1
+    best = int(np.argmax(f1)) + 1
+    assert res.best_epoch == best
+    assert res.epochs_run == (best + 2 if res.stopped_early else 8) == len(seen)
 
 
 @pytest.fixture(scope="module")

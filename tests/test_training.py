@@ -138,12 +138,24 @@ def test_same_config_twice_gives_identical_results(tiny_h5, tmp_path):
 
 
 def test_pretrained_setup_has_head_and_finetune_phases(tiny_h5, tmp_path):
-    cfg = RunConfig(dataset=str(tiny_h5), model="efficientnet_lite0", setup="pretrained", head_epochs=2, epochs=1,
-                    batch_size=16, optimizer="radam")
+    """Head phase: only the head trains (backbone weights and batch-norm statistics bit-identical to the
+    ImageNet weights); fine-tune phase: SGD 1e-3 on the last k layers, early-stopped on its own epochs."""
+    from astroclass.models import build_model, layers
+
+    cfg = RunConfig(dataset=str(tiny_h5), model="efficientnet_lite0", setup="pretrained", head_epochs=2, epochs=3,
+                    patience=3, batch_size=16, optimizer="radam", unfreeze_layers=2, amp="off")
     res = train(cfg, tmp_path / "p", progress=False)
     rows = list(csv.DictReader(open(tmp_path / "p" / "history.csv")))
-    assert [r["phase"] for r in rows] == ["head", "head", "finetune"]
-    assert float(rows[-1]["lr"]) == 1e-3 and res.best_epoch == 1
+    assert [r["phase"] for r in rows] == ["head", "head", "finetune", "finetune", "finetune"]
+    assert all(float(r["lr"]) == 1e-3 for r in rows)  # RAdam's Keras default, then the fine-tune SGD
+    finetune = [float(r["val_loss"]) for r in rows if r["phase"] == "finetune"]
+    assert res.best_epoch == int(np.argmin(finetune)) + 1
+    ref = build_model("efficientnet_lite0", 2, input_size=32, weights="package")
+    trained = {k: v for k, v in torch.load(tmp_path / "p" / "checkpoint.pt", weights_only=True)["state_dict"].items()}
+    unfrozen = {name for name, _ in layers(ref.backbone)[-2:]}
+    moved = {k.removeprefix("backbone.").rsplit(".", 1)[0] for k, v in ref.state_dict().items()
+             if k.startswith("backbone.") and v.dtype.is_floating_point and not torch.equal(v, trained[k])}
+    assert moved == unfrozen, (moved, unfrozen)
 
 
 def test_nan_loss_marks_the_run_failed_and_keeps_history(tiny_h5, tmp_path):
