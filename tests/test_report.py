@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import math
 import shutil
 import sqlite3
@@ -190,6 +192,7 @@ def test_report_of_a_real_grid_has_statistics_and_plots(tiny_experiment, tmp_pat
 
     assert re.search(r"exact McNemar test on the same \d+ test images, seed 0", page)
     assert "± " in page  # two seeds: mean ± std
+    assert re.search(r"Precision: \d+ in (fp32|bf16 autocast)", page)  # what arithmetic the runs used
     plots = {p.name for p in (tmp_path / "r" / "plots").iterdir()}
     assert {"heatmap_scratch.png", "curves_SG.png", "confusion_SG.png", "reliability_SG.png"} <= plots
     assert "gallery_SG.png" in plots or "no misclassified test image" in page

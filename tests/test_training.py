@@ -239,3 +239,18 @@ def test_fast_path_follows_the_paper_exact_loss_trajectory(tiny_h5, tmp_path):
                 assert float(b[key]) == pytest.approx(float(a[key]), rel=tol), (k, key, a, b)
     with pytest.raises(AstroclassError, match="amp must be one of"):
         RunConfig(**base, amp="fp8").validate()
+
+
+def test_mixed_precision_keeps_the_head_logits_and_losses_in_fp32(tiny_h5, tmp_path):
+    """Under bf16 autocast the backbone computes in bf16, the head, the logits and the losses in fp32 (so early
+    stopping and every metric come from fp32 numbers), and the run records the precision it used."""
+    from astroclass.models import build_model
+
+    m = build_model("test_resnet", 2, input_size=32).eval()
+    x = torch.rand(4, 3, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert m.features(x).dtype == torch.bfloat16
+        assert m(x).dtype == torch.float32
+    res = train(RunConfig(dataset=str(tiny_h5), model="test_resnet", epochs=1, batch_size=16, amp="bf16"),
+                tmp_path / "bf16", progress=False)
+    assert res.environment["speed"]["amp"] == "bfloat16" and res.status == "done"

@@ -101,7 +101,14 @@ class AstroNet(nn.Module):
         ``dropout_mask`` (B, 2048): the head's dropout as a given mask of 0 and 1/(1-p) (training draws
         it from each run's own generator, see :func:`astroclass.training.method.dropout_masks`); None
         uses ``nn.Dropout`` (the identity in eval mode)."""
-        h = self.act(self.hidden(self.features(x)))
+        f = self.features(x)
+        if torch.is_autocast_enabled(f.device.type):  # the head and the logits in fp32, under mixed precision too
+            with torch.autocast(f.device.type, enabled=False):
+                return self._head(f.float(), dropout_mask)
+        return self._head(f, dropout_mask)
+
+    def _head(self, f: torch.Tensor, dropout_mask: torch.Tensor | None) -> torch.Tensor:
+        h = self.act(self.hidden(f))
         h = self.dropout(h) if dropout_mask is None else h * dropout_mask.to(h.dtype)
         return self.classifier(h)
 

@@ -26,6 +26,21 @@ from astroclass.report.tables import OPT_SHORT, RunRow, Table, Tables, compare_w
 from astroclass.fileio import atomic_write_text
 
 
+def _precisions(done: list) -> str:
+    """Which arithmetic the runs trained in, as a sentence (every run records it in environment.speed.amp)."""
+    kinds: dict[str, int] = {}
+    for r in done:
+        speed = (r.metrics.get("environment") or {}).get("speed")
+        if speed:
+            kind = {None: "fp32", "bfloat16": "bf16 autocast"}.get(speed.get("amp"), str(speed.get("amp")))
+            kinds[kind] = kinds.get(kind, 0) + 1
+    if not kinds:
+        return ""
+    parts = ", ".join(f"{n} in {k}" for k, n in sorted(kinds.items()))
+    return (f"Precision: {parts}; under bf16 autocast the head, the logits, the losses, early stopping and every "
+            f"metric are computed in fp32.")
+
+
 def build_report(experiment: str | Path, output: str | Path) -> Path:
     """Write tables (Markdown, CSV, LaTeX), plots (PNG) and report.html to ``output``; returns the HTML path."""
     experiment, output = Path(experiment), Path(output)
@@ -51,7 +66,8 @@ def build_report(experiment: str | Path, output: str | Path) -> Path:
     page = _Page(experiment)
     page.h1(f"astroclass report: {experiment.name}")
     page.p(f"{len(all_runs)} run(s) in the store: {len(done)} done, {len(failed)} failed, {len(unfinished)} not "
-           f"finished. Accuracies are validation accuracies (the paper's metric) unless marked test.")
+           f"finished. Accuracies are validation accuracies (the paper's metric) unless marked test. "
+           f"{_precisions(done)}")
     if not done:
         page.h2("Nothing to report yet")
         page.p("No run has finished, so there are no tables. " +
