@@ -286,6 +286,8 @@ def test_grid_cli_status_and_export(cli, tiny_h5, tmp_path):
     assert code == 1 and "no results store" in err
     code, _, err = cli("grid", "run", "nonexistent.yaml")
     assert code == 1 and "built-in spec" in err
+    code, _, err = cli("grid", "run", spec_path, "-e", tmp_path / "exp2", "-q", "--lease", "-1")
+    assert code == 1 and "--lease must be a positive number of seconds" in err  # two runners would steal runs
 
 
 @pytest.mark.slow

@@ -254,3 +254,10 @@ def test_mixed_precision_keeps_the_head_logits_and_losses_in_fp32(tiny_h5, tmp_p
     res = train(RunConfig(dataset=str(tiny_h5), model="test_resnet", epochs=1, batch_size=16, amp="bf16"),
                 tmp_path / "bf16", progress=False)
     assert res.environment["speed"]["amp"] == "bfloat16" and res.status == "done"
+
+
+def test_non_positive_learning_rates_are_refused_with_one_line(cli, tiny_h5):
+    code, _, err = cli("train", tiny_h5, "--model", "test_resnet", "--lr", "-1")
+    assert code == 1 and "lr must be a positive number, got -1.0" in err and "Traceback" not in err
+    with pytest.raises(AstroclassError, match="finetune_lr must be a positive number"):
+        RunConfig(dataset="x", finetune_lr=0).validate()

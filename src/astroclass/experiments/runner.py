@@ -125,6 +125,9 @@ def run_grid(spec: GridSpec, experiment: str | Path, options: GridOptions = Grid
         raise AstroclassError(f"--keep must be one of {KEEP_POLICIES}, got {options.keep!r}")
     if options.max_attempts < 1:
         raise AstroclassError(f"max attempts must be at least 1, got {options.max_attempts}")
+    if not options.lease_s > 0 or not 0 < options.heartbeat_s < options.lease_s:
+        raise AstroclassError(f"--lease must be a positive number of seconds (and the heartbeat, "
+                              f"{options.heartbeat_s:g} s, shorter than it), got {options.lease_s:g}")
     fuse = str(options.fuse or spec.train.get("fuse") or "auto")
     if fuse not in ("auto", "off") and not (fuse.isdigit() and int(fuse) >= 1):
         raise AstroclassError(f"--fuse must be auto, off or a group size >= 1, got {fuse!r}")

@@ -125,6 +125,10 @@ class RunConfig:
         self.fuse = str(self.fuse)
         if self.fuse not in ("auto", "off") and not (self.fuse.isdigit() and int(self.fuse) >= 1):
             raise AstroclassError(f"fuse must be auto, off or a group size >= 1, got {self.fuse!r}")
+        if self.lr is not None and not self.lr > 0:
+            raise AstroclassError(f"lr must be a positive number, got {self.lr}")
+        if not self.finetune_lr > 0:
+            raise AstroclassError(f"finetune_lr must be a positive number, got {self.finetune_lr}")
         if not 0 < self.train_fraction <= 1:
             raise AstroclassError(f"train_fraction must be in (0, 1], got {self.train_fraction}")
         return self
