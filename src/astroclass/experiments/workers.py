@@ -14,7 +14,7 @@ import signal
 import sys
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from astroclass.errors import AstroclassError
@@ -34,7 +34,6 @@ class GroupJob:
     threads: int = 0
     fuse: str = "auto"
     """"auto", "off" or a number: the largest fused group the worker may form (see RunConfig.fuse)."""
-    meta: dict[str, Any] = field(default_factory=dict)
 
 
 def failed(error: str, history: list | None = None) -> dict[str, Any]:

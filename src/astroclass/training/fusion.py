@@ -246,16 +246,12 @@ def fuse(template: AstroNet, states: list[dict[str, torch.Tensor]], grouped: boo
     return fused
 
 
-def runs_of(model: nn.Module) -> int:
-    return getattr(model, "runs", 1)
-
-
 class Slots:
     """Run r's share of a fused model: views of its parameters and buffers, its state dict, its grads."""
 
     def __init__(self, model: AstroNet):
         self.model = model
-        self.runs = runs_of(model)
+        self.runs = model.runs
         self._chunked: dict[str, tuple[torch.Tensor, bool]] = {}
         params = dict(model.named_parameters())
         for name, t in model.state_dict(keep_vars=True).items():
