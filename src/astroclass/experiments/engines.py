@@ -111,10 +111,13 @@ class LocalEngine:
                 while w.conn.poll():
                     kind, key, rid, outcome = w.conn.recv()
                     events.append((kind, key, rid, outcome))
-                    if kind == "done":
+                    if kind == "done":  # its third field says whether the worker takes another group
                         self._busy.remove(w)
                         w.job = None
-                        (self._idle.append(w) if rid else w.stop())  # rid carries "takes more": else recycled
+                        if rid:
+                            self._idle.append(w)
+                        else:
+                            w.stop()  # recycled: it exits by itself
                         break
             except (EOFError, OSError):
                 pass

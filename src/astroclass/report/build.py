@@ -28,12 +28,10 @@ from astroclass.fileio import atomic_write_text
 
 def _precisions(done: list) -> str:
     """Which arithmetic the runs trained in, as a sentence (every run records it in environment.speed.amp)."""
-    kinds: dict[str, int] = {}
-    for r in done:
-        speed = (r.metrics.get("environment") or {}).get("speed")
-        if speed:
-            kind = {None: "fp32", "bfloat16": "bf16 autocast"}.get(speed.get("amp"), str(speed.get("amp")))
-            kinds[kind] = kinds.get(kind, 0) + 1
+    from collections import Counter
+
+    speeds = [(r.metrics.get("environment") or {}).get("speed") for r in done]
+    kinds = Counter({None: "fp32", "bfloat16": "bf16 autocast"}.get(s.get("amp"), str(s.get("amp"))) for s in speeds if s)
     if not kinds:
         return ""
     parts = ", ".join(f"{n} in {k}" for k, n in sorted(kinds.items()))

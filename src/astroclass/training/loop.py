@@ -126,6 +126,7 @@ class GroupTrainer:
         self.heartbeat = heartbeat
         self.cache = cache or WorkerCache(ModelCache(1), DataCache(1))
         self.setup_seconds = 0.0
+        self.model_reused: bool | None = None
 
     # -- set-up ----------------------------------------------------------------------------
     def _build_runs(self, data: RunData) -> tuple[list[_Run], list[dict], torch.nn.Module]:
@@ -158,14 +159,16 @@ class GroupTrainer:
 
     def _model(self, template: torch.nn.Module, states: list[dict], data: RunData):
         c = self.configs[0]
-        key = (c.model, data.channels, data.num_classes, data.size, c.pooling, c.resolved_weights(),
+        # no weights in the key: every tensor, the normalisation buffers included, comes from the runs' states
+        key = (c.model, data.channels, data.num_classes, data.size, c.pooling,
                tuple(sorted((k, str(v)) for k, v in self.fast.items())), str(self.device), len(states))
         (model, forward, slots), new = self.cache.models.get(
             key, lambda: fuse(template, states, self.fast["grouped_kernels"]), self.fast["compile"])
         if not new:
             for r, state in enumerate(states):
                 slots.load(r, state)
-        self.model_reused = getattr(self, "model_reused", not new)  # the group's first model: built or kept
+        if self.model_reused is None:  # the group's first model: kept from an earlier group, or built
+            self.model_reused = not new
         return model, forward, slots
 
     # -- the group ---------------------------------------------------------------------------
