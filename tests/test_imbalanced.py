@@ -98,6 +98,7 @@ def test_run_options_are_recorded_and_usable_as_grid_axes(tiny_h5, tmp_path):
     page = build_report(exp, tmp_path / "rep").read_text()
     assert "against training images per class (train_fraction axis" in page
     assert "Measured with the data-scaling axis" in page
+    assert "Option set" not in page  # fractions of one option set are curves, not separate tables
 
 
 def test_monitor_choice_drives_early_stopping(tiny_h5, tmp_path, monkeypatch):

@@ -20,9 +20,9 @@ from astroclass.report.tables import RunRow, Tables, compare_with_paper
 BASE = {"epochs": 200, "patience": 10, "batch_size": 32}
 
 
-def add_done(store: Store, dataset, model, setup, l2, mn, opt, val, seed=0, best_epoch=5, test=None):
+def add_done(store: Store, dataset, model, setup, l2, mn, opt, val, seed=0, best_epoch=5, test=None, **options):
     cfg = {"dataset": dataset, "model": model, "setup": setup, "l2": l2, "maxnorm": mn, "optimizer": opt,
-           "seed": seed, **BASE}
+           "seed": seed, **BASE, **options}
     rid = run_id(cfg)
     store.add_runs([RunSpec(rid, cfg)])
     claimed = store.claim([rid], max_attempts=1, lease_s=60)
@@ -122,6 +122,44 @@ def test_every_table_from_a_hand_built_store(hand_store):
     r = [x for x in vs["table2"].records if (x["dataset"], x["model"], x["setup"]) == ("SG", "VGG16", "scratch")][0]
     assert (r["ours"], r["paper"], r["difference"]) == (pytest.approx(0.90), 0.562, pytest.approx(0.338))
     assert {(x["dataset"], x["model"]) for x in vs["table8"].records} >= {("EF-2", "VGG16")}
+
+
+def test_runs_differing_in_any_option_are_never_pooled(tmp_path):
+    """An lr axis, a batch size changed in train: between two grid runs, and seeds: only seeds are pooled;
+    every other difference gets its own tables, named in captions and as CSV columns."""
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    s = Store(exp / "store.sqlite")
+    for seed, (a, b) in enumerate([(0.90, 0.70), (0.92, 0.74)]):
+        add_done(s, "SG", "vgg16", "scratch", 0.1, 0.0, "adam", a, seed=seed, test=a, lr=0.001)
+        add_done(s, "SG", "vgg16", "scratch", 0.1, 0.0, "adam", b, seed=seed, test=b, lr=0.0001)
+    add_done(s, "SG", "vgg16", "scratch", 0.1, 0.0, "adam", 0.60, seed=0, test=0.6, lr=0.001, batch_size=64)
+    # device, evaluation batch size and fusion do not split a setting
+    add_done(s, "SG", "vgg16", "scratch", 0.1, 0.0, "adam", 0.94, seed=2, test=0.94, lr=0.001, device="cpu",
+             eval_batch_size=64, fuse="off")
+    s.close()
+    runs = [RunRow.from_store(r) for r in Store(exp / "store.sqlite").runs(status="done")]
+    assert len({r.variant for r in runs}) == 3
+    html = build_report(exp, tmp_path / "rep").read_text()
+    tables = tmp_path / "rep" / "tables"
+    main = (tables / "table2.csv").read_text().splitlines()
+    assert main[0].split(",")[-2:] == ["batch_size", "lr"]
+    assert main[1].startswith("SG,VGG16,scratch,0.92,3,")  # (0.90 + 0.92 + 0.94) / 3 over seeds 0, 1, 2
+    sets = sorted(p.name for p in tables.iterdir() if p.is_dir())
+    assert len(sets) == 2 and sets[0].startswith("set2_") and sets[1].startswith("set3_")
+    set2 = (tables / sets[0] / "table2.csv").read_text().splitlines()
+    assert set2[1].startswith("SG,VGG16,scratch,0.72,2,") and set2[1].endswith(",32,0.0001")
+    set3 = (tables / sets[1] / "table2.csv").read_text().splitlines()
+    assert set3[1].startswith("SG,VGG16,scratch,0.6,1,") and set3[1].endswith(",64,0.001")
+    assert "Option set 2: runs with batch_size=32, lr=0.0001" in html
+    assert "Option set 3: runs with batch_size=64, lr=0.001" in html
+    beyond = (tables / sets[0] / "beyond.csv").read_text().splitlines()
+    assert beyond[1].split(",")[3] == "2"  # seeds
+    # the summary's best run names its options; seeds count seeds of that option set only
+    row = re.search(r"<tr><td>SG</td><td>VGG16</td><td>scratch</td><td>([^<]*)</td><td>[^<]*</td><td>([^<]*)</td>"
+                    r"(?:<td>[^<]*</td>){3}<td>(\d+)</td></tr>", html)
+    assert row.groups() == ("batch_size=32, lr=0.001", "0.920", "3")
+    assert "Runs with batch_size=32, lr=0.001." in (tables / "table8.md").read_text()
 
 
 def test_report_files_and_determinism(hand_store, tmp_path, cli):

@@ -22,7 +22,9 @@ from astroclass.models import display_name
 from astroclass.report import plots
 from astroclass.report.stats import four_questions, load_predictions, ranked_cells, significance, summarise_choice
 from astroclass.report.scaling import scaling_answer, scaling_curves
-from astroclass.report.tables import OPT_SHORT, RunRow, Table, Tables, compare_with_paper, fmt
+from astroclass.report.tables import (OPT_SHORT, RunRow, Table, Tables, base_variant, compare_with_paper,
+                                      differing_keys, fmt, variant_text)
+from astroclass.training import RunConfig
 from astroclass.fileio import atomic_write_text
 
 
@@ -77,7 +79,8 @@ def build_report(experiment: str | Path, output: str | Path) -> Path:
         store.close()
         return html_path
 
-    tables = Tables(done, spec_order)
+    groups = _variants(done, spec_order)
+    tables = groups[0]
     all_tables = tables.all()
     vs_paper = compare_with_paper(all_tables)
     summaries = {k: summarise_choice(ch) for k in tables.keys() if (ch := tables.best_overall(k))}
@@ -88,21 +91,31 @@ def build_report(experiment: str | Path, output: str | Path) -> Path:
     # -- summary first ------------------------------------------------------------------------
     page.h2("Summary")
     rows = []
+    several = len(groups) > 1
     for d in tables.datasets:
-        ranked = ranked_cells(tables, d)
-        if not ranked:
+        best = [(g, *ranked[0]) for g in groups if (ranked := ranked_cells(g, d))]
+        if not best:
             continue
-        m, s, ch = ranked[0]
-        sm = summaries[(d, m, s)]
+        g, m, s, ch = max(best, key=lambda b: (b[3].value, -groups.index(b[0])))
+        sm = summaries[(d, m, s)] if g is tables else summarise_choice(ch)
         lo, hi = sm["test_accuracy_ci95"]
-        rows.append([d, display_name(m), s, f"{ch.setting[0]:g}, {ch.setting[1]:g}, {OPT_SHORT.get(ch.setting[2], ch.setting[2])}",
+        rows.append([d, display_name(m), s] + ([g.label] if several else []) +
+                    [f"{ch.setting[0]:g}, {ch.setting[1]:g}, {OPT_SHORT.get(ch.setting[2], ch.setting[2])}",
                      fmt(ch.value), f"{fmt(sm['test_accuracy'])} [{fmt(lo)}, {fmt(hi)}]",
                      fmt(sm["test_balanced_accuracy"]), fmt(sm["test_macro_f1"]), str(sm["n_seeds"])])
-    page.table(["dataset", "best model", "setup", "λ, γ, optimiser", "val acc", "test acc [95% interval]",
-                "test balanced acc", "test macro-F1", "seeds"], rows,
+    page.table(["dataset", "best model", "setup"] + (["options"] if several else []) +
+               ["λ, γ, optimiser", "val acc", "test acc [95% interval]", "test balanced acc", "test macro-F1", "seeds"],
+               rows,
                "The best model of each dataset (by validation accuracy, as the paper chooses), with its held-out test "
                "metrics. 95% intervals: for one seed, Wilson's over the test images; for several, Student-t over the "
-               "seeds' test accuracies (n − 1 degrees of freedom), which with 2-3 seeds is wide, as it should be.")
+               "seeds' test accuracies (n − 1 degrees of freedom), which with 2-3 seeds is wide, as it should be. "
+               "Runs are pooled only when their options differ in nothing but the seed (and device, evaluation batch "
+               "size, fusion)." + (" The options column says which option set the best runs had." if several else ""))
+    if several:
+        page.p(f"The runs differ in options besides the paper's axes and the seed, so they form {len(groups)} option "
+               f"sets that are never pooled: " + "; ".join(f"{g.label} ({len(g.runs)} run(s))" for g in groups) +
+               f". The questions, the significance test and the plots below use the first ({tables.label}); each "
+               f"option set has its own tables.")
     page.h3("The paper's four questions, as measured here")
     page.ul([f"<b>{html.escape(q)}</b> {html.escape(a)}" for q, a in answers.items()], raw=True)
     page.h3("Is the best model significantly better than the runner-up?")
@@ -121,10 +134,11 @@ def build_report(experiment: str | Path, output: str | Path) -> Path:
 
     # -- the paper's tables -----------------------------------------------------------------------
     page.h2("The paper's tables")
-    if tables.base_variant or tables.excluded:
-        opts = ", ".join(f"{k}={v}" for k, v in tables.base_variant) or "the paper's defaults"
-        page.p(f"Tables are computed from runs with {opts}; {len(tables.excluded)} run(s) with other options "
-               f"(e.g. a data-scaling axis) are reported in their own sections.")
+    if tables.label:
+        page.p(f"Tables are computed from the runs with {tables.label}" +
+               ("; the other option sets follow in their own sections." if several else "."))
+    if curves:
+        page.p("Runs that differ from these only in train_fraction are drawn as data-scaling curves (Plots).")
     for key, t in all_tables.items():
         _save_table(output, t)
         page.table_obj(t)
@@ -138,23 +152,17 @@ def build_report(experiment: str | Path, output: str | Path) -> Path:
 
     # -- beyond the paper ---------------------------------------------------------------------------
     page.h2("Beyond the paper: test set, seeds, balanced metrics")
-    beyond_records = []
-    for (d, m, s), sm in summaries.items():
-        lo, hi = sm["test_accuracy_ci95"]
-        beyond_records.append({
-            "dataset": d, "model": display_name(m), "setup": s, "seeds": sm["n_seeds"],
-            "val_accuracy": sm["val_accuracy"], "val_accuracy_std": sm["val_accuracy_std"],
-            "test_accuracy": sm["test_accuracy"], "test_accuracy_std": sm["test_accuracy_std"],
-            "test_ci_low": lo, "test_ci_high": hi, "test_balanced_accuracy": sm["test_balanced_accuracy"],
-            "test_macro_f1": sm["test_macro_f1"], "test_ece": sm["test_ece"], "test_roc_auc": sm["test_roc_auc"],
-            "test_pr_auc": sm["test_pr_auc"], "threshold_test_balanced_accuracy": sm["threshold_test_balanced_accuracy"]})
-    beyond = Table("beyond", "Table 8's chosen settings on the held-out test set: mean ± std over seeds, 95% interval, "
-                   "balanced accuracy, macro-F1, expected calibration error; for two classes ROC-AUC, PR-AUC (positive "
-                   "class: the rarer in training) and balanced accuracy at the threshold chosen on validation.", beyond_records,
-                   sum(s["n_seeds"] for s in summaries.values()), list(beyond_records[0]) if beyond_records else [],
-                   wide=_beyond_wide)
+    beyond = _beyond_table(tables, summaries)
     _save_table(output, beyond)
     page.table_obj(beyond)
+
+    for i, g in enumerate(groups[1:], start=2):
+        page.h2(f"Option set {i}: runs with {g.label}")
+        sub = f"set{i}_{_slug(g.label)}"[:80]
+        for t in [*g.all().values(), _beyond_table(g, {k: summarise_choice(ch) for k in g.keys()
+                                                       if (ch := g.best_overall(k))})]:
+            _save_table(output, t, sub)
+            page.table_obj(t)
 
     # -- plots -----------------------------------------------------------------------------------
     page.h2("Plots")
@@ -212,6 +220,42 @@ def build_report(experiment: str | Path, output: str | Path) -> Path:
 def _slug(name: str) -> str:
     """A dataset name as a file-name part."""
     return "".join(c if c.isalnum() else "_" for c in name)
+
+
+def _beyond_table(tables: Tables, summaries: dict) -> Table:
+    """Table 8's choices on the test set (the report's main table beyond the paper)."""
+    records = []
+    for (d, m, s), sm in summaries.items():
+        lo, hi = sm["test_accuracy_ci95"]
+        records.append({
+            "dataset": d, "model": display_name(m), "setup": s, "seeds": sm["n_seeds"],
+            "val_accuracy": sm["val_accuracy"], "val_accuracy_std": sm["val_accuracy_std"],
+            "test_accuracy": sm["test_accuracy"], "test_accuracy_std": sm["test_accuracy_std"],
+            "test_ci_low": lo, "test_ci_high": hi, "test_balanced_accuracy": sm["test_balanced_accuracy"],
+            "test_macro_f1": sm["test_macro_f1"], "test_ece": sm["test_ece"], "test_roc_auc": sm["test_roc_auc"],
+            "test_pr_auc": sm["test_pr_auc"], "threshold_test_balanced_accuracy": sm["threshold_test_balanced_accuracy"]})
+    t = Table("beyond", "Table 8's chosen settings on the held-out test set: mean ± std over seeds, 95% interval, "
+              "balanced accuracy, macro-F1, expected calibration error; for two classes ROC-AUC, PR-AUC (positive "
+              "class: the rarer in training) and balanced accuracy at the threshold chosen on validation.", records,
+              sum(s["n_seeds"] for s in summaries.values()), list(records[0]) if records else [], wide=_beyond_wide)
+    return tables.label_table(t)
+
+
+def _variants(done: list[RunRow], datasets: list[str]) -> list[Tables]:
+    """One :class:`Tables` per option set (runs pooled only across seeds), the base variant first, then by
+    number of runs. Variants that differ from the base only in train_fraction are left to the scaling curves."""
+    from collections import Counter
+
+    counts = Counter(r.variant for r in done)
+    base = base_variant(done)
+    base_rest = tuple((k, v) for k, v in base if k != "train_fraction")
+    others = [v for v in counts if v != base and tuple((k, x) for k, x in v if k != "train_fraction") != base_rest]
+    order = [base] + sorted(others, key=lambda v: (-counts[v], repr(v)))
+    if len(order) == 1:
+        return [Tables(done, datasets, base, variant_text(base))]
+    keys = differing_keys(order)
+    return [Tables(done, datasets, v, variant_text(v, keys), {k: dict(v).get(k, RunConfig.defaults().get(k))
+                                                              for k in keys}) for v in order]
 
 
 def _beyond_wide(t: Table):
@@ -303,9 +347,11 @@ def _failures(page: "_Page", failed: list[dict]) -> None:
                 for r in failed], "")
 
 
-def _save_table(output: Path, t: Table) -> None:
+def _save_table(output: Path, t: Table, folder: str = "") -> None:
+    where = output / "tables" / folder
+    where.mkdir(parents=True, exist_ok=True)
     for ext, text in (("md", t.to_markdown()), ("csv", t.to_csv()), ("tex", t.to_latex())):
-        atomic_write_text(output / "tables" / f"{t.key}.{ext}", text)
+        atomic_write_text(where / f"{t.key}.{ext}", text)
 
 
 _CSS = """

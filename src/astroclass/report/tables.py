@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -36,15 +37,50 @@ def setting_order(s: Setting) -> tuple:
     return (s[0], s[1], OPT_ORDER.index(s[2]) if s[2] in OPT_ORDER else len(OPT_ORDER))
 
 
-VARIANT_KEYS = ("train_fraction", "classes", "class_weights", "sampler", "monitor", "augment")
-"""Run options beyond the paper's axes; runs that differ in them are not pooled in one table cell."""
+AXIS_KEYS = ("dataset", "model", "setup", "l2", "maxnorm", "optimizer")
+"""The paper's axes: the tables' rows, columns and settings."""
+
+
+def pooled_keys() -> frozenset[str]:
+    """Options over which runs are pooled as repeats of one setting: the seed, and the options that do not
+    change what a run computes (device, evaluation batch size, fusion: the ones run ids leave out)."""
+    from astroclass.experiments.spec import NOT_IN_ID
+
+    return frozenset({"seed", *NOT_IN_ID})
+
+
+def _hashable(v: Any) -> Any:
+    return json.dumps(v, sort_keys=True) if isinstance(v, (list, dict)) else v
 
 
 def variant_of(config: dict[str, Any]) -> tuple:
+    """Every option of a run besides the paper's axes and the pooled ones, where it differs from its
+    default, as sorted (key, value) pairs: runs are pooled in a table cell only when these are equal."""
     from astroclass.training import RunConfig
 
     defaults = RunConfig.defaults()
-    return tuple((k, config.get(k, defaults[k])) for k in VARIANT_KEYS if config.get(k, defaults[k]) != defaults[k])
+    skip = pooled_keys() | set(AXIS_KEYS)
+    out = []
+    for k in sorted((set(config) | set(defaults)) - skip):
+        v = config.get(k, defaults.get(k))
+        if k not in defaults or v != defaults[k]:
+            out.append((k, _hashable(v)))
+    return tuple(out)
+
+
+def variant_text(variant: tuple, keys: Sequence[str] | None = None) -> str:
+    """``key=value, ...`` of a variant (only ``keys``, filled with defaults, when given)."""
+    from astroclass.training import RunConfig
+
+    d = dict(variant)
+    pairs = [(k, d.get(k, RunConfig.defaults().get(k))) for k in keys] if keys is not None else list(d.items())
+    return ", ".join(f"{k}={v}" for k, v in pairs)
+
+
+def differing_keys(variants: Sequence[tuple]) -> list[str]:
+    """The options whose value is not the same in every one of ``variants``."""
+    keys = sorted({k for v in variants for k, _ in v})
+    return [k for k in keys if len({dict(v).get(k, "\0default") for v in variants}) > 1]
 
 
 @dataclass
@@ -162,10 +198,14 @@ def base_variant(runs: Sequence[RunRow]) -> tuple:
 
 
 class Tables:
-    """All tables of one experiment's done runs (of the base variant, see :func:`base_variant`)."""
+    """All tables of one experiment's done runs of one variant (default: the base variant, see
+    :func:`base_variant`). ``label`` names the variant's options in every table's caption, and ``columns``
+    (option: value) are added to every record, so that a CSV says which options its numbers are for."""
 
-    def __init__(self, runs: Sequence[RunRow], datasets: Sequence[str] | None = None):
-        self.base_variant = base_variant(runs)
+    def __init__(self, runs: Sequence[RunRow], datasets: Sequence[str] | None = None, variant: tuple | None = None,
+                 label: str = "", columns: dict[str, Any] | None = None):
+        self.base_variant = base_variant(runs) if variant is None else variant
+        self.label, self.columns = label, dict(columns or {})
         self.excluded = [r for r in runs if r.variant != self.base_variant]
         self.runs = [r for r in runs if r.variant == self.base_variant]
         seen_ds = list(dict.fromkeys(r.dataset for r in self.runs))
@@ -306,7 +346,18 @@ class Tables:
                "table9": self._diff_table("table9", "Table 8 − Table 2: gain from tuning everything.", t8, t2),
                "table10": t10,
                "table11": self.ranking("table11", "scratch", t8), "table12": self.ranking("table12", "pretrained", t8)}
+        for t in out.values():
+            self.label_table(t)
         return out
+
+    def label_table(self, t: Table) -> Table:
+        """Say in ``t``'s caption and records which options its runs have (when this is one of several variants)."""
+        if self.label:
+            t.notes.append(f"Runs with {self.label}.")
+        if self.columns:
+            t.records = [{**r, **self.columns} for r in t.records]
+            t.columns = t.columns + [k for k in self.columns if k not in t.columns]
+        return t
 
 
 # ---------------------------------------------------------------------------------------------
