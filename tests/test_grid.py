@@ -322,6 +322,37 @@ def test_run_ids_ignore_options_left_at_their_defaults():
     assert run_id({**full, "device": "cuda:3", "eval_batch_size": 1024}) == run_id(full)
 
 
+def test_a_stored_run_whose_options_differ_from_the_spec_under_the_same_id_is_refused(cli, tiny_h5, tmp_path):
+    """Run ids leave defaults out: a run recorded when a default was different has the id of today's run.
+    The store keeps every option of every run, and a mismatch stops the grid before anything is touched."""
+    import json
+
+    spec = write_spec(tmp_path, tiny_h5, l2=[0.0])
+    exp = tmp_path / "exp"
+    gs = GridSpec.load(spec)
+    s = Store(exp / "store.sqlite")
+    s.check_datasets(gs.datasets)
+    assert s.add_runs(gs.expand()) == 1
+    rid = gs.expand()[0].id
+    stored = json.loads(s.db.execute("SELECT config FROM runs").fetchone()[0])
+    assert set(stored) == set(gs.expand()[0].config)  # every option, defaults included
+    # an older astroclass without the `fuse` option, whose default patience was 20: same id, other run
+    older = {k: v for k, v in stored.items() if k != "fuse"}
+    s.db.execute("UPDATE runs SET config=? WHERE id=?", (json.dumps({**older, "patience": 20}), rid))
+    s.close()
+    code, out, err = cli("grid", "run", spec, "-e", exp, "-q", "--threads", "1")
+    assert code == 1
+    assert f"{rid} (patience: stored 20, now 1)" in err and "A default changed" in err
+    assert "Traceback" not in out + err
+    s = Store(exp / "store.sqlite")
+    assert [x["status"] for x in s.runs()] == ["pending"] and json.loads(
+        s.db.execute("SELECT config FROM runs").fetchone()[0])["patience"] == 20
+    # an option the older version did not have, at today's default, is no clash
+    s.db.execute("UPDATE runs SET config=? WHERE id=?", (json.dumps(older), rid))
+    assert s.add_runs(gs.expand()) == 0
+    s.close()
+
+
 def test_local_workers_keep_their_models_are_recycled_and_a_dead_one_is_reported(tiny_h5, tmp_path):
     from astroclass.experiments.engines import LocalEngine
     from astroclass.experiments.workers import GroupJob

@@ -190,8 +190,14 @@ class Store:
 
     # -- runs ------------------------------------------------------------------------------
     def add_runs(self, runs: Iterable) -> int:
-        """Insert runs that are not in the store yet; returns how many were new."""
-        n = 0
+        """Insert runs that are not in the store yet; returns how many were new.
+
+        A run id hashes only the options that differ from their defaults, so a run whose id is already
+        stored must also have the stored run's full config: if a default changed between the astroclass
+        that recorded it and this one, the ids match but the runs do not, and nothing is added."""
+        from astroclass.experiments.spec import NOT_IN_ID
+
+        n, clashes = 0, []
         with self.transaction() as db:
             for r in runs:
                 c = r.config
@@ -201,6 +207,18 @@ class Store:
                     (r.id, c["dataset"], c["model"], c["setup"], c["l2"], c["maxnorm"], c["optimizer"], c["seed"],
                      json.dumps(c, sort_keys=True)))
                 n += cur.rowcount
+                if not cur.rowcount:
+                    old = json.loads(db.execute("SELECT config FROM runs WHERE id=?", (r.id,)).fetchone()[0])
+                    diff = [f"{k}: stored {old[k]!r}, now {c[k]!r}" for k in sorted(set(old) & set(c) - NOT_IN_ID)
+                            if json.dumps(old[k]) != json.dumps(c[k])]
+                    if diff:
+                        clashes.append(f"{r.id} ({'; '.join(diff)})")
+            if clashes:
+                raise AstroclassError(
+                    f"{self.path}: {len(clashes)} run(s) of the spec have the id of a stored run but not its options, "
+                    f"e.g. {clashes[0]}. A default changed since those runs were recorded (run ids leave defaults "
+                    f"out), so their results are not results of this spec. Use a new experiment folder (-e), or the "
+                    f"astroclass version that recorded them; nothing was changed")
         return n
 
     def claim(self, ids: Sequence[str], max_attempts: int, lease_s: float, token: str | None = None,
