@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 from pathlib import Path
 
@@ -224,3 +225,174 @@ def test_data_info_and_preview(cli, tmp_path):
     assert_fails(cli, ["data", "info", tmp_path / "nope.h5"], "nope.h5", "not found")
     (tmp_path / "fake.h5").write_bytes(b"not hdf5")
     assert_fails(cli, ["data", "info", tmp_path / "fake.h5"], "fake.h5", "not a readable HDF5")
+
+
+def test_16_bit_png_and_tiff_are_scaled_by_their_bit_depth(cli, tmp_path):
+    """A 16-bit greyscale image was stored saturated (99% of pixels 255); it is now value / 257."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "tree"
+    truth = {}
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(4):
+            a = rng.integers(0, 65536, (40, 40), dtype=np.uint16)
+            for ext in ("png", "tif"):
+                Image.fromarray(a).save(root / c / f"{i}.{ext}")
+                truth[f"{c}/{i}.{ext}"] = a
+    with Image.open(root / "a" / "0.png") as im:
+        assert im.mode == "I;16"  # really 16-bit on disk
+    code, _, err = cli("data", "import", "folder", root, "-o", tmp_path / "o.h5", "--size", "40", "--channels", "1",
+                       "--min-per-class", "1", "--duplicates", "together")
+    assert code == 0, err
+    with PreparedDataset(tmp_path / "o.h5") as ds:
+        imgs = ds.images(np.arange(len(ds)))
+        for path, img in zip(ds.paths, imgs):
+            expect = np.round(truth[path] / 257).astype(np.uint8)
+            assert np.array_equal(img[0], expect), path
+        assert (imgs == 255).mean() < 0.01
+    # floating-point pixels have no known scale: refused, named
+    Image.fromarray(rng.random((40, 40), dtype=np.float32)).save(root / "a" / "f.tif")
+    assert_fails(cli, ["data", "import", "folder", root, "-o", tmp_path / "f.h5", "--min-per-class", "1"],
+                 "f.tif", "floating-point pixels", "FITS")
+
+
+def test_catalogue_paths_may_not_leave_its_folder(cli, tmp_path):
+    cat = small_catalog(tmp_path)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.copy(cat / rows_of(cat)[0]["path"], outside / "stray.jpg")
+    rows = rows_of(cat)
+    for bad, shown in (("../outside/stray.jpg", "../outside/stray.jpg"), (str(outside / "stray.jpg"), "stray.jpg"),
+                       ("../../../../../../etc/passwd", "etc/passwd")):
+        edited = [dict(r) for r in rows]
+        edited[3]["path"] = bad
+        with open(cat / "edited.csv", "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=["path", "label"])
+            w.writeheader()
+            w.writerows(edited)
+        assert_fails(cli, ["data", "import", "catalog", cat / "edited.csv", "-o", tmp_path / "o.h5",
+                           "--min-per-class", "1"], "edited.csv, row 5", shown, "is outside", "--allow-outside")
+        assert not (tmp_path / "o.h5").exists()
+    edited = [dict(r) for r in rows]
+    edited[3]["path"] = "../outside/stray.jpg"
+    with open(cat / "edited.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["path", "label"])
+        w.writeheader()
+        w.writerows(edited)
+    code, _, err = cli("data", "import", "catalog", cat / "edited.csv", "-o", tmp_path / "o.h5", "--min-per-class", "1",
+                       "--allow-outside")
+    assert code == 0, err
+    with PreparedDataset(tmp_path / "o.h5") as ds:
+        assert "../outside/stray.jpg" in ds.paths
+
+
+def test_one_image_with_two_labels_is_an_error_or_skipped_and_listed(cli, tmp_path):
+    cat = small_catalog(tmp_path)
+    rows = rows_of(cat)
+    star = next(r for r in rows if r["label"] == "star")
+    with open(cat / "labels.csv", "a", newline="") as fh:
+        csv.writer(fh).writerow([star["path"], "galaxy"])  # the same file again, as a galaxy
+    assert_fails(cli, ["data", "import", "catalog", cat / "labels.csv", "-o", tmp_path / "o.h5", "--min-per-class", "1"],
+                 "different labels", star["path"], "--skip-bad")
+    assert not (tmp_path / "o.h5").exists()
+    code, _, err = cli("data", "import", "catalog", cat / "labels.csv", "-o", tmp_path / "o.h5", "--min-per-class", "1",
+                       "--skip-bad")
+    assert code == 0, err
+    with PreparedDataset(tmp_path / "o.h5") as ds:
+        assert len(ds) == len(rows) - 1 and star["path"] not in ds.paths
+    skipped = list(csv.DictReader(open(tmp_path / "o.h5.skipped.csv")))
+    assert len(skipped) == 2 and all("with another label" in r["reason"] for r in skipped)
+
+
+def test_skipped_list_is_written_before_the_dataset_and_restored_if_that_fails(tmp_path, monkeypatch):
+    import astroclass.data.importers as imp
+
+    cat = small_catalog(tmp_path)
+    (cat / rows_of(cat)[1]["path"]).write_text("broken")
+    out = tmp_path / "o.h5"
+    side = tmp_path / "o.h5.skipped.csv"
+    side.write_text("source,reason\nold,list\n")
+    real = imp.write_prepared
+    seen = {}
+
+    def failing(path, **kw):
+        seen["side"] = side.read_text()  # the new list is in place before the .h5 is written
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(imp, "write_prepared", failing)
+    with pytest.raises(OSError):
+        imp.import_catalog(cat / "labels.csv", out, show_progress=False, min_per_class=1, skip_bad=True)
+    assert "broken" not in seen["side"] and rows_of(cat)[1]["path"] in seen["side"]
+    assert side.read_text() == "source,reason\nold,list\n" and not out.exists()
+    monkeypatch.setattr(imp, "write_prepared", real)
+    imp.import_catalog(cat / "labels.csv", out, show_progress=False, min_per_class=1, skip_bad=True)
+    assert rows_of(cat)[1]["path"] in side.read_text() and out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_temporary_left_by_a_killed_import_is_removed_by_the_next(cli, tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    cat = small_catalog(tmp_path)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = socket.gethostname()
+    stale = tmp_path / f".o.h5.{host}-{int(dead.stdout)}.k7x2.tmp"
+    stale.write_bytes(b"\0" * 1000)  # what a SIGKILL during the write leaves
+    live = tmp_path / f".o.h5.{host}-{os.getpid()}.q9z1.tmp"  # a writer that is still running: kept
+    live.write_bytes(b"\0")
+    assert cli("data", "import", "catalog", cat / "labels.csv", "-o", tmp_path / "o.h5", "--min-per-class", "1")[0] == 0
+    assert not stale.exists() and live.exists()
+
+
+def test_killing_the_parent_of_an_import_stops_its_decoding_workers(tmp_path):
+    """The decode pool (forkserver and workers) must not outlive `data import` when it is SIGKILLed."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (1500, 1500, 3), dtype=np.uint8)).save(tmp_path / "a.jpg")
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (1500, 1500, 3), dtype=np.uint8)).save(tmp_path / "b.jpg")
+    with open(tmp_path / "cat.csv", "w") as fh:
+        fh.write("path,label\n" + "".join(f"{'ab'[i % 2]}.jpg,{'ab'[i % 2]}\n" for i in range(2000)))
+    proc = subprocess.Popen([sys.executable, "-m", "astroclass", "data", "import", "catalog", str(tmp_path / "cat.csv"),
+                             "-o", str(tmp_path / "o.h5"), "--workers", "2", "--min-per-class", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def descendants(pid: int) -> set[int]:
+        children: dict[int, list[int]] = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        out, todo = set(), [pid]
+        while todo:
+            for c in children.get(todo.pop(), []):
+                out.add(c)
+                todo.append(c)
+        return out
+
+    deadline = time.time() + 60
+    while len(descendants(proc.pid)) < 3 and time.time() < deadline:  # forkserver + 2 workers decoding
+        time.sleep(0.2)
+    pool = descendants(proc.pid)
+    assert len(pool) >= 3, "the import never started its decode pool"
+    time.sleep(1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 20
+    while time.time() < deadline and any(Path(f"/proc/{p}").exists() and "Z" not in
+                                         Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0]
+                                         for p in pool if Path(f"/proc/{p}/stat").exists()):
+        time.sleep(0.2)
+    alive = [p for p in pool if Path(f"/proc/{p}/stat").exists()
+             and Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"]
+    assert alive == [], f"decode processes outlived their parent: {alive}"

@@ -53,7 +53,11 @@ def test_predict_equals_training_evaluation_on_h5_and_on_the_jpeg_files(trained,
         w = csv.writer(fh)
         w.writerow(["file"])
         w.writerows([[str(root / p)] for p in test_paths])
+    # absolute paths leave the catalogue's folder: refused (nothing read or written) unless --allow-outside
     code, _, err = cli("predict", trained / "checkpoint.pt", cat, "--path-col", "file", "-o", tmp_path / "jpg.csv", "-q")
+    assert code == 1 and "new.csv, row 2" in err and "--allow-outside" in err and not (tmp_path / "jpg.csv").exists()
+    code, _, err = cli("predict", trained / "checkpoint.pt", cat, "--path-col", "file", "-o", tmp_path / "jpg.csv", "-q",
+                       "--allow-outside")
     assert code == 0, err
     np.testing.assert_allclose(probs_of(rows(tmp_path / "jpg.csv"), clf.class_names), evald["test_probs"], atol=1e-5)
     # and through the Python API
@@ -149,6 +153,20 @@ def test_bad_checkpoints(trained, tmp_path, cli):
     torch.save(ck["state_dict"], tmp_path / "bare.pt")
     with pytest.raises(AstroclassError, match="no model card"):
         astroclass.load(tmp_path / "bare.pt")
+    # an astroclass checkpoint whose card is missing, or lacks class_names: one-line errors, no KeyError
+    torch.save({k: v for k, v in ck.items() if k != "card"}, tmp_path / "nocard.pt")
+    card = {k: v for k, v in ck["card"].items() if k != "class_names"}
+    torch.save(dict(ck, card=card), tmp_path / "noclasses.pt")
+    for bad, needle in (("nocard.pt", "no model card"), ("noclasses.pt", "lacks ['class_names']")):
+        for args in (("model", "info", tmp_path / bad), ("predict", tmp_path / bad, trained / "history.csv", "-o",
+                                                          tmp_path / "x.csv")):
+            code, out, err = cli(*args)
+            assert code == 1 and needle in err and bad in err and "Traceback" not in out + err, (args, err)
+    # a card without the optional parts (metrics, config, provenance) still prints
+    lean = {k: ck["card"][k] for k in ("model", "class_names", "in_chans", "input_size", "image_spec")}
+    torch.save(dict(ck, card=lean), tmp_path / "lean.pt")
+    code, out, err = cli("model", "info", tmp_path / "lean.pt")
+    assert code == 0 and "classes:      galaxy, star" in out and "(not recorded)" in out, err
 
 
 def test_model_info(trained, cli):

@@ -1,27 +1,66 @@
 """Writing outputs atomically: readers never see a half-written file, and a failed or interrupted
-write leaves whatever was at the target before untouched (and no temporary file behind)."""
+write leaves whatever was at the target before untouched (and no temporary file behind; one left by a
+killed process is removed by the next write of the same target)."""
 
 from __future__ import annotations
 
+import glob
 import os
+import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from astroclass.errors import AstroclassError
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(target: str | Path) -> list[Path]:
+    """Remove the temporaries of ``target`` left by processes of this host that no longer exist (a killed
+    write); those of live writers are kept. Returns the removed paths."""
+    target = Path(target)
+    host = f".{target.name}.{socket.gethostname()}-"
+    removed = []
+    for p in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+        pid = p.name[len(host):].split(".", 1)[0]
+        if p.name.startswith(host) and pid.isdigit() and not pid_alive(int(pid)):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 @contextmanager
 def atomic_output(target: str | Path) -> Iterator[Path]:
     """``with atomic_output(path) as tmp:`` write ``tmp``; on success it replaces ``path`` in one rename.
 
-    The temporary file lies in the target's folder (same file system, so the rename is atomic) and
-    gets the permissions a newly created file would have; on any error it is removed.
+    The temporary file lies in the target's folder (same file system, so the rename is atomic), is named
+    after the target, this host and this process, and gets the permissions a newly created file would
+    have; on any error it is removed, and temporaries of the same target whose process was killed are
+    removed first.
     """
     target = Path(target)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    remove_stale_temporaries(target)
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{target.name}.{socket.gethostname()}-{os.getpid()}.", suffix=".tmp",
+                                    dir=target.parent)
+    except FileNotFoundError:
+        raise AstroclassError(f"{target.parent}: folder does not exist (cannot write {target.name})") from None
+    except PermissionError:
+        raise AstroclassError(f"{target.parent}: not writable (cannot write {target.name})") from None
     os.close(fd)
     tmp = Path(name)
     try:
@@ -36,3 +75,15 @@ def atomic_output(target: str | Path) -> Iterator[Path]:
 def atomic_write_text(path: str | Path, text: str) -> None:
     with atomic_output(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def save_figure(fig, path: str | Path, **kw) -> Path:
+    """``fig.savefig`` through a temporary (format from the target's suffix, PNG when it has none)."""
+    path = Path(path)
+    fmt = path.suffix.lstrip(".").lower() or "png"
+    if fmt not in fig.canvas.get_supported_filetypes():
+        raise AstroclassError(f"{path}: cannot write a figure as .{fmt}; use one of "
+                              f"{', '.join('.' + k for k in sorted(fig.canvas.get_supported_filetypes()))}")
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format=fmt, **kw)
+    return path

@@ -4,9 +4,61 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
+import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Have the kernel kill this process when its parent dies (Linux); exit now if it already has."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    check_parent(parent_pid)
+
+
+def check_parent(parent_pid: int) -> None:
+    """Exit at once if the process that started this one is gone (this process was re-parented)."""
+    if os.getppid() != parent_pid:
+        os._exit(3)
+
+
+def exit_with(pid: int) -> None:
+    """End this process (from a watcher thread) as soon as process ``pid`` ends.
+
+    A pool worker cannot rely on the parent-death signal: its parent is the forkserver, which itself
+    waits for its children (each holds the forkserver's keep-alive pipe), so killing the driver would
+    leave forkserver and workers blocked for ever on a queue nobody writes to."""
+    import threading
+
+    try:
+        fd = os.pidfd_open(pid)  # Linux 5.3+: readable when the process ends
+    except ProcessLookupError:
+        os._exit(3)
+    except (AttributeError, OSError):
+        fd = None
+
+    def watch() -> None:
+        if fd is not None:
+            import select
+
+            select.select([fd], [], [])
+        else:
+            import time
+
+            from astroclass.fileio import pid_alive
+
+            while pid_alive(pid):
+                time.sleep(1)
+        os._exit(3)
+
+    threading.Thread(target=watch, name="astroclass-exit-with-driver", daemon=True).start()
 
 
 def _run_chunk(args: tuple[Callable, list, tuple]) -> list:
@@ -34,7 +86,8 @@ def parallel_map(fn: Callable, items: Sequence, extra: tuple = (), workers: int 
     # may hold locks, which can deadlock the child
     ctx = multiprocessing.get_context("forkserver" if "forkserver" in multiprocessing.get_all_start_methods()
                                       else "spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=exit_with,
+                             initargs=(os.getpid(),)) as pool:
         for ch, res in zip(chunks, pool.map(_run_chunk, [(fn, ch, extra) for ch in chunks])):
             results.extend(res)
             if progress:

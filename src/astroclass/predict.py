@@ -29,6 +29,10 @@ from astroclass.fileio import atomic_output
 from astroclass.training import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, predict_probs
 
 
+CARD_REQUIRED = ("model", "class_names", "in_chans", "input_size", "image_spec")
+"""What prediction needs from a model card; the rest (metrics, config, provenance) is shown when present."""
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The checkpoint dict, loaded without unpickling code; clear errors for anything else."""
     path = Path(path)
@@ -42,9 +46,20 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
         raise AstroclassError(f"{path}: not an astroclass checkpoint (no model card); use --weights to load a bare "
                               f"state dict into a backbone")
+    card = ck.get("card")
     if int(ck.get("format_version", 0)) > CHECKPOINT_VERSION:
+        made = card.get("astroclass_version") if isinstance(card, dict) else None
         raise AstroclassError(f"{path}: checkpoint format {ck['format_version']} comes from a newer astroclass "
-                              f"({ck['card'].get('astroclass_version')}); this is {__version__}: upgrade astroclass")
+                              f"({made or 'unknown version'}); this is {__version__}: upgrade astroclass")
+    if not isinstance(card, dict):
+        raise AstroclassError(f"{path}: this checkpoint has no model card (classes, preprocessing), so its outputs "
+                              f"cannot be named or its inputs prepared; re-save it from its run folder with a card")
+    missing = [k for k in CARD_REQUIRED if k not in card]
+    if missing or "state_dict" not in ck:
+        raise AstroclassError(f"{path}: the checkpoint's model card lacks {missing or ['state_dict']}, which "
+                              f"prediction needs (a damaged or hand-edited checkpoint)")
+    if not isinstance(card["class_names"], list) or not card["class_names"]:
+        raise AstroclassError(f"{path}: the model card's class_names is {card['class_names']!r}, not a list of names")
     return ck
 
 
@@ -141,10 +156,12 @@ class Source:
     row: int = -1
 
 
-def expand_inputs(inputs: Sequence[str | Path], path_col: str = "path", id_col: str | None = None) -> Iterator[Source]:
-    """Files, folders (recursively), catalogue CSVs (``path_col`` relative to the CSV) and prepared .h5 files."""
+def expand_inputs(inputs: Sequence[str | Path], path_col: str = "path", id_col: str | None = None,
+                  allow_outside: bool = False) -> Iterator[Source]:
+    """Files, folders (recursively), catalogue CSVs (``path_col`` relative to the CSV, which they may not
+    leave unless ``allow_outside``) and prepared .h5 files."""
     from astroclass.data.images import is_image_file
-    from astroclass.data.importers import read_table
+    from astroclass.data.importers import catalog_path, read_table
 
     for inp in inputs:
         p = Path(inp)
@@ -161,9 +178,10 @@ def expand_inputs(inputs: Sequence[str | Path], path_col: str = "path", id_col: 
             cols, rows = read_table(p)
             if path_col not in cols:
                 raise AstroclassError(f"{p}: no path column {path_col!r}; columns are {cols} (use --path-col)")
-            for row in rows:
+            for n, row in enumerate(rows, start=2):
                 rel = row[path_col]
-                yield Source(row.get(id_col) if id_col else rel, str(p.parent / rel))
+                yield Source(row.get(id_col) if id_col else rel,
+                             str(catalog_path(p.parent, rel, f"{p}, row {n}", allow_outside)))
         else:
             yield Source(p.name, str(p))
 
@@ -190,7 +208,7 @@ def read_for_model(path: str, preprocessing: tuple[dict, int, bool]) -> tuple[np
 
 def predict_to_csv(clf: Classifier, inputs: Sequence[str | Path], output: str | Path, tta: bool = False,
                    overwrite: bool = False, block: int = 512, workers: int | None = None, path_col: str = "path",
-                   id_col: str | None = None, progress: bool = True) -> dict[str, Any]:
+                   id_col: str | None = None, progress: bool = True, allow_outside: bool = False) -> dict[str, Any]:
     """Predict every input and stream rows to ``output`` (written to a temporary name, renamed at the end).
 
     Rows: id, source, status (ok / failed), predicted class, one probability column per class, error.
@@ -205,7 +223,7 @@ def predict_to_csv(clf: Classifier, inputs: Sequence[str | Path], output: str | 
         raise AstroclassError(f"{output}: output exists (pass --overwrite to replace it)")
     if not output.parent.is_dir():
         raise AstroclassError(f"{output.parent}: output folder does not exist")
-    sources = list(expand_inputs(inputs, path_col, id_col))
+    sources = list(expand_inputs(inputs, path_col, id_col, allow_outside))
     if not sources:
         raise AstroclassError("no inputs to predict")
     counts = {"ok": 0, "failed": 0}

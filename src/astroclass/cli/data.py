@@ -74,6 +74,8 @@ def import_catalog_cmd(catalog: Annotated[Path, typer.Argument(help="CSV or FITS
                        label_col: Annotated[str, typer.Option(help="Column with class labels.")] = "label",
                        id_col: Annotated[Optional[str], typer.Option(help="Column with object ids "
                                                                           "(default: file stem).")] = None,
+                       allow_outside: Annotated[bool, typer.Option("--allow-outside", help="Let paths leave the "
+                                                                   "--root folder (absolute or ../ paths).")] = False,
                        size: Size = 76, channels: Channels = 3, bands: Bands = None, stretch: Stretch = "asinh",
                        interval: Interval = "percentile", percentile: Percentile = 99.5,
                        fits_magnitudes: Magnitudes = False, split: Split = "0.8,0.1,0.1",
@@ -83,6 +85,7 @@ def import_catalog_cmd(catalog: Annotated[Path, typer.Argument(help="CSV or FITS
     from astroclass.data.importers import import_catalog
 
     _done(import_catalog(catalog, output, root=root, path_col=path_col, label_col=label_col, id_col=id_col,
+                         allow_outside=allow_outside,
                          **_common(size, channels, bands, stretch, interval, percentile, fits_magnitudes, split, seed, workers,
                                    skip_bad, overwrite, min_per_class, duplicates)))
 

@@ -20,6 +20,8 @@ def predict_cmd(checkpoint: Checkpoint,
                 overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the output if it exists.")] = False,
                 path_col: Annotated[str, typer.Option(help="Image-path column of catalogue CSV inputs.")] = "path",
                 id_col: Annotated[Optional[str], typer.Option(help="Id column of catalogue CSV inputs.")] = None,
+                allow_outside: Annotated[bool, typer.Option("--allow-outside", help="Let catalogue CSV paths leave "
+                                                            "the catalogue's folder (absolute or ../ paths).")] = False,
                 device: Annotated[str, typer.Option(help="auto, cpu, cuda ...")] = "auto",
                 amp: Annotated[str, typer.Option(help="auto (bf16 autocast on CUDA GPUs and CPUs with AMX, as "
                                                       "training's evaluation; fp32 elsewhere), off (fp32) or bf16."
@@ -31,7 +33,7 @@ def predict_cmd(checkpoint: Checkpoint,
     from astroclass.predict import load, predict_to_csv
 
     res = predict_to_csv(load(checkpoint, device, amp), inputs, output, tta=tta, overwrite=overwrite, path_col=path_col,
-                         id_col=id_col, workers=workers, progress=not quiet)
+                         id_col=id_col, workers=workers, progress=not quiet, allow_outside=allow_outside)
     typer.echo(f"wrote {res['output']}: {res['ok']} predicted, {res['failed']} failed, "
                f"{res['images_per_s']:.0f} images/s{' (8-fold TTA)' if tta else ''}")
     if res["failed"]:
@@ -54,13 +56,15 @@ def info_cmd(checkpoint: Checkpoint,
     typer.echo(f"classes:      {', '.join(card['class_names'])}")
     typer.echo(f"bands:        {card.get('band_names') or '(8-bit image channels)'}")
     typer.echo(f"preprocessing: {card['image_spec']}")
-    typer.echo(f"trained on:   {card['dataset']} (content hash {card['dataset_hash'][:12]})")
-    cfg = card["config"]
-    typer.echo(f"config:       setup {cfg['setup']}, optimizer {cfg['optimizer']}, l2 {cfg['l2']}, maxnorm "
-               f"{cfg['maxnorm']}, seed {cfg['seed']}, best epoch {card.get('best_epoch')}")
+    typer.echo(f"trained on:   {card.get('dataset', '(not recorded)')} (content hash "
+               f"{str(card.get('dataset_hash') or '(not recorded)')[:12]})")
+    cfg = card.get("config") or {}
+    if cfg:
+        typer.echo(f"config:       setup {cfg.get('setup')}, optimizer {cfg.get('optimizer')}, l2 {cfg.get('l2')}, "
+                   f"maxnorm {cfg.get('maxnorm')}, seed {cfg.get('seed')}, best epoch {card.get('best_epoch')}")
     for split in ("val", "test"):
-        if split in m:
-            x = m[split]
+        x = m.get(split) or {}
+        if {"accuracy", "accuracy_ci95", "balanced_accuracy", "macro_f1", "ece", "n"} <= set(x):
             typer.echo(f"{split + ':':13s} accuracy {x['accuracy']:.4f} [{x['accuracy_ci95'][0]:.4f}, "
                        f"{x['accuracy_ci95'][1]:.4f}], balanced {x['balanced_accuracy']:.4f}, macro-F1 "
                        f"{x['macro_f1']:.4f}, ECE {x['ece']:.4f} (n={x['n']})")

@@ -1,6 +1,9 @@
 """Reading one image file into a (C, H, W) array at the target size.
 
-8-bit sources (PNG, JPEG, TIFF, ...) are read with Pillow and stored as uint8.
+8-bit sources (PNG, JPEG, TIFF, ...) are read with Pillow and stored as uint8. 16-bit greyscale PNG and
+TIFF are scaled by their bit depth (value / 257, rounded) to uint8; 32-bit integer images whose values fit
+16 bits are taken as 16-bit; floating-point images are refused (their scale is unknown: store them as FITS,
+whose scaling is described below).
 
 FITS sources are read with astropy. A FITS file may hold a 2-D image or a 3-D cube ordered
 (bands, y, x), in the first HDU that carries image data. Each band is scaled independently to
@@ -117,21 +120,30 @@ def array_to_stored(img: np.ndarray, spec: ImageSpec, where: str) -> np.ndarray:
     if mode is None:
         raise BadImageError(f"{where}: {img.shape[2]} channels is not an 8-bit image layout")
     pil = Image.fromarray(img[:, :, 0] if mode == "L" else img, mode=mode)
-    return _pil_to_array(pil, spec)
+    return _pil_to_array(pil, spec, where)
 
 
 def _read_8bit(path: Path, spec: ImageSpec) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im.load()
-            return _pil_to_array(im, spec)
+            return _pil_to_array(im, spec, str(path))
     except UnidentifiedImageError:
         raise BadImageError(f"{path}: not a readable image (unknown or corrupt format)") from None
     except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt data
         raise BadImageError(f"{path}: unreadable image ({exc})") from None
 
 
-def _pil_to_array(im: Image.Image, spec: ImageSpec) -> np.ndarray:
+def _pil_to_array(im: Image.Image, spec: ImageSpec, where: str) -> np.ndarray:
+    if im.mode.startswith("I"):  # 16-bit ("I;16", "I;16B"...) or 32-bit integer greyscale
+        a = np.asarray(im)
+        if a.size and (int(a.min()) < 0 or int(a.max()) > 65535):
+            raise BadImageError(f"{where}: 32-bit integer pixels beyond the 16-bit range ({int(a.min())} to "
+                                f"{int(a.max())}); store such data as FITS")
+        im = Image.fromarray(np.round(a.astype(np.float64) / 257).astype(np.uint8), mode="L")
+    elif im.mode == "F":
+        raise BadImageError(f"{where}: floating-point pixels, whose scale an image file does not say; store such "
+                            f"data as FITS (astroclass then scales each band, see --stretch/--interval)")
     im = im.convert("L" if spec.channels == 1 else "RGB")
     if im.size != (spec.size, spec.size):
         im = im.resize((spec.size, spec.size), Image.Resampling.LANCZOS)

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
+import os
 import re
 import tarfile
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +29,7 @@ from astroclass.data.images import ImageSpec, array_to_stored, is_image_file, re
 from astroclass.data.prepared import write_prepared
 from astroclass.data.splits import stratified_split
 from astroclass.errors import AstroclassError, BadImageError
+from astroclass.fileio import atomic_output, atomic_write_text
 from astroclass.parallel import parallel_map
 from astroclass.progress import Bar
 
@@ -85,8 +89,10 @@ def build_dataset(items: Sequence[Item], output: str | Path, spec: ImageSpec = I
                   fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0,
                   workers: int | None = None, skip_bad: bool = False, overwrite: bool = False,
                   min_per_class: int = 10, duplicates: str = "together",
-                  columns: dict[str, np.ndarray] | None = None, show_progress: bool = True) -> ImportReport:
-    """Decode, check, split and write ``items`` as a prepared dataset at ``output``."""
+                  columns: dict[str, np.ndarray] | None = None, show_progress: bool = True,
+                  skipped: Sequence[tuple[str, str]] = ()) -> ImportReport:
+    """Decode, check, split and write ``items`` as a prepared dataset at ``output`` (``skipped``: what the
+    source listing already left out, for ``OUTPUT.skipped.csv``)."""
     import time
 
     output = Path(output)
@@ -131,7 +137,7 @@ def build_dataset(items: Sequence[Item], output: str | Path, spec: ImageSpec = I
         more = f" (and {len(bad) - 1} more bad image(s); pass --skip-bad to leave them out)" if len(bad) > 1 else \
             " (pass --skip-bad to leave it out)"
         raise AstroclassError(first + more)
-    report.skipped = [(items[i].source, err) for i, err in sorted(bad)]
+    report.skipped = list(skipped) + [(items[i].source, err) for i, err in sorted(bad)]
     if not keep:
         raise AstroclassError(f"{source.get('path', 'source')}: no readable images")
 
@@ -144,22 +150,27 @@ def build_dataset(items: Sequence[Item], output: str | Path, spec: ImageSpec = I
     labels = np.array([class_index[it.label] for it in kept_items], dtype=np.int64)
 
     # exact duplicates: identical stored pixels
-    digests = [hashlib.sha1(a.tobytes()).hexdigest() for a in images]
-    first_of: dict[str, int] = {}
-    groups = np.empty(len(digests), dtype=np.int64)
-    for i, d in enumerate(digests):
-        groups[i] = first_of.setdefault(d, i)
-    repeated = [g for g, n in Counter(groups.tolist()).items() if n > 1]
-    dup_groups = [np.flatnonzero(groups == g) for g in repeated]
+    groups, dup_groups = _duplicate_groups(images)
+    conflicting = [g for g in dup_groups if len(set(labels[g])) > 1]
+    if conflicting:  # one image, two labels: which is right cannot be known
+        ex = [(kept_items[j].rel, kept_items[j].label) for j in conflicting[0]]
+        if not skip_bad:
+            raise AstroclassError(f"{len(conflicting)} image(s) appear with different labels, e.g. identical pixels "
+                                  f"in {ex}; fix the labels, or pass --skip-bad to leave every copy out")
+        drop = {int(j) for g in conflicting for j in g}
+        report.skipped += [(kept_items[j].source, f"identical to {[kept_items[k].rel for k in g if k != j]} "
+                            f"with another label") for g in conflicting for j in g]
+        sel = np.array([i for i in range(len(kept_items)) if i not in drop], dtype=np.int64)
+        if not len(sel):
+            raise AstroclassError(f"{source.get('path', 'source')}: no images left after leaving out those with "
+                                  f"conflicting labels")
+        kept_items, images, labels, keep = [kept_items[i] for i in sel], images[sel], labels[sel], [keep[i] for i in sel]
+        groups, dup_groups = _duplicate_groups(images)
     report.duplicates = [[kept_items[j].id for j in g] for g in dup_groups]
     if dup_groups:
-        conflicting = [g for g in dup_groups if len(set(labels[g])) > 1]
         desc = f"{len(dup_groups)} group(s) of identical images, e.g. {[kept_items[j].rel for j in dup_groups[0]]}"
         if duplicates == "error":
             raise AstroclassError(f"duplicate images found: {desc} (use --duplicates together|drop)")
-        if conflicting:
-            report.warnings.append(f"{len(conflicting)} group(s) of identical images carry different labels, e.g. "
-                                   f"{[(kept_items[j].rel, kept_items[j].label) for j in conflicting[0]]}")
         if duplicates == "drop":
             drop = {int(j) for g in dup_groups for j in g[1:]}
             sel = np.array([i for i in range(len(kept_items)) if i not in drop])
@@ -182,28 +193,51 @@ def build_dataset(items: Sequence[Item], output: str | Path, spec: ImageSpec = I
     col_arrays = {k: np.asarray(v)[keep] for k, v in (columns or {}).items()}
     options = {"image_spec": spec.to_dict(), "fractions": list(fractions), "seed": seed,
                "skip_bad": skip_bad, "duplicates": duplicates, "n_skipped": len(report.skipped)}
-    report.content_hash = write_prepared(
-        output, images=images, labels=labels, split=split, class_names=class_names,
-        ids=[it.id for it in kept_items], paths=[it.rel for it in kept_items], spec=spec,
-        source=source, options=options, band_names=band_names, split_seed=seed,
-        columns=col_arrays, overwrite=overwrite)
+    with _side_report(report):
+        report.content_hash = write_prepared(
+            output, images=images, labels=labels, split=split, class_names=class_names,
+            ids=[it.id for it in kept_items], paths=[it.rel for it in kept_items], spec=spec,
+            source=source, options=options, band_names=band_names, split_seed=seed,
+            columns=col_arrays, overwrite=overwrite)
     report.n_written = len(kept_items)
     report.class_counts = {
         s: {c: int(((split == k) & (labels == i)).sum()) for i, c in enumerate(class_names)}
         for k, s in enumerate(("train", "val", "test"))}
-    _write_side_reports(report)
     return report
 
 
-def _write_side_reports(report: ImportReport) -> None:
+def _duplicate_groups(images: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(index of the first identical image, per image; the groups of identical images, as index arrays)."""
+    first_of: dict[str, int] = {}
+    groups = np.array([first_of.setdefault(hashlib.sha1(a.tobytes()).hexdigest(), i) for i, a in enumerate(images)],
+                      dtype=np.int64)
+    repeated = [g for g, n in Counter(groups.tolist()).items() if n > 1]
+    return groups, [np.flatnonzero(groups == g) for g in repeated]
+
+
+@contextmanager
+def _side_report(report: ImportReport):
+    """Write ``OUTPUT.skipped.csv`` (or remove a stale one) before the dataset is written, so that a new
+    ``.h5`` never sits beside an older list; if writing the dataset fails, the previous list comes back."""
     side = report.output.with_name(report.output.name + ".skipped.csv")
+    before = side.read_bytes() if side.is_file() else None
     if report.skipped:
-        with open(side, "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["source", "reason"])
-            w.writerows(report.skipped)
-    elif side.exists():
-        side.unlink()
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["source", "reason"])
+        w.writerows(report.skipped)
+        atomic_write_text(side, buf.getvalue())
+    else:
+        side.unlink(missing_ok=True)
+    try:
+        yield
+    except BaseException:
+        if before is None:
+            side.unlink(missing_ok=True)
+        else:
+            with atomic_output(side) as tmp:
+                tmp.write_bytes(before)
+        raise
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,9 +293,21 @@ def read_table(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
     return cols, rows
 
 
+def catalog_path(root: Path, rel: str, where: str, allow_outside: bool = False) -> Path:
+    """The file a catalogue row names: ``rel`` relative to ``root``. A path that leaves ``root`` (absolute,
+    or climbing out with ``..``) is an error naming ``where`` unless ``allow_outside``: a catalogue from
+    elsewhere must not make astroclass read files its user did not mean to give it."""
+    full = Path(os.path.normpath(root / rel))
+    if not allow_outside and not Path(os.path.abspath(full)).is_relative_to(os.path.abspath(root)):
+        raise AstroclassError(f"{where}: {rel!r} is outside {root}, the folder the catalogue's paths are relative "
+                              f"to (pass --allow-outside to read files elsewhere)")
+    return full
+
+
 def catalog_items(catalog: str | Path, root: str | Path | None = None, path_col: str = "path",
-                  label_col: str = "label", id_col: str | None = None) -> list[Item]:
-    """A CSV (or FITS table) with an image-path column and a label column; paths relative to root."""
+                  label_col: str = "label", id_col: str | None = None, allow_outside: bool = False) -> list[Item]:
+    """A CSV (or FITS table) with an image-path column and a label column; paths relative to root (default:
+    the catalogue's folder), which they may not leave unless ``allow_outside``."""
     catalog = Path(catalog)
     root = Path(root) if root is not None else catalog.parent
     cols, rows = read_table(catalog)
@@ -276,7 +322,8 @@ def catalog_items(catalog: str | Path, root: str | Path | None = None, path_col:
         if not label:
             raise AstroclassError(f"{catalog}, row {n}: empty {label_col!r} for {rel}")
         ident = (row.get(id_col) or "").strip() if id_col else Path(rel).stem
-        items.append(Item(str(root / rel), label, ident or Path(rel).stem, rel))
+        full = catalog_path(root, rel, f"{catalog}, row {n}", allow_outside)
+        items.append(Item(str(full), label, ident or Path(rel).stem, rel))
     return items
 
 
@@ -426,16 +473,13 @@ def import_efigi(catalog: str | Path, images: str | Path, view: str, output: str
 def import_folder(root: str | Path, output: str | Path, **kw) -> ImportReport:
     skipped: list = []
     items = folder_items(root, skip_bad=kw.get("skip_bad", False), skipped=skipped)
-    report = build_dataset(items, output, source=sources_json("folder", root), **kw)
-    if skipped:
-        report.skipped = skipped + report.skipped
-        _write_side_reports(report)
-    return report
+    return build_dataset(items, output, source=sources_json("folder", root), skipped=skipped, **kw)
 
 
 def import_catalog(catalog: str | Path, output: str | Path, root: str | Path | None = None, path_col: str = "path",
-                   label_col: str = "label", id_col: str | None = None, **kw) -> ImportReport:
-    items = catalog_items(catalog, root, path_col, label_col, id_col)
+                   label_col: str = "label", id_col: str | None = None, allow_outside: bool = False,
+                   **kw) -> ImportReport:
+    items = catalog_items(catalog, root, path_col, label_col, id_col, allow_outside)
     src = sources_json("catalog", catalog, root=str(root) if root else None, path_col=path_col, label_col=label_col)
     return build_dataset(items, output, source=src, **kw)
 

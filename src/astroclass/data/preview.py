@@ -52,6 +52,8 @@ def contact_sheet(ds: PreparedDataset, output: str | Path, per_class: int = 8, s
     fig.suptitle(f"{ds.path.name}: {len(ds)} images, {ds.image_shape}", fontsize=9)
     fig.tight_layout()
     output = Path(output)
-    fig.savefig(output, dpi=100)
+    from astroclass.fileio import save_figure
+
+    save_figure(fig, output, dpi=100)
     plt.close(fig)
     return output

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from astroclass.errors import AstroclassError
+from astroclass.fileio import pid_alive
 
 SCHEMA_VERSION = 1
 STATUSES = ("pending", "running", "done", "failed")
@@ -53,16 +54,6 @@ CREATE TABLE IF NOT EXISTS history (
     train_loss REAL, train_accuracy REAL, val_loss REAL, val_accuracy REAL, lr REAL, seconds REAL,
     PRIMARY KEY (run_id, phase, epoch));
 """
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def status_counts(runs: Iterable, ids: Sequence[str] | None = None) -> dict[str, int]:
@@ -91,12 +82,15 @@ class Store:
 
     def __init__(self, path: str | Path, create: bool = True):
         self.path = Path(path)
-        if not self.path.exists() and not create:
+        existed = self.path.exists()
+        if not existed and not create:
             raise AstroclassError(f"{self.path}: no results store here")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
             self.db.row_factory = sqlite3.Row
+            if existed:
+                self._quick_check()
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA busy_timeout=60000")
             self.db.execute("PRAGMA foreign_keys=ON")
@@ -115,6 +109,26 @@ class Store:
             raise AstroclassError(f"{self.path}: not a usable results store ({exc})") from None
         except OSError as exc:
             raise AstroclassError(f"{self.path}: cannot create the results store ({exc})") from None
+
+    def _quick_check(self) -> None:
+        """SQLite's quick_check: a store whose header is intact but whose pages are damaged (a disk error,
+        a copy cut short) is named as such, with the way to recover what can be, before anything reads it."""
+        try:
+            problems = [r[0] for r in self.db.execute("PRAGMA quick_check(5)")]
+        except sqlite3.DatabaseError as exc:
+            self.db.close()
+            if "not a database" in str(exc):
+                raise AstroclassError(f"{self.path}: not a results store ({exc})") from None
+            problems = [str(exc)]
+        if problems != ["ok"]:
+            self.db.close()
+            raise self._damaged("; ".join(problems), "Nothing was read or changed")
+
+    def _damaged(self, problem: str, done: str) -> AstroclassError:
+        return AstroclassError(
+            f"{self.path}: the results store is damaged ({problem[:300]}). {done}. Recover what is left into a new "
+            f"store with `sqlite3 {self.path} .recover | sqlite3 recovered.sqlite`, then move it into place, or "
+            f"restore a backup; `grid run` then re-trains the runs that were lost")
 
     def _schema_version(self) -> int | None:
         has = self.db.execute("SELECT name FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()
@@ -138,7 +152,12 @@ class Store:
             yield self.db
             self.db.execute("COMMIT")
         except sqlite3.DatabaseError as exc:
-            self._rollback()
+            try:
+                self._rollback()
+            except sqlite3.DatabaseError:
+                pass
+            if "malformed" in str(exc):  # damage found after opening (quick_check reads no data pages)
+                raise self._damaged(str(exc), "Nothing of this step was recorded") from None
             raise AstroclassError(f"{self.path}: could not write to the results store ({exc}); nothing of this "
                                   f"step was recorded, everything recorded before is intact") from None
         except BaseException:

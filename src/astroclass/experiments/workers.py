@@ -9,15 +9,13 @@ kills it when the driver dies (parent-death signal), elsewhere it checks between
 
 from __future__ import annotations
 
-import os
-import signal
-import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from astroclass.errors import AstroclassError
+from astroclass.parallel import check_parent, die_with_parent
 
 AUTO_GROUP = 24
 """Most runs a driver hands one worker under ``fuse: auto`` (a paper grid cell); the worker trains them in
@@ -89,24 +87,6 @@ def execute_group(job: GroupJob, emit: Callable[[str, dict], None], heartbeat: C
             rest = []
         pending = rest
     return ok
-
-
-def die_with_parent(parent_pid: int) -> None:
-    """Have the kernel kill this process when its parent dies (Linux); exit now if it already has."""
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
-    check_parent(parent_pid)
-
-
-def check_parent(parent_pid: int) -> None:
-    """Exit at once if the driver that started this worker is gone (this process was re-parented)."""
-    if os.getppid() != parent_pid:
-        os._exit(3)
 
 
 def worker_main(conn, parent_pid: int, max_groups: int) -> None:

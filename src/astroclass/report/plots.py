@@ -21,7 +21,9 @@ def _plt():
 
 
 def save(fig, path: Path) -> Path:
-    fig.savefig(path, dpi=90, metadata={"Software": None})
+    from astroclass.fileio import save_figure
+
+    save_figure(fig, path, dpi=90, metadata={"Software": None})
     _plt().close(fig)
     return path
 
