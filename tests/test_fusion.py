@@ -30,13 +30,15 @@ def backbone_weights(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("setup", ["scratch", "pretrained"])
-def test_every_fused_run_equals_the_same_run_trained_alone(tiny_h5, tmp_path, setup, backbone_weights, monkeypatch):
+@pytest.mark.parametrize("variant", ["scratch", "pretrained", "pretrained, frozen_bn: batch"])
+def test_every_fused_run_equals_the_same_run_trained_alone(tiny_h5, tmp_path, variant, backbone_weights, monkeypatch):
     """CPU, fp32, a tiny timm backbone (with batch-norm layers) and the paper's head. The group mixes the four
     optimisers, λ ∈ {0, 0.1}, γ ∈ {0, 2} and one class-weighted, augmented run; half the runs have 2 epochs and
     patience is 1, so runs stop at different epochs and the group shrinks on the way (rebuilt with the runs
     left, their weights and optimiser moments moved over)."""
-    extra = dict(weights=str(backbone_weights), head_epochs=2, unfreeze_layers=4) if setup == "pretrained" else {}
+    setup = variant.split(",")[0]
+    extra = dict(weights=str(backbone_weights), head_epochs=2, unfreeze="params:4",
+                 frozen_bn="batch" if "batch" in variant else "moving") if setup == "pretrained" else {}
     combos = list(itertools.product(["rmsprop", "adam", "radam", "sgd"], [0.0, 0.1], [0.0, 2.0]))[::2]
     configs = [RunConfig(dataset=str(tiny_h5), model="test_efficientnet", setup=setup, optimizer=o, l2=l2, maxnorm=mn,
                          seed=i, epochs=2 if i % 2 == 0 else 6, patience=1, batch_size=16, amp="off", **extra)

@@ -14,7 +14,7 @@ import torch
 
 from astroclass.errors import AstroclassError
 from astroclass.models import (PAPER_MODELS, build_model, efficientnet_lite0_package_state, layers, set_trainable,
-                               train_mode)
+                               train_mode, unfreeze_parameters)
 
 
 def test_head_shapes_and_initialisation():
@@ -113,18 +113,109 @@ def test_freezing_phase1_bit_identical_and_phase2_only_last_k_layers():
             torch.nn.functional.cross_entropy(m(x), y).backward()
             opt.step()
 
-    set_trainable(m, 0)
+    set_trainable(m, [])
     steps(torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=1e-2))
     after1 = m.backbone.state_dict()
     assert all(torch.equal(before[k], after1[k]) for k in before)  # weights and BN statistics
-    names = set_trainable(m, 7)
-    assert len(names) == 7 and names == [n for n, _ in layers(m.backbone)][-7:]
+    names = set_trainable(m, unfreeze_parameters("efficientnet_lite0", m.backbone, "7"))  # no Keras list: params:7
+    last7 = [n for n, _ in layers(m.backbone)][-7:]
+    assert {n.rsplit(".", 1)[0] for n in names} == set(last7) and "conv_head" in last7
     snap = {k: v.clone() for k, v in m.backbone.state_dict().items()}
     steps(torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.1, momentum=0.9))
     after2 = m.backbone.state_dict()
     changed = {k.rsplit(".", 1)[0] for k in snap if not torch.equal(snap[k], after2[k])}
-    assert changed and changed <= set(names)
+    assert changed and changed <= set(last7)
     assert any(n.startswith("conv_head") or n.startswith("bn2") for n in changed)
+
+
+KERAS_7 = {  # the paper's base_model.layers[-7:] in Keras, as timm parameters
+    "vgg16": ["features.19.weight", "features.19.bias", "features.21.weight", "features.21.bias", "features.24.weight",
+              "features.24.bias", "features.26.weight", "features.26.bias", "features.28.weight", "features.28.bias"],
+    "inception_v3": ["Mixed_7c.branch_pool.bn.bias"],
+    "inception_resnet_v2": ["block8.conv2d.weight", "block8.conv2d.bias", "conv2d_7b.conv.weight", "conv2d_7b.bn.bias"],
+    "resnext50_32x4d": ["layer4.2.bn2.weight", "layer4.2.bn2.bias", "layer4.2.conv3.weight", "layer4.2.bn3.weight",
+                        "layer4.2.bn3.bias"],
+    "densenet121": ["features.denseblock4.denselayer16.conv1.weight", "features.denseblock4.denselayer16.norm2.weight",
+                    "features.denseblock4.denselayer16.norm2.bias", "features.denseblock4.denselayer16.conv2.weight",
+                    "features.norm5.weight", "features.norm5.bias"],
+}
+PARAMS_7 = {  # the last 7 timm leaf modules with parameters of their own (earlier versions' count)
+    "vgg16": [f"features.{i}.{p}" for i in (14, 17, 19, 21, 24, 26, 28) for p in ("weight", "bias")],
+    "inception_v3": [f"Mixed_7c.{b}.conv.weight" for b in ("branch3x3_2a", "branch3x3_2b", "branch3x3dbl_1",
+                                                           "branch3x3dbl_2", "branch3x3dbl_3a", "branch3x3dbl_3b",
+                                                           "branch_pool")],
+    "inception_resnet_v2": ["repeat_2.8.conv2d.weight", "repeat_2.8.conv2d.bias", "block8.branch0.conv.weight",
+                            "block8.branch1.0.conv.weight", "block8.branch1.1.conv.weight",
+                            "block8.branch1.2.conv.weight", "block8.conv2d.weight", "block8.conv2d.bias",
+                            "conv2d_7b.conv.weight"],
+    "resnext50_32x4d": ["layer4.1.bn3.weight", "layer4.1.bn3.bias", "layer4.2.conv1.weight", "layer4.2.bn1.weight",
+                        "layer4.2.bn1.bias", "layer4.2.conv2.weight", "layer4.2.bn2.weight", "layer4.2.bn2.bias",
+                        "layer4.2.conv3.weight", "layer4.2.bn3.weight", "layer4.2.bn3.bias"],
+    "densenet121": [f"features.denseblock4.denselayer{a}.conv{b}.weight"
+                    for a, b in ((13, 2), (14, 1), (14, 2), (15, 1), (15, 2), (16, 1), (16, 2))],
+}
+
+
+@pytest.mark.parametrize("name", list(PAPER_MODELS))
+def test_phase_2_trains_exactly_the_keras_or_the_params_count_of_layers(name):
+    """Which timm parameters train in phase 2 under keras:7 (default for paper backbones) and params:7; and
+    every shipped Keras layer maps to timm parameters of exactly its weights' sizes."""
+    from astroclass.models import keras_tails
+
+    m = build_model(name, num_classes=2, input_size=76)
+    for unfreeze, expect in (("keras:7", KERAS_7[name]), ("7", KERAS_7[name]), ("params:7", PARAMS_7[name])):
+        set_trainable(m, unfreeze_parameters(name, m.backbone, unfreeze))
+        assert [n for n, p in m.backbone.named_parameters() if p.requires_grad] == expect, unfreeze
+        assert all(p.requires_grad for p in m.head_parameters())
+    own = dict(m.backbone.named_parameters())
+    tail = keras_tails()[name]["tail"]
+    for e in tail:
+        keras_size = sum(math.prod(shape) for shape in e["weights"].values())
+        assert keras_size == sum(own[t].numel() for t in e["timm"]), e
+    assert tail[-7]["keras"] == {"vgg16": "block4_conv2", "densenet121": "conv5_block16_1_conv",
+                                 "resnext50_32x4d": "conv5_block3_2_gconv", "inception_v3": "activation_92",
+                                 "inception_resnet_v2": "activation_202"}[name]
+    with pytest.raises(AstroclassError, match=f"covers its last {len(tail)} layers"):
+        unfreeze_parameters(name, m.backbone, f"keras:{len(tail) + 1}")
+
+
+def test_keras_counts_exist_only_for_the_paper_backbones():
+    m = build_model("test_resnet", num_classes=2, input_size=32)
+    with pytest.raises(AstroclassError, match="not 'test_resnet'; use params:7"):
+        unfreeze_parameters("test_resnet", m.backbone, "keras:7")
+    assert unfreeze_parameters("test_resnet", m.backbone, "7") == unfreeze_parameters("test_resnet", m.backbone,
+                                                                                     "params:7")
+
+
+@pytest.mark.parametrize("frozen_bn", ["batch", "moving"])
+def test_frozen_batch_norm_uses_batch_or_moving_statistics_and_never_updates_them(frozen_bn):
+    torch.manual_seed(0)
+    m = build_model("test_resnet", num_classes=2, input_size=32)
+    bn = next(mod for _, mod in m.backbone.named_modules() if type(mod) is torch.nn.BatchNorm2d)
+    with torch.no_grad():
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+        bn.weight.uniform_(0.5, 2)
+        bn.bias.uniform_(-1, 1)
+    stats = [bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone()]
+    seen = {}
+    bn.register_forward_hook(lambda mod, inp, out: seen.update(x=inp[0].detach().clone(), y=out.detach().clone()))
+    set_trainable(m, [])  # the head phase: every backbone layer frozen
+    train_mode(m, frozen_bn)
+    m(torch.rand(8, 3, 32, 32))
+    x = seen["x"]
+    if frozen_bn == "batch":  # Keras 2.2: the mini-batch's statistics (biased variance)
+        mean, var = x.mean((0, 2, 3)), x.var((0, 2, 3), unbiased=False)
+    else:
+        mean, var = stats[0], stats[1]
+    expect = (x - mean[None, :, None, None]) / torch.sqrt(var[None, :, None, None] + bn.eps) \
+        * bn.weight[None, :, None, None] + bn.bias[None, :, None, None]
+    torch.testing.assert_close(seen["y"], expect, atol=1e-4, rtol=1e-4)
+    assert all(torch.equal(a, b) for a, b in zip(stats, [bn.running_mean, bn.running_var, bn.num_batches_tracked]))
+    set_trainable(m, "all")  # an unfrozen layer trains as usual: batch statistics, running statistics updated
+    train_mode(m, frozen_bn)
+    m(torch.rand(8, 3, 32, 32))
+    assert bn.training and not torch.equal(stats[0], bn.running_mean)
 
 
 def test_package_weights_recognise_a_cat():

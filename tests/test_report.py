@@ -174,6 +174,9 @@ def test_report_files_and_determinism(hand_store, tmp_path, cli):
         assert (tmp_path / "a" / "tables" / f"table{n}.md").exists()
         assert (tmp_path / "a" / "tables" / f"table{n}.tex").exists()
     assert "Table 2 vs paper" in page and "loss became nan" in page
+    # runs recorded before the unfreeze/frozen_bn options: what they did is said
+    assert ("Fine-tuning: 2 run(s) unfroze params:7 (the last modules with weights), frozen batch norms on their "
+            "moving statistics.") in page
     assert "SG / DenseNet121 / pretrained" in page  # what is missing is said
     assert "http://" not in page and "https://" not in page and "<script" not in page
     assert page.count("<img") >= 3 and page.count('src="data:image/png;base64,') == page.count("<img")
@@ -262,3 +265,25 @@ def test_report_opens_in_headless_chromium(tiny_experiment, tmp_path):
     assert n_images >= 4 and decoded
     assert heading.startswith("astroclass report")
     assert (tmp_path / "first_screen.png").stat().st_size > 10_000
+
+
+def test_a_store_with_damaged_pages_is_named_with_the_way_to_recover(hand_store, tmp_path, cli):
+    """The header is intact (SQLite opens it), pages behind it are garbage: every command that opens the store
+    says it is damaged and how to recover, instead of a DatabaseError traceback, and writes nothing."""
+    path = hand_store / "store.sqlite"
+    data = bytearray(path.read_bytes())
+    page = int.from_bytes(data[16:18], "big")
+    assert len(data) >= 4 * page
+    data[2 * page:4 * page] = bytes((i * 7 + 3) % 256 for i in range(2 * page))
+    path.write_bytes(bytes(data))
+    assert sqlite3.connect(path).execute("PRAGMA page_size").fetchone()[0] == page  # the header still reads
+    before = path.read_bytes()
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"datasets": {"SG": "sg.h5"}, "models": ["vgg16"]}))
+    for args in (("report", hand_store, "-o", tmp_path / "r"), ("grid", "export", hand_store, "-o", tmp_path / "e.csv"),
+                 ("grid", "status", spec, "-e", hand_store)):
+        code, out, err = cli(*args)
+        assert code == 1, (args, out, err)
+        assert "the results store is damaged" in err and ".recover" in err and "Traceback" not in out + err, err
+    assert path.read_bytes() == before
+    assert not (tmp_path / "e.csv").exists()

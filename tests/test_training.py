@@ -143,7 +143,7 @@ def test_pretrained_setup_has_head_and_finetune_phases(tiny_h5, tmp_path):
     from astroclass.models import build_model, layers
 
     cfg = RunConfig(dataset=str(tiny_h5), model="efficientnet_lite0", setup="pretrained", head_epochs=2, epochs=3,
-                    patience=3, batch_size=16, optimizer="radam", unfreeze_layers=2, amp="off")
+                    patience=3, batch_size=16, optimizer="radam", unfreeze="params:2", amp="off")
     res = train(cfg, tmp_path / "p", progress=False)
     rows = list(csv.DictReader(open(tmp_path / "p" / "history.csv")))
     assert [r["phase"] for r in rows] == ["head", "head", "finetune", "finetune", "finetune"]
@@ -156,6 +156,42 @@ def test_pretrained_setup_has_head_and_finetune_phases(tiny_h5, tmp_path):
     moved = {k.removeprefix("backbone.").rsplit(".", 1)[0] for k, v in ref.state_dict().items()
              if k.startswith("backbone.") and v.dtype.is_floating_point and not torch.equal(v, trained[k])}
     assert moved == unfrozen, (moved, unfrozen)
+    assert res.environment["finetune"] == {"unfreeze": "params:2", "frozen_bn": "moving"}
+    # Keras 2.2's frozen batch norms (the paper's): batch statistics while training, running statistics kept
+    res_b = train(RunConfig(**{**cfg.to_dict(), "frozen_bn": "batch"}), tmp_path / "b", progress=False)
+    assert res_b.environment["finetune"] == {"unfreeze": "params:2", "frozen_bn": "batch"}
+    trained_b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["state_dict"]
+    moved_b = {k.removeprefix("backbone.").rsplit(".", 1)[0] for k, v in ref.state_dict().items()
+               if k.startswith("backbone.") and v.dtype.is_floating_point and not torch.equal(v, trained_b[k])}
+    assert moved_b == unfrozen
+    rows_b = list(csv.DictReader(open(tmp_path / "b" / "history.csv")))
+    assert rows_b[0]["train_loss"] != rows[0]["train_loss"]  # the head saw other features from epoch 1
+    assert RunConfig(dataset="x", paper_exact=True).resolved_frozen_bn() == "batch"
+
+
+def test_configs_of_earlier_versions_still_load(tmp_path):
+    """unfreeze_layers: N (earlier versions: parameterised modules) reads as unfreeze: params:N, in run config
+    files and in grid specs; pretrained runs always carry unfreeze and frozen_bn in their ids."""
+    from astroclass.experiments import GridSpec
+    from astroclass.experiments.spec import run_id
+
+    (tmp_path / "old.yaml").write_text("dataset: sg.h5\nmodel: vgg16\nsetup: pretrained\nunfreeze_layers: 4\n")
+    assert RunConfig.from_yaml(tmp_path / "old.yaml").unfreeze == "params:4"
+    (tmp_path / "spec.yaml").write_text("datasets: {SG: sg.h5}\nmodels: [vgg16]\nsetups: [scratch, pretrained]\n"
+                                        "axes: {unfreeze_layers: [2, 4]}\n")
+    runs = GridSpec.load(tmp_path / "spec.yaml").expand()
+    assert sorted({r.config["unfreeze"] for r in runs}) == ["params:2", "params:4"]
+    axes = ("dataset", "model", "setup", "l2", "maxnorm", "optimizer", "seed")  # what earlier ids hashed
+    scratch = RunConfig(dataset="SG", model="vgg16").to_dict()
+    assert run_id(scratch) == run_id({k: scratch[k] for k in axes})  # scratch ids unchanged
+    pre = RunConfig(dataset="SG", model="vgg16", setup="pretrained").to_dict()
+    assert run_id(pre) != run_id({k: pre[k] for k in axes})  # a pretrained run of an earlier version is not today's
+    with pytest.raises(AstroclassError, match="unfreeze must be N, keras:N or params:N"):
+        RunConfig(dataset="x", unfreeze="last:7").validate()
+    (tmp_path / "bad.yaml").write_text("datasets: {SG: sg.h5}\nmodels: [test_resnet]\nsetups: [pretrained]\n"
+                                       "train: {unfreeze: keras:7}\n")
+    with pytest.raises(AstroclassError, match="bad.yaml: unfreeze keras:7: Keras layer lists ship"):
+        GridSpec.load(tmp_path / "bad.yaml")
 
 
 def test_nan_loss_marks_the_run_failed_and_keeps_history(tiny_h5, tmp_path):
@@ -261,3 +297,14 @@ def test_non_positive_learning_rates_are_refused_with_one_line(cli, tiny_h5):
     assert code == 1 and "lr must be a positive number, got -1.0" in err and "Traceback" not in err
     with pytest.raises(AstroclassError, match="finetune_lr must be a positive number"):
         RunConfig(dataset="x", finetune_lr=0).validate()
+
+
+def test_run_folder_that_is_a_file_and_fixed_input_size_models_are_one_line_errors(cli, tiny_h5, tmp_path):
+    (tmp_path / "taken").write_text("my notes")
+    code, out, err = cli("train", tiny_h5, "--model", "test_resnet", "--epochs", "1", "-o", tmp_path / "taken", "-q")
+    assert code == 1 and "taken: exists and is not a folder" in err and "Traceback" not in out + err
+    assert (tmp_path / "taken").read_text() == "my notes"
+    for model in ("vit_tiny_patch16_224", "swin_tiny_patch4_window7_224"):
+        code, out, err = cli("train", tiny_h5, "--model", model, "--epochs", "1", "-o", tmp_path / model, "-q")
+        assert code == 1 and f"model {model!r} cannot take 3x32x32 inputs" in err, err
+        assert "built for 224x224 pixels: import the data with --size 224" in err and "Traceback" not in out + err

@@ -15,17 +15,23 @@ default slope 0.3), Dropout 0.5 and a softmax layer. Here:
   buffers (ImageNet statistics of the weights for fine-tuning, none for scratch), so a
   checkpoint carries its preprocessing.
 
-A "layer", for the fine-tuning setup's "unfreeze the last k layers", is a leaf module of the
-backbone that holds parameters of its own (a convolution, a normalisation layer, a linear
-layer), in registration order. Keras counted every layer object (activations, pooling and
-concatenations too); parameter-free layers have nothing to unfreeze, so counting only the
-parameterised ones unfreezes a comparable depth: k = 7 reaches the last one or two
-convolutional blocks of each paper backbone.
+Fine-tuning's "unfreeze the last k layers" (``unfreeze`` run option) is counted two ways:
+
+* ``keras:k`` (the paper's): the last k layers of the backbone as Keras Applications builds it,
+  counting every layer object (activations, pooling, padding, concatenations) in Keras' layer order.
+  The tails of the five paper backbones ship in ``reference/keras_tails.yaml`` (written by
+  ``tools/keras_tails.py``), each Keras layer mapped to the timm parameters that hold its weights:
+  for VGG16, k = 7 trains 5 convolutions; for DenseNet121, 2 convolutions and 2 batch norms; for
+  InceptionV3, only the beta of one batch norm (Keras' ``scale=False``);
+* ``params:k``: the last k leaf modules of the timm backbone that hold parameters of their own
+  (convolutions, plain normalisation layers, linear layers), in registration order: the count of
+  earlier versions' ``unfreeze_layers``.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 from pathlib import Path
 
@@ -175,39 +181,79 @@ def matmul_1x1(model: nn.Module, enable: bool = True) -> int:
 
 
 def layers(backbone: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The backbone's "layers": leaf modules with parameters of their own, in registration order."""
+    """The backbone's leaf modules with parameters of their own, in registration order: what ``params:k``
+    counts (as earlier versions' ``unfreeze_layers`` did; timm's BatchNormAct2d, a norm layer with its
+    activation as a child module, is not a leaf and is not counted)."""
     return [(n, m) for n, m in backbone.named_modules()
             if len(list(m.children())) == 0 and any(True for _ in m.parameters(recurse=False))]
 
 
-def set_trainable(model: AstroNet, backbone_layers: int | str) -> list[str]:
-    """Freeze the backbone except its last ``backbone_layers`` layers ("all" unfreezes everything).
+@functools.lru_cache(maxsize=1)
+def keras_tails() -> dict[str, dict]:
+    """The shipped Keras layer tails of the paper backbones (see the module docstring)."""
+    import yaml
+    from importlib import resources
 
-    Frozen batch-norm layers are kept in eval mode (see :func:`train_mode`), so their running
-    statistics, like their weights, stay bit-identical. Returns the names of the trainable layers.
-    """
-    all_layers = layers(model.backbone)
-    for p in model.backbone.parameters():
-        p.requires_grad_(backbone_layers == "all")
+    return yaml.safe_load(resources.files("astroclass").joinpath("reference/keras_tails.yaml").read_text())
+
+
+def resolve_unfreeze(model: str, unfreeze: str) -> str:
+    """``unfreeze`` as "keras:N" or "params:N" for ``model`` (a bare N: keras where a Keras tail ships)."""
+    kind, _, count = str(unfreeze).rpartition(":")
+    tail = keras_tails().get(timm_name(model))
+    if not kind:
+        kind = "keras" if tail else "params"
+    if kind == "keras":
+        if not tail:
+            raise AstroclassError(f"unfreeze keras:{count}: Keras layer lists ship for the paper's backbones "
+                                  f"({', '.join(keras_tails())}), not {model!r}; use params:{count}")
+        if int(count) > len(tail["tail"]):
+            raise AstroclassError(f"unfreeze keras:{count}: the shipped Keras list of {model} covers its last "
+                                  f"{len(tail['tail'])} layers; use params:N for deeper fine-tuning")
+    return f"{kind}:{int(count)}"
+
+
+def unfreeze_parameters(model: str, backbone: nn.Module, unfreeze: str) -> list[str]:
+    """The backbone parameter names that phase 2 trains under ``unfreeze`` ("keras:N" or "params:N")."""
+    kind, count = resolve_unfreeze(model, unfreeze).split(":")
+    k = int(count)
+    if kind == "params":
+        chosen = layers(backbone)[len(layers(backbone)) - k:] if k > 0 else []
+        return [f"{n}.{p}" if n else p for n, m in chosen for p, _ in m.named_parameters(recurse=False)]
+    names = [t for e in keras_tails()[timm_name(model)]["tail"][-k:] for t in e["timm"]] if k > 0 else []
+    own = dict(backbone.named_parameters())
+    missing = [n for n in names if n not in own]
+    if missing:
+        raise AstroclassError(f"{model}: the Keras layer list names timm parameters {missing[:3]} that this timm "
+                              f"version's model does not have; use params:{k}")
+    return names
+
+
+def set_trainable(model: AstroNet, backbone: str | list[str]) -> list[str]:
+    """Freeze the backbone except the parameters named in ``backbone`` ("all": everything trains; see
+    :func:`unfreeze_parameters`); the head always trains. Returns the names of the trainable backbone
+    parameters. Frozen batch-norm layers are handled by :func:`train_mode`."""
     for p in model.head_parameters():
         p.requires_grad_(True)
-    if backbone_layers == "all":
-        return [n for n, _ in all_layers]
-    k = int(backbone_layers)
-    chosen = all_layers[len(all_layers) - k:] if k > 0 else []
-    for _, m in chosen:
-        for p in m.parameters(recurse=False):
-            p.requires_grad_(True)
-    return [n for n, _ in chosen]
+    named = dict(model.backbone.named_parameters())
+    chosen = set(named) if backbone == "all" else set(backbone)
+    for n, p in named.items():
+        p.requires_grad_(n in chosen)
+    return [n for n in named if n in chosen]
 
 
-def train_mode(model: AstroNet) -> None:
-    """model.train(), except that normalisation layers whose parameters are frozen stay in eval mode."""
+def train_mode(model: AstroNet, frozen_bn: str = "moving") -> None:
+    """model.train(), except for batch-norm layers whose parameters are all frozen: with ``frozen_bn``
+    "moving" they stay in eval mode (normalising with their running statistics, which stay bit-identical);
+    with "batch" (Keras 2.2) they normalise with each mini-batch's statistics and leave their running
+    statistics unchanged. A layer with any trainable parameter trains as usual."""
     model.train()
     for m in model.backbone.modules():
         if isinstance(m, nn.modules.batchnorm._NormBase):
             params = list(m.parameters(recurse=False))
-            if params and not any(p.requires_grad for p in params):
+            frozen = bool(params) and not any(p.requires_grad for p in params)
+            m.track_running_stats = not (frozen and frozen_bn == "batch")
+            if frozen and frozen_bn == "moving":
                 m.eval()
 
 
@@ -250,8 +296,12 @@ def build_model(name: str, num_classes: int, in_chans: int = 3, input_size: int 
         backbone.eval()
         try:
             f = backbone.forward_features(torch.zeros(1, in_chans, input_size, input_size))
-        except (RuntimeError, ValueError) as exc:
-            raise AstroclassError(f"model {name!r} cannot take {in_chans}x{input_size}x{input_size} inputs ({exc})") from None
+        except (RuntimeError, ValueError, AssertionError) as exc:  # timm's fixed-size models assert
+            fixed = cfg.get("input_size")
+            hint = (f"; it is built for {fixed[-2]}x{fixed[-1]} pixels: import the data with --size {fixed[-1]}, or "
+                    f"choose a convolutional model" if isinstance(exc, AssertionError) and fixed else "")
+            raise AstroclassError(f"model {name!r} cannot take {in_chans}x{input_size}x{input_size} inputs "
+                                  f"({str(exc).splitlines()[0][:200]}){hint}") from None
         backbone.train(was)
     num_features = f.shape[1] if pooling == "avg" else int(math.prod(f.shape[1:]))
     return AstroNet(backbone, num_features, num_classes, pooling, mean, std, in_chans)

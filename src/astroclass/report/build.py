@@ -41,6 +41,29 @@ def _precisions(done: list) -> str:
             f"metric are computed in fp32.")
 
 
+def _finetuning(done: list) -> str:
+    """How the pretrained runs fine-tuned, as a sentence: which layers phase 2 trained, and how frozen batch
+    norms normalised (runs of versions before these options: params:N, moving statistics)."""
+    from collections import Counter
+
+    kinds = Counter()
+    for r in done:
+        if r.setup != "pretrained":
+            continue
+        ft = (r.metrics.get("environment") or {}).get("finetune")
+        if ft is None:
+            n = r.config.get("unfreeze_layers", 7)
+            ft = {"unfreeze": f"params:{n}", "frozen_bn": "moving"}
+        kinds[(ft["unfreeze"], ft["frozen_bn"])] += 1
+    if not kinds:
+        return ""
+    bn = {"batch": "batch statistics (Keras 2.2, as in the paper)", "moving": "their moving statistics"}
+    count = {"keras": "the last layers as Keras counts them", "params": "the last modules with weights"}
+    parts = "; ".join(f"{n} run(s) unfroze {u} ({count[u.split(':')[0]]}), frozen batch norms on {bn.get(b, b)}"
+                      for (u, b), n in sorted(kinds.items()))
+    return f"Fine-tuning: {parts}."
+
+
 def build_report(experiment: str | Path, output: str | Path) -> Path:
     """Write tables (Markdown, CSV, LaTeX), plots (PNG) and report.html to ``output``; returns the HTML path."""
     experiment, output = Path(experiment), Path(output)
@@ -67,7 +90,7 @@ def build_report(experiment: str | Path, output: str | Path) -> Path:
     page.h1(f"astroclass report: {experiment.name}")
     page.p(f"{len(all_runs)} run(s) in the store: {len(done)} done, {len(failed)} failed, {len(unfinished)} not "
            f"finished. Accuracies are validation accuracies (the paper's metric) unless marked test. "
-           f"{_precisions(done)}")
+           f"{_precisions(done)} {_finetuning(done)}".rstrip())
     if not done:
         page.h2("Nothing to report yet")
         page.p("No run has finished, so there are no tables. " +

@@ -22,6 +22,20 @@ MONITORS = ("val_loss", "balanced_accuracy", "macro_f1")
 AMP_MODES = ("auto", "bf16", "off")
 COMPILE_MODES = ("auto", "off", "default", "reduce-overhead", "max-autotune")
 OPTIMIZERS = ("rmsprop", "adam", "radam", "sgd")
+FROZEN_BN = ("auto", "batch", "moving")
+LEGACY = {"unfreeze_layers": ("unfreeze", lambda n: f"params:{int(n)}")}
+"""Options of earlier versions, read as today's: unfreeze_layers: N counted parameterised modules."""
+
+
+def upgrade_legacy(d: dict[str, Any]) -> dict[str, Any]:
+    """``d`` with options of earlier versions rewritten as today's (see :data:`LEGACY`)."""
+    out = dict(d)
+    for old, (new, convert) in LEGACY.items():
+        if old in out:
+            value = out.pop(old)
+            if new not in out:
+                out[new] = convert(value)
+    return out
 
 
 @dataclass
@@ -44,7 +58,15 @@ class RunConfig:
     lr: float | None = None
     """Learning rate of the run's optimiser; None = its Keras default."""
     head_epochs: int = 10
-    unfreeze_layers: int = 7
+    unfreeze: str = "7"
+    """Pretrained setup, phase 2: which backbone layers train. "keras:N": the last N layers as Keras counted
+    them for the paper (every layer object: activations, pooling, concatenations too), mapped to the timm
+    parameters that hold their weights (shipped for the five paper backbones); "params:N": the last N
+    modules with parameters of their own; "N": keras:N where a Keras layer list is shipped, else params:N."""
+    frozen_bn: str = "auto"
+    """Pretrained setup: how frozen batch-norm layers normalise while training. "moving": their stored
+    running statistics (TF 2 Keras, PyTorch practice); "batch": the mini-batch's statistics, running
+    statistics left unchanged (Keras 2.2, which the paper used); "auto": batch with paper_exact, else moving."""
     finetune_lr: float = 1e-3
     finetune_momentum: float = 0.9
     weights: str | None = None
@@ -101,7 +123,7 @@ class RunConfig:
         for name in ("epochs", "batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise AstroclassError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("l2", "maxnorm", "patience", "head_epochs", "unfreeze_layers"):
+        for name in ("l2", "maxnorm", "patience", "head_epochs"):
             if getattr(self, name) < 0:
                 raise AstroclassError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.pooling not in ("avg", "flatten"):
@@ -118,6 +140,12 @@ class RunConfig:
                                       f"{self.class_weights!r}") from None
             if any(v < 0 for v in w):
                 raise AstroclassError(f"class_weights must be non-negative, got {self.class_weights!r}")
+        self.unfreeze = str(self.unfreeze)
+        kind, _, count = self.unfreeze.rpartition(":")
+        if kind not in ("", "keras", "params") or not count.isdigit():
+            raise AstroclassError(f"unfreeze must be N, keras:N or params:N (N >= 0 layers), got {self.unfreeze!r}")
+        if self.frozen_bn not in FROZEN_BN:
+            raise AstroclassError(f"frozen_bn must be one of {FROZEN_BN}, got {self.frozen_bn!r}")
         if self.amp not in AMP_MODES:
             raise AstroclassError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
         if self.compile not in COMPILE_MODES:
@@ -140,6 +168,9 @@ class RunConfig:
         differ from these)."""
         return MappingProxyType(RunConfig(dataset="").to_dict())
 
+    def resolved_frozen_bn(self) -> str:
+        return ("batch" if self.paper_exact else "moving") if self.frozen_bn == "auto" else self.frozen_bn
+
     def resolved_weights(self) -> str | None:
         if self.setup == "scratch":
             return None
@@ -152,6 +183,7 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "run config") -> "RunConfig":
+        d = upgrade_legacy(d)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:

@@ -154,6 +154,11 @@ class GroupTrainer:
                                environment=environment(self.device))
             result.environment["speed"] = {**self.fast, "amp": str(self.fast["amp"]).replace("torch.", "")
                                            if self.fast["amp"] else None, "fused": len(self.configs)}
+            if cfg.setup == "pretrained":
+                from astroclass.models import resolve_unfreeze
+
+                result.environment["finetune"] = {"unfreeze": resolve_unfreeze(cfg.model, cfg.unfreeze),
+                                                  "frozen_bn": cfg.resolved_frozen_bn()}
             runs.append(_Run(i, cfg, out, result, gen, dropout_generator(cfg.seed, self.device), slot=i))
         return runs, states, template
 
@@ -202,7 +207,10 @@ class GroupTrainer:
         if c0.setup == "scratch":
             phases = [("train", "all", None, True)]
         else:
-            phases = [("head", 0, c0.head_epochs, False), ("finetune", c0.unfreeze_layers, None, True)]
+            from astroclass.models import unfreeze_parameters
+
+            phases = [("head", [], c0.head_epochs, False),
+                      ("finetune", unfreeze_parameters(c0.model, self.model.backbone, c0.unfreeze), None, True)]
         self.runs = runs
         try:
             for phase, trainable, fixed_epochs, early in phases:
@@ -284,7 +292,7 @@ class GroupTrainer:
         from astroclass.models import train_mode
 
         model, slots, g = self.model, self.slots, self.slots.runs
-        train_mode(model)
+        train_mode(model, self.configs[0].resolved_frozen_bn())
         by_slot: list[_Run | None] = [None] * g
         for r in active:
             by_slot[r.slot] = r
@@ -472,6 +480,13 @@ def train(config: RunConfig, out_dir: str | Path, progress: bool = True,
           on_epoch: Callable[[dict], None] | None = None) -> RunResult:
     """Run one training run; outputs: config.yaml, history.csv, checkpoint.pt, predictions.npz, result.json.
     Raises :class:`TrainingFailed` (after writing result.json and the history) when the run fails."""
+    out = Path(out_dir)
+    if config.setup == "pretrained":
+        from astroclass.models import resolve_unfreeze
+
+        resolve_unfreeze(config.model, config.unfreeze)
+    if out.exists() and not out.is_dir():
+        raise AstroclassError(f"{out}: exists and is not a folder; a run writes a folder of outputs (choose another -o)")
     trainer = GroupTrainer([config], [out_dir], progress, on_epoch=(lambda i, row: on_epoch(row)) if on_epoch else None)
     result = trainer.run()[0]
     if result.status != "done":

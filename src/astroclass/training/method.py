@@ -7,8 +7,8 @@ Setups (paper, section 3.2; Keras semantics where PyTorch's defaults differ):
   (Keras ``EarlyStopping(monitor="val_loss", patience=10, restore_best_weights=True)``).
 * ``pretrained``: ImageNet weights; phase ``head`` trains only the head for ``head_epochs`` (10)
   epochs with the backbone frozen, using the run's optimiser; phase ``finetune`` unfreezes the
-  last ``unfreeze_layers`` (7) backbone layers (see :mod:`astroclass.models` for what a layer
-  is) and trains with SGD (lr 1e-3, momentum 0.9) for up to ``epochs`` epochs with the same
+  last 7 backbone layers (``unfreeze``; see :mod:`astroclass.models` for how Keras counted them)
+  and trains with SGD (lr 1e-3, momentum 0.9) for up to ``epochs`` epochs with the same
   early stopping.
 
 Regularisation on the 2048-unit hidden layer only: L2 adds λ·ΣW² to the loss (Keras
