@@ -8,4 +8,4 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 timeout 400 python benchmarks/gpu_grid.py          # the grid: --fuse off vs fused (results/grid_gpu.json)
 timeout 300 python benchmarks/bench_train.py --steps 20 --pack 4
 timeout 120 python benchmarks/gpu_train_check.py --model resnext50_32x4d --epochs 3
-timeout 240 python benchmarks/compare_precision.py --model resnext50_32x4d --epochs 4 --seeds 0 1 2 || true
+timeout 240 python benchmarks/compare_precision.py --model resnext50_32x4d --setup scratch --epochs 6 --seeds 0 1 2 || true

@@ -53,11 +53,13 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
                               f"({made or 'unknown version'}); this is {__version__}: upgrade astroclass")
     if not isinstance(card, dict):
         raise AstroclassError(f"{path}: this checkpoint has no model card (classes, preprocessing), so its outputs "
-                              f"cannot be named or its inputs prepared; re-save it from its run folder with a card")
+                              f"cannot be named nor its inputs prepared (a damaged or hand-edited file)")
     missing = [k for k in CARD_REQUIRED if k not in card]
-    if missing or "state_dict" not in ck:
-        raise AstroclassError(f"{path}: the checkpoint's model card lacks {missing or ['state_dict']}, which "
-                              f"prediction needs (a damaged or hand-edited checkpoint)")
+    if missing:
+        raise AstroclassError(f"{path}: the checkpoint's model card lacks {missing}, which prediction needs (a "
+                              f"damaged or hand-edited file)")
+    if "state_dict" not in ck:
+        raise AstroclassError(f"{path}: the checkpoint holds no weights (state_dict)")
     if not isinstance(card["class_names"], list) or not card["class_names"]:
         raise AstroclassError(f"{path}: the model card's class_names is {card['class_names']!r}, not a list of names")
     return ck

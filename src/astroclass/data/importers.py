@@ -164,7 +164,8 @@ def build_dataset(items: Sequence[Item], output: str | Path, spec: ImageSpec = I
         if not len(sel):
             raise AstroclassError(f"{source.get('path', 'source')}: no images left after leaving out those with "
                                   f"conflicting labels")
-        kept_items, images, labels, keep = [kept_items[i] for i in sel], images[sel], labels[sel], [keep[i] for i in sel]
+        kept_items, keep = [kept_items[i] for i in sel], [keep[i] for i in sel]
+        images, labels = images[sel], labels[sel]
         groups, dup_groups = _duplicate_groups(images)
     report.duplicates = [[kept_items[j].id for j in g] for g in dup_groups]
     if dup_groups:

@@ -77,6 +77,19 @@ def first_line(error: str | None) -> str:
     return error.splitlines()[0] if error else ""
 
 
+def _when_unlocked(step: Callable[[], Any], seconds: float = 60.0) -> Any:
+    """``step()``, retried while SQLite says the database is locked (for statements that do not wait on the
+    busy handler themselves), up to ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return step()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 class Store:
     """A results store at ``path`` (created when missing)."""
 
@@ -89,10 +102,12 @@ class Store:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
             self.db.row_factory = sqlite3.Row
+            self.db.execute("PRAGMA busy_timeout=60000")
+            # the journal-mode switch (and the check) can report "locked" at once while another runner opens
+            # the same new store: they are retried instead of failing
+            _when_unlocked(lambda: self.db.execute("PRAGMA journal_mode=WAL"))
             if existed:
                 self._quick_check()
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA busy_timeout=60000")
             self.db.execute("PRAGMA foreign_keys=ON")
             with self.transaction():
                 version = self._schema_version()
@@ -114,7 +129,7 @@ class Store:
         """SQLite's quick_check: a store whose header is intact but whose pages are damaged (a disk error,
         a copy cut short) is named as such, with the way to recover what can be, before anything reads it."""
         try:
-            problems = [r[0] for r in self.db.execute("PRAGMA quick_check(5)")]
+            problems = _when_unlocked(lambda: [r[0] for r in self.db.execute("PRAGMA quick_check(5)")])
         except sqlite3.DatabaseError as exc:
             self.db.close()
             if "not a database" in str(exc):
@@ -156,7 +171,7 @@ class Store:
                 self._rollback()
             except sqlite3.DatabaseError:
                 pass
-            if "malformed" in str(exc):  # damage found after opening (quick_check reads no data pages)
+            if "malformed" in str(exc):  # damage that appeared after the store was opened and checked
                 raise self._damaged(str(exc), "Nothing of this step was recorded") from None
             raise AstroclassError(f"{self.path}: could not write to the results store ({exc}); nothing of this "
                                   f"step was recorded, everything recorded before is intact") from None

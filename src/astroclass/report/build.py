@@ -115,7 +115,7 @@ def build_report(experiment: str | Path, output: str | Path) -> Path:
     page.h2("Summary")
     rows = []
     several = len(groups) > 1
-    for d in tables.datasets:
+    for d in dict.fromkeys(d for g in groups for d in g.datasets):
         best = [(g, *ranked[0]) for g in groups if (ranked := ranked_cells(g, d))]
         if not best:
             continue

@@ -61,7 +61,7 @@ class RunConfig:
     unfreeze: str = "7"
     """Pretrained setup, phase 2: which backbone layers train. "keras:N": the last N layers as Keras counted
     them for the paper (every layer object: activations, pooling, concatenations too), mapped to the timm
-    parameters that hold their weights (shipped for the five paper backbones); "params:N": the last N
+    parameters that hold their weights (shipped for the five paper backbones); "params:N": the last N leaf
     modules with parameters of their own; "N": keras:N where a Keras layer list is shipped, else params:N."""
     frozen_bn: str = "auto"
     """Pretrained setup: how frozen batch-norm layers normalise while training. "moving": their stored
