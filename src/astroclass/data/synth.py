@@ -287,10 +287,9 @@ def synthesize(cfg: SynthConfig, output: str | Path, fractions=(0.8, 0.1, 0.1), 
         raise AstroclassError(f"{output}: output exists (pass --overwrite to replace it)")
     if not output.parent.is_dir():
         raise AstroclassError(f"{output.parent}: output folder does not exist")
-    try:
-        import galsim  # noqa: F401  (is GalSim installed?)
-    except ImportError:
-        raise AstroclassError("the synthetic sky needs GalSim: pip install galsim") from None
+    from astroclass.extras import require
+
+    require("galsim", "the synthetic sky (astroclass data synth, the demo)")
     classes = cfg.class_names()
     rng = np.random.default_rng([cfg.seed, 2**31])
     if cfg.task in ("sg", "mg"):

@@ -154,11 +154,9 @@ class RayEngine:
 
     def __init__(self, address: str | None = None, workers: int | None = None, per_gpu: int = 1,
                  threads: int | None = None, num_cpus: int | None = None, max_groups: int = MAX_GROUPS_PER_WORKER):
-        try:
-            import ray
-        except ImportError:
-            raise AstroclassError("the ray engine needs Ray: pip install 'astroclass[ray]' (or pip install ray)") from None
-        self.ray = ray
+        from astroclass.extras import require
+
+        ray = self.ray = require("ray", "the ray engine (grid run --engine ray)")
         if not ray.is_initialized():
             kwargs: dict[str, Any] = {"address": address, "include_dashboard": False, "log_to_driver": False,
                                       "configure_logging": False}
