@@ -1,9 +1,10 @@
-# astroclass: `make demo` installs into .venv and runs the demo; `make test` installs and runs the tests.
+# astroclass: `make demo` installs into .venv and runs the demo; `make test` installs and runs the tests;
+# `make lint` runs ruff and mypy.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test lint bench clean
 
 install: $(VENV)/.installed
 
@@ -17,6 +18,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 bench: install
 	$(BIN)/python benchmarks/bench_import.py

@@ -3,7 +3,8 @@
 For each model it runs a real mini paper grid through ``astroclass grid run`` (a subprocess, as a user
 runs it) on ARIES star/galaxy cutouts from ../shared/data: the paper's 24 settings (setup × λ × γ ×
 optimiser) at a fixed small epoch budget (no early stopping), twice: ``--fuse off`` and the default
-(``auto``; on a CPU, where auto trains one run at a time, ``--fuse 24``). The pretrained setup loads a saved random initialisation as its "ImageNet" weights (nothing
+(``auto``; on a CPU, where auto trains one run at a time, ``--fuse 24``). The pretrained setup loads a saved
+random initialisation as its "ImageNet" weights (nothing
 can be downloaded here; the timings do not depend on the weights' values). It also trains one scratch
 cell of 24 runs (12 settings × 2 seeds) fused as one group, for the aggregate-throughput ratio.
 
@@ -133,7 +134,8 @@ def project_paper_hours(model: str, s: dict, workers: int) -> float | None:
     if model not in PAPER_NAMES:
         return None
     paper_groups = 600 / 5 if s["mean_group_size"] <= 1 else 10 * math.ceil(12 / s["mean_group_size"])
-    return (paper_groups * s["startup_per_group_s"] / workers + paper_train_images(model) / s["net_images_per_s"]) / 3600
+    startup = paper_groups * s["startup_per_group_s"] / workers
+    return (startup + paper_train_images(model) / s["net_images_per_s"]) / 3600
 
 
 def steady_rate(runs: list[dict], n_train: int) -> float:
@@ -222,7 +224,8 @@ def main(argv: list[str] | None = None, defaults: dict | None = None) -> dict:
                 row[kind] = s
                 print(f"{model:>20} fuse {fuse:>4}: {s['runs']} runs in {s['groups']} groups, wall {wall:7.1f} s, "
                       f"{s['aggregate_images_per_s']:8.0f} train images/s end to end, start-up per run "
-                      f"first {s['startup_per_run_first_s'] or 0:.2f} s / later {s['startup_per_run_later_s'] or 0:.2f} s, "
+                      f"first {s['startup_per_run_first_s'] or 0:.2f} s / later "
+                      f"{s['startup_per_run_later_s'] or 0:.2f} s, "
                       f"peak GPU {s['peak_gpu_memory_gib']:.1f} GiB" + (f"; paper grid ≈ {s['paper_grid_hours']:.2f} h"
                                                               if s["paper_grid_hours"] is not None else ""),
                       flush=True)
@@ -236,7 +239,8 @@ def main(argv: list[str] | None = None, defaults: dict | None = None) -> dict:
         if have:
             hours = sum(out["models"][m][f]["paper_grid_hours"] for m in have)
             out.setdefault("paper_grid_hours", {})[f] = {"hours": hours, "models": have}
-            print(f"projected paper grid, {f}, for {len(have) * 120} of its 600 runs ({', '.join(have)}): {hours:.2f} h "
+            print(f"projected paper grid, {f}, for {len(have) * 120} of its 600 runs ({', '.join(have)}): "
+                  f"{hours:.2f} h "
                   f"(method: see the docstring)", flush=True)
     path = save(args.name, out)
     print(f"saved {path}")

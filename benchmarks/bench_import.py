@@ -14,9 +14,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, save  # noqa: E402
-
 from astroclass.data import import_catalog  # noqa: E402
+from common import DATA, save  # noqa: E402
 
 
 def main() -> None:

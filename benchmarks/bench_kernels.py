@@ -22,10 +22,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import save  # noqa: E402
-
 from astroclass.models import PAPER_MODELS, build_model, matmul_1x1  # noqa: E402
 from astroclass.training import make_optimizer  # noqa: E402
+from common import save  # noqa: E402
 
 
 def fwd_bwd_ms(model, x, y, reps: int) -> tuple[float, float]:
@@ -73,7 +72,8 @@ def main() -> None:
     x = torch.rand(32, 3, 76, 76).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 2, (32,))
     results: dict = {"device": "cpu", "models": {}}
-    print(f"{'model':20s} {'1x1s':>4s} {'conv ms':>8s} {'GEMM ms':>8s} {'ratio':>6s} {'err conv':>8s} {'err GEMM':>8s} | "
+    print(f"{'model':20s} {'1x1s':>4s} {'conv ms':>8s} {'GEMM ms':>8s} {'ratio':>6s} {'err conv':>8s} "
+          f"{'err GEMM':>8s} | "
           f"{'adam':>6s} {'fused':>6s} {'ratio':>6s} {'rmsprop':>7s} {'radam':>6s}  (ms per step)")
     for name in args.models.split(","):
         conv = build_model(name, 2).to(memory_format=torch.channels_last).train()

@@ -13,10 +13,9 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, import_real, save  # noqa: E402
-
 from astroclass.predict import load, predict_to_csv  # noqa: E402
 from astroclass.training import RunConfig, train  # noqa: E402
+from common import DATA, import_real, save  # noqa: E402
 
 
 def main() -> None:

@@ -13,9 +13,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import save  # noqa: E402
-
 from astroclass.data.synth import SynthConfig, synthesize  # noqa: E402
+from common import save  # noqa: E402
 
 
 def main() -> None:

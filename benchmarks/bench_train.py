@@ -30,11 +30,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, PAPER_NAMES, projection, save  # noqa: E402
-
 from astroclass.models import PAPER_MODELS, build_model, matmul_1x1  # noqa: E402
 from astroclass.training import RunConfig, make_optimizer  # noqa: E402
-
+from common import DATA, PAPER_NAMES, projection, save  # noqa: E402
 
 
 class JpegDataset(torch.utils.data.Dataset):
@@ -214,11 +212,13 @@ def main() -> None:
             row["infer_fast_fp32"] = fast_infer(build_model(name, k).to(device), x_all, device, images, speed32)
         if gpu and args.pack > 1:
             single = packed(name, 1, args.steps * 4)
-            row["packed_single"], row["packed_k"], row["pack"] = single, packed(name, args.pack, args.steps * 4), args.pack
+            row["packed_single"], row["pack"] = single, args.pack
+            row["packed_k"] = packed(name, args.pack, args.steps * 4)
         results["models"][name] = row
         print(f"{name:22s} {tn:11.1f} {tf:10.1f} {tf / tn:5.2f}x {inn:11.1f} {inf:10.1f} {inf / inn:5.2f}x"
               + (f"  fp32: train {row['train_fast_fp32']:.1f} ({row['train_fast_fp32'] / tn:.2f}x), inference "
-                 f"{row['infer_fast_fp32']:.1f} ({row['infer_fast_fp32'] / inn:.2f}x)" if "infer_fast_fp32" in row else "")
+                 f"{row['infer_fast_fp32']:.1f} ({row['infer_fast_fp32'] / inn:.2f}x)"
+                 if "infer_fast_fp32" in row else "")
               + (f"  packed x{args.pack}: {row['packed_k']:.0f} vs {row['packed_single']:.0f} "
                  f"({row['packed_k'] / row['packed_single']:.2f}x)" if "packed_k" in row else ""), flush=True)
     paper = {m: r["train_fast"] for m, r in results["models"].items() if m in PAPER_NAMES}

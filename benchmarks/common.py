@@ -57,7 +57,8 @@ def paper_epochs() -> dict[tuple[str, str, str], float]:
     from importlib import resources
 
     text = resources.files("astroclass").joinpath("reference/table7_epochs_to_convergence.csv").read_text()
-    return {(r["dataset"], r["model"], r["optimizer"]): float(r["mean_epochs"]) for r in csv.DictReader(text.splitlines())}
+    return {(r["dataset"], r["model"], r["optimizer"]): float(r["mean_epochs"])
+            for r in csv.DictReader(text.splitlines())}
 
 
 def paper_train_images(model: str) -> float:

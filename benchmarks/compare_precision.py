@@ -28,10 +28,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import import_real, save  # noqa: E402
-
 from astroclass.metrics import student_t_interval  # noqa: E402
 from astroclass.training import RunConfig, auto_amp, resolve_device, train  # noqa: E402
+from common import import_real, save  # noqa: E402
 
 
 def main() -> None:
@@ -90,8 +89,8 @@ def main() -> None:
     print(f"same best epoch in {same} of {len(args.seeds)} seeds; test predictions agree on {np.mean(agree):.1%} "
           f"of images on average")
     name = "precision_gpu" if device.type == "cuda" else "precision_cpu"
-    payload = {"args": vars(args), "amp_auto": auto, "cpu_bf16_flags": flags, "runs": rows, "agreement": agree, "paired": summary,
-               "same_best_epoch": int(same), "speed_ratio": speed}
+    payload = {"args": vars(args), "amp_auto": auto, "cpu_bf16_flags": flags, "runs": rows, "agreement": agree,
+               "paired": summary, "same_best_epoch": int(same), "speed_ratio": speed}
     print(f"saved {save(name, payload)}")
 
 

@@ -15,9 +15,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import import_real, save  # noqa: E402
-
 from astroclass.training import RunConfig, train  # noqa: E402
+from common import import_real, save  # noqa: E402
 
 SETS = {"aries_star_galaxy": "SG (ARIES)", "gz_kaggle_spiral": "spiral (GZ Kaggle)"}
 

@@ -21,7 +21,8 @@ def small_catalog(tmp_path: Path, n_per_class: int = 6) -> Path:
     root = data_set("aries_star_galaxy")
     with open(root / "labels.csv") as fh:
         rows = list(csv.DictReader(fh))
-    picked = [r for r in rows if r["label"] == "star"][:n_per_class] + [r for r in rows if r["label"] == "galaxy"][:n_per_class]
+    picked = [r for r in rows if r["label"] == "star"][:n_per_class] + \
+        [r for r in rows if r["label"] == "galaxy"][:n_per_class]
     dst = tmp_path / "cat"
     for r in picked:
         (dst / r["path"]).parent.mkdir(parents=True, exist_ok=True)
@@ -62,7 +63,8 @@ def test_missing_file(cli, tmp_path):
     out = tmp_path / "o.h5"
     assert_fails(cli, ["data", "import", "catalog", cat / "labels.csv", "-o", out], str(victim), "not found")
     assert not out.exists()
-    code, text, _ = cli("data", "import", "catalog", cat / "labels.csv", "-o", out, "--skip-bad", "--min-per-class", "1")
+    code, text, _ = cli("data", "import", "catalog", cat / "labels.csv", "-o", out, "--skip-bad",
+                        "--min-per-class", "1")
     assert code == 0 and "skipped 1" in text
     skipped = (tmp_path / "o.h5.skipped.csv").read_text()
     assert str(victim) in skipped
@@ -171,7 +173,8 @@ def test_output_exists_is_refused_and_kept(cli, tmp_path):
     assert_fails(cli, ["data", "import", "catalog", cat / "labels.csv", "-o", out], str(out), "--overwrite")
     # a failing import with --overwrite leaves the existing file untouched
     (cat / rows_of(cat)[0]["path"]).write_text("broken")
-    assert_fails(cli, ["data", "import", "catalog", cat / "labels.csv", "-o", out, "--overwrite"], "not a readable image")
+    assert_fails(cli, ["data", "import", "catalog", cat / "labels.csv", "-o", out, "--overwrite"],
+                 "not a readable image")
     assert out.read_bytes() == before
 
 
@@ -294,8 +297,8 @@ def test_one_image_with_two_labels_is_an_error_or_skipped_and_listed(cli, tmp_pa
     star = next(r for r in rows if r["label"] == "star")
     with open(cat / "labels.csv", "a", newline="") as fh:
         csv.writer(fh).writerow([star["path"], "galaxy"])  # the same file again, as a galaxy
-    assert_fails(cli, ["data", "import", "catalog", cat / "labels.csv", "-o", tmp_path / "o.h5", "--min-per-class", "1"],
-                 "different labels", star["path"], "--skip-bad")
+    assert_fails(cli, ["data", "import", "catalog", cat / "labels.csv", "-o", tmp_path / "o.h5",
+                       "--min-per-class", "1"], "different labels", star["path"], "--skip-bad")
     assert not (tmp_path / "o.h5").exists()
     code, _, err = cli("data", "import", "catalog", cat / "labels.csv", "-o", tmp_path / "o.h5", "--min-per-class", "1",
                        "--skip-bad")

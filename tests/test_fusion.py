@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from astroclass.training import GroupTrainer, RunConfig, WorkerCache, train, train_group
-from astroclass.training.fusion import NotFusable, Slots, fuse, fusable
+from astroclass.training.fusion import NotFusable, Slots, fusable, fuse
 from astroclass.training.method import run_losses
 
 

@@ -90,7 +90,8 @@ def test_local_grid_runs_once_keeps_best_checkpoint_and_exports(tiny_h5, tmp_pat
 def test_fused_grid_records_every_run_as_alone_and_falls_back_for_models_fusion_cannot_batch(tiny_h5, tmp_path):
     import csv
 
-    spec = GridSpec.load(write_spec(tmp_path, tiny_h5, models=["test_resnet", "test_efficientnet_gn"], optimizers=["adam", "sgd"],
+    spec = GridSpec.load(write_spec(tmp_path, tiny_h5, models=["test_resnet", "test_efficientnet_gn"],
+                                    optimizers=["adam", "sgd"],
                                     train={"epochs": 2, "batch_size": 16, "patience": 2, "amp": "off"}))
     counts = run_grid(spec, tmp_path / "fused", GridOptions(threads=1, fuse="4"), progress=False)
     assert counts == {"pending": 0, "running": 0, "done": 8, "failed": 0}
@@ -122,8 +123,8 @@ def test_changed_or_missing_dataset_is_refused(tiny_h5, tmp_path):
     run_grid(spec, exp, GridOptions(threads=1), progress=False)
     # replace the file by different data under the same name
     root = tmp_path / "tree"
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     rng = np.random.default_rng(1)
     for c in ("a", "b"):

@@ -70,7 +70,8 @@ def test_threshold_is_chosen_on_validation_only():
     assert rep["test"]["accuracy"] == pytest.approx((pred == y_test).mean())
     assert rep["test"]["recall"]["merger"] == pytest.approx(pred[y_test == 1].mean())
     # a test set changed at will does not move the threshold
-    rep2 = binary_report(y_val, probs(p_val), y_test, probs(rng.uniform(size=100)), positive=1, class_names=["rest", "merger"])
+    rep2 = binary_report(y_val, probs(p_val), y_test, probs(rng.uniform(size=100)), positive=1,
+                         class_names=["rest", "merger"])
     assert rep2["value"] == t
     assert 0.5 < rep["val_roc_auc"] <= 1 and 0 < rep["test_pr_auc"] <= 1
 
@@ -104,8 +105,9 @@ def test_run_options_are_recorded_and_usable_as_grid_axes(tiny_h5, tmp_path):
 def test_monitor_choice_drives_early_stopping(tiny_h5, tmp_path, monkeypatch):
     """Early stopping follows the chosen monitor: the best epoch is the one of the highest val macro-F1 (the
     first among equals), and the run stops `patience` epochs after it, whatever the val loss did."""
-    import astroclass.training.loop as loop
     from sklearn.metrics import f1_score
+
+    import astroclass.training.loop as loop
 
     seen = []
     original = loop.val_scores

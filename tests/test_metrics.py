@@ -5,8 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from astroclass.metrics import (best_threshold, classification_metrics, confusion_bootstrap, student_t_interval,
-                                wilson_interval)
+from astroclass.metrics import (
+    best_threshold,
+    classification_metrics,
+    confusion_bootstrap,
+    student_t_interval,
+    wilson_interval,
+)
 
 
 def _brute_force_threshold(y, p_pos, positive):

@@ -13,8 +13,15 @@ import pytest
 import torch
 
 from astroclass.errors import AstroclassError
-from astroclass.models import (PAPER_MODELS, build_model, efficientnet_lite0_package_state, layers, set_trainable,
-                               train_mode, unfreeze_parameters)
+from astroclass.models import (
+    PAPER_MODELS,
+    build_model,
+    efficientnet_lite0_package_state,
+    layers,
+    set_trainable,
+    train_mode,
+    unfreeze_parameters,
+)
 
 
 def test_head_shapes_and_initialisation():

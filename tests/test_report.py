@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import re
-
 import math
+import re
 import shutil
 import sqlite3
 from pathlib import Path
@@ -97,7 +96,8 @@ def test_every_table_from_a_hand_built_store(hand_store):
     assert cell(t["table5"], "SG", "VGG16", "pretrained", "optimizer") == "rmsprop"  # tie → first in order
     assert cell(t["table6"], "SG", "VGG16", "scratch", "difference") == pytest.approx(0.07)
     r8 = cell(t["table8"], "SG", "VGG16", "scratch", None)
-    assert (r8["val_accuracy"], r8["l2_lambda"], r8["maxnorm_gamma"], r8["optimizer"]) == (pytest.approx(0.99), 0.0, 2.0, "rmsprop")
+    assert (r8["val_accuracy"], r8["l2_lambda"], r8["maxnorm_gamma"], r8["optimizer"]) == \
+        (pytest.approx(0.99), 0.0, 2.0, "rmsprop")
     assert cell(t["table9"], "SG", "VGG16", "scratch", "difference") == pytest.approx(0.09)
     assert cell(t["table10"], "SG", "DenseNet121", "scratch", "optimizer") == "adam"
     assert t["table8"].n_runs == 13
@@ -243,7 +243,8 @@ def test_report_opens_in_headless_chromium(tiny_experiment, tmp_path):
     from playwright import sync_api
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert chromium is not None, "the browser test needs Debian chromium (apt-get install chromium; .ci/run installs it)"
+    assert chromium is not None, \
+        "the browser test needs Debian chromium (apt-get install chromium; .ci/run installs it)"
     html = build_report(tiny_experiment, tmp_path / "r")
     errors: list[str] = []
     with sync_api.sync_playwright() as p:

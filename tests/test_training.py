@@ -11,8 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from astroclass.errors import AstroclassError
-from astroclass.training import (EarlyStopping, RunConfig, TrainingFailed, augment_batch, make_optimizer, to_float,
-                                 train)
+from astroclass.training import EarlyStopping, RunConfig, TrainingFailed, augment_batch, make_optimizer, to_float, train
 
 
 def test_optimisers_use_keras_defaults():
@@ -21,7 +20,8 @@ def test_optimisers_use_keras_defaults():
     assert (rms["lr"], rms["alpha"], rms["eps"], rms["momentum"], rms["centered"]) == (1e-3, 0.9, 1e-7, 0.0, False)
     adam = make_optimizer("adam", p)
     g = adam.param_groups[0]
-    assert isinstance(adam, torch.optim.Adam) and (g["lr"], g["betas"], g["eps"], g["amsgrad"]) == (1e-3, (0.9, 0.999), 1e-7, False)
+    assert isinstance(adam, torch.optim.Adam)
+    assert (g["lr"], g["betas"], g["eps"], g["amsgrad"]) == (1e-3, (0.9, 0.999), 1e-7, False)
     radam = make_optimizer("radam", p)
     g = radam.param_groups[0]
     assert isinstance(radam, torch.optim.RAdam) and (g["lr"], g["betas"], g["eps"]) == (1e-3, (0.9, 0.999), 1e-7)
@@ -92,15 +92,16 @@ def _val_loss_of_checkpoint(run_dir, dataset, l2):
 
 def test_scratch_run_outputs_and_best_weights(tiny_h5, tmp_path):
     # amp off: the checkpoint's val loss is recomputed below in fp32 and must match the history to 1e-4
-    cfg = RunConfig(dataset=str(tiny_h5), model="test_resnet", setup="scratch", l2=0.1, maxnorm=2.0, optimizer="rmsprop",
-                    epochs=6, patience=2, batch_size=16, seed=3, amp="off")
+    cfg = RunConfig(dataset=str(tiny_h5), model="test_resnet", setup="scratch", l2=0.1, maxnorm=2.0,
+                    optimizer="rmsprop", epochs=6, patience=2, batch_size=16, seed=3, amp="off")
     run = tmp_path / "run"
     res = train(cfg, run, progress=False)
     assert res.status == "done" and {p.name for p in run.iterdir()} >= {
         "config.yaml", "history.csv", "checkpoint.pt", "predictions.npz", "result.json"}
     assert RunConfig.from_yaml(run / "config.yaml") == cfg
     rows = list(csv.DictReader(open(run / "history.csv")))
-    assert list(rows[0]) == ["phase", "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
+    assert list(rows[0]) == ["phase", "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr",
+                             "seconds"]
     assert len(rows) == res.epochs_run
     val_losses = [float(r["val_loss"]) for r in rows]
     assert res.best_epoch == int(np.argmin(val_losses)) + 1
@@ -226,7 +227,8 @@ def test_run_config_rejects_unknown_keys_and_values():
 
 def test_train_cli(cli, tiny_h5, tmp_path):
     out = tmp_path / "cli-run"
-    code, text, err = cli("train", tiny_h5, "--model", "test_resnet", "--epochs", "1", "--batch-size", "16", "-o", out, "-q")
+    code, text, err = cli("train", tiny_h5, "--model", "test_resnet", "--epochs", "1", "--batch-size", "16", "-o", out,
+                          "-q")
     assert code == 0, err
     assert "test accuracy" in text and (out / "checkpoint.pt").exists()
     code, _, err = cli("train", tiny_h5, "--model", "test_resnet", "--epochs", "1", "-o", out, "-q")

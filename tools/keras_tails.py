@@ -45,8 +45,8 @@ def keras_tails() -> dict:
         keras.backend.clear_session()
         m = fn(weights=None, include_top=False, input_shape=(76, 76, 3))
         body = [lay for lay in m.layers if type(lay).__name__ != "InputLayer"]
-        out[name] = (len(body), [(lay.name, type(lay).__name__, [[w.name, list(w.shape)] for w in lay.trainable_weights])
-                                 for lay in body[-TAIL:]])
+        out[name] = (len(body), [(lay.name, type(lay).__name__,
+                                  [[w.name, list(w.shape)] for w in lay.trainable_weights]) for lay in body[-TAIL:]])
     return out
 
 
@@ -88,7 +88,8 @@ def timm_params(model: str, name: str, kind: str, weights: list) -> list[str]:
         return [f"{prefix}.{p}" for p in bn_params] if bn else [f"{prefix}.weight"]
     if model == "resnext50_32x4d":
         b, part = re.fullmatch(r"conv5_block(\d)_(\d_\w+)", name).groups()
-        mod = {"1_conv": "conv1", "1_bn": "bn1", "2_conv": "conv2", "2_bn": "bn2", "3_conv": "conv3", "3_bn": "bn3"}[part]
+        mod = {"1_conv": "conv1", "1_bn": "bn1", "2_conv": "conv2", "2_bn": "bn2", "3_conv": "conv3",
+               "3_bn": "bn3"}[part]
         prefix = f"layer4.{int(b) - 1}.{mod}"
         return [f"{prefix}.{p}" for p in bn_params] if bn else [f"{prefix}.weight"]
     if model == "inception_v3":  # mixed10 = Mixed_7c: conv2d_85 ... conv2d_93 in the order of its code

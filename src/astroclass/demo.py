@@ -52,8 +52,9 @@ def run_demo(output: str | Path = "demo-output", n: int = 1000, epochs: int = 3,
     exp = out / "experiment"
     opts = GridOptions(workers=workers, keep="best")
     for block in blocks:
-        spec = GridSpec.from_dict({"name": "demo", "datasets": {"SG": str(data.resolve())}, "l2": [0.1], "maxnorm": [0.0],
-                                   "optimizers": ["adam"], "seeds": [seed], "train": dict(train), **block},
+        spec = GridSpec.from_dict({"name": "demo", "datasets": {"SG": str(data.resolve())}, "l2": [0.1],
+                                   "maxnorm": [0.0], "optimizers": ["adam"], "seeds": [seed], "train": dict(train),
+                                   **block},
                                   "demo grid", Path.cwd())
         run_grid(spec, exp, opts, progress=progress)
     t_grid = time.perf_counter() - t0 - t_data

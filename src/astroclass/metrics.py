@@ -54,7 +54,8 @@ def student_t_interval(values, level: float = 0.95) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def confusion_bootstrap(cm: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, list[float]]:
+def confusion_bootstrap(cm: np.ndarray, n_boot: int = 1000, seed: int = 0,
+                        level: float = 0.95) -> dict[str, list[float]]:
     """Percentile bootstrap intervals of balanced accuracy and macro-F1 over test images, from the confusion
     matrix alone: resampling n images with replacement is a multinomial draw over its K×K cells, so memory
     is O(n_boot · K²), whatever the number of images (1M images cost what 100 do)."""
@@ -123,7 +124,8 @@ def best_threshold(y: np.ndarray, p_pos: np.ndarray, positive: int) -> float:
     j = tpr - fpr
     keep = np.isfinite(thresholds)
     cand, score = thresholds[keep], j[keep]
-    at_half = float(((p_pos >= 0.5) & (pos == 1)).sum() / pos.sum() - ((p_pos >= 0.5) & (pos == 0)).sum() / (1 - pos).sum())
+    above = p_pos >= 0.5
+    at_half = float((above & (pos == 1)).sum() / pos.sum() - (above & (pos == 0)).sum() / (1 - pos).sum())
     cand, score = np.append(cand, 0.5), np.append(score, at_half)
     best = np.flatnonzero(np.isclose(score, score.max(), rtol=0, atol=1e-12))
     return float(cand[best[np.argmin(np.abs(cand[best] - 0.5))]])
@@ -133,8 +135,7 @@ def binary_report(y_val: np.ndarray, p_val: np.ndarray, y_test: np.ndarray, p_te
                   class_names: Sequence[str]) -> dict:
     """Binary tasks: ROC-AUC and PR-AUC (positive = the rarer class in training), and the metrics at
     the decision threshold chosen on the validation split alone, applied unchanged to the test split."""
-    from sklearn.metrics import (average_precision_score, balanced_accuracy_score, f1_score, recall_score,
-                                 roc_auc_score)
+    from sklearn.metrics import average_precision_score, balanced_accuracy_score, f1_score, recall_score, roc_auc_score
 
     t = best_threshold(y_val, p_val[:, positive], positive)
 

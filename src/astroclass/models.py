@@ -34,6 +34,7 @@ import difflib
 import functools
 import math
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -76,6 +77,10 @@ def check_model_name(name: str) -> str:
 
 class AstroNet(nn.Module):
     """A timm backbone, global pooling (or flatten), and the paper's head."""
+
+    backbone: Any  # a timm model: forward_features, pretrained_cfg
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def __init__(self, backbone: nn.Module, num_features: int, num_classes: int, pooling: str = "avg",
                  mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None, in_chans: int = 3):
@@ -171,7 +176,7 @@ def matmul_1x1(model: nn.Module, enable: bool = True) -> int:
     n = 0
     for m in model.modules():
         if not enable and type(m) is Conv1x1AsMatmul:
-            m.__class__ = nn.Conv2d
+            m.__class__ = nn.Conv2d  # type: ignore[assignment]
             n += 1
         elif enable and type(m) is nn.Conv2d and m.kernel_size == (1, 1) and m.stride == (1, 1) \
                 and m.dilation == (1, 1) and m.groups == 1 and m.padding in ((0, 0), "valid"):
@@ -191,8 +196,9 @@ def layers(backbone: nn.Module) -> list[tuple[str, nn.Module]]:
 @functools.lru_cache(maxsize=1)
 def keras_tails() -> dict[str, dict]:
     """The shipped Keras layer tails of the paper backbones (see the module docstring)."""
-    import yaml
     from importlib import resources
+
+    import yaml
 
     return yaml.safe_load(resources.files("astroclass").joinpath("reference/keras_tails.yaml").read_text())
 
@@ -271,7 +277,7 @@ def build_model(name: str, num_classes: int, in_chans: int = 3, input_size: int 
     import timm
 
     tname = check_model_name(name)
-    kwargs = dict(num_classes=0, global_pool="", in_chans=in_chans)
+    kwargs: dict[str, Any] = dict(num_classes=0, global_pool="", in_chans=in_chans)
     if weights == "hub":
         backbone = _hub_backbone(tname, kwargs)
     else:
@@ -295,7 +301,7 @@ def build_model(name: str, num_classes: int, in_chans: int = 3, input_size: int 
         was = backbone.training
         backbone.eval()
         try:
-            f = backbone.forward_features(torch.zeros(1, in_chans, input_size, input_size))
+            f = backbone.forward_features(torch.zeros(1, in_chans, input_size, input_size))  # type: ignore[operator]
         except (RuntimeError, ValueError, AssertionError) as exc:  # timm's fixed-size models assert
             fixed = cfg.get("input_size")
             hint = (f"; it is built for {fixed[-2]}x{fixed[-1]} pixels: import the data with --size {fixed[-1]}, or "
@@ -446,6 +452,7 @@ def efficientnet_lite0_package_state() -> dict[str, torch.Tensor]:
     out = {}
     for (sk, sv), (dk, dv) in zip(src.items(), dst.items()):
         if sv.shape != dv.shape or sk.rsplit(".", 1)[-1] != dk.rsplit(".", 1)[-1]:
-            raise AstroclassError(f"efficientnet-lite0 package: cannot map {sk} {tuple(sv.shape)} to {dk} {tuple(dv.shape)}")
+            raise AstroclassError(f"efficientnet-lite0 package: cannot map {sk} {tuple(sv.shape)} to {dk} "
+                                  f"{tuple(dv.shape)}")
         out[dk] = sv.contiguous()
     return out

@@ -28,7 +28,6 @@ from astroclass.errors import AstroclassError
 from astroclass.fileio import atomic_output
 from astroclass.training import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, predict_probs
 
-
 CARD_REQUIRED = ("model", "class_names", "in_chans", "input_size", "image_spec")
 """What prediction needs from a model card; the rest (metrics, config, provenance) is shown when present."""
 
@@ -98,7 +97,7 @@ class Classifier:
             raise AstroclassError(f"{self.path}: the weights do not fit the architecture its card names "
                                   f"({c['model']}): {str(exc).splitlines()[0][:200]}") from None
         # the training fast path's layout: channels-last, and on CPU 1x1 convolutions as matrix products
-        self.model.to(self.device, memory_format=torch.channels_last).eval()
+        self.model.to(self.device).to(memory_format=torch.channels_last).eval()
         if self.device.type == "cpu":
             matmul_1x1(self.model)
 
@@ -123,11 +122,12 @@ class Classifier:
         Files that cannot be read raise an error naming them (the CLI reports them per row instead).
         """
         if isinstance(images, (np.ndarray, torch.Tensor)):
-            return self.predict_tensor(torch.as_tensor(np.asarray(images)) if isinstance(images, np.ndarray) else images, tta)
+            x = torch.as_tensor(np.asarray(images)) if isinstance(images, np.ndarray) else images
+            return self.predict_tensor(x, tta)
         arrays = []
         for p in images:
             arr, err = self.read(p)
-            if err:
+            if arr is None:
                 raise AstroclassError(err)
             arrays.append(arr)
         return self.predict_tensor(torch.from_numpy(np.stack(arrays)), tta) if arrays else \
@@ -182,7 +182,7 @@ def expand_inputs(inputs: Sequence[str | Path], path_col: str = "path", id_col: 
                 raise AstroclassError(f"{p}: no path column {path_col!r}; columns are {cols} (use --path-col)")
             for n, row in enumerate(rows, start=2):
                 rel = row[path_col]
-                yield Source(row.get(id_col) if id_col else rel,
+                yield Source((row.get(id_col) or rel) if id_col else rel,
                              str(catalog_path(p.parent, rel, f"{p}, row {n}", allow_outside)))
         else:
             yield Source(p.name, str(p))
@@ -253,14 +253,15 @@ def predict_to_csv(clf: Classifier, inputs: Sequence[str | Path], output: str | 
                         arr, err = next(decoded)
                     else:
                         arr, err = from_h5[(s.h5, s.row)], ""
-                        if arr.shape != (clf.in_chans, clf.size, clf.size):
-                            arr, err = None, f"{s.h5}: images of shape {arr.shape}, the model takes " \
+                        shape = arr.shape
+                        if shape != (clf.in_chans, clf.size, clf.size):
+                            arr, err = None, f"{s.h5}: images of shape {shape}, the model takes " \
                                              f"{(clf.in_chans, clf.size, clf.size)}"
                     arrays.append(arr)
                     errors.append(err)
-                good = [i for i, a in enumerate(arrays) if a is not None]
-                probs = clf.predict_tensor(torch.from_numpy(np.stack([arrays[i] for i in good])), tta) if good else None
-                where = {i: k for k, i in enumerate(good)}
+                good = [a for a in arrays if a is not None]
+                probs = clf.predict_tensor(torch.from_numpy(np.stack(good)), tta) if good else np.empty((0, 0))
+                where = {i: k for k, i in enumerate(i for i, a in enumerate(arrays) if a is not None)}
                 for i, s in enumerate(chunk):
                     if i in where:
                         p = probs[where[i]]
@@ -311,7 +312,8 @@ def export(clf: Classifier, onnx: str | Path | None = None, torchscript: str | P
                                   dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"}},
                                   opset_version=17, dynamo=False)
         except Exception as exc:
-            raise AstroclassError(f"ONNX export of {clf.card['model']} failed: {type(exc).__name__}: {str(exc)[:200]}") from None
+            raise AstroclassError(f"ONNX export of {clf.card['model']} failed: {type(exc).__name__}: "
+                                  f"{str(exc)[:200]}") from None
         written.append(Path(onnx))
     if torchscript is not None:
         import warnings

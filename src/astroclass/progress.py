@@ -25,7 +25,7 @@ class Bar:
             self._p.stop()
             self._p = None
 
-    def __enter__(self) -> "Bar":
+    def __enter__(self) -> Bar:
         return self
 
     def __exit__(self, *exc: object) -> None:

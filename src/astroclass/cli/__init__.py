@@ -8,8 +8,8 @@ import typer
 
 from astroclass import __version__
 from astroclass.cli.data import data_app
-from astroclass.cli.grid import grid_app
 from astroclass.cli.demo import demo_cmd
+from astroclass.cli.grid import grid_app
 from astroclass.cli.predict import export_cmd, model_app, predict_cmd
 from astroclass.cli.report import report_cmd
 from astroclass.cli.train import train_cmd

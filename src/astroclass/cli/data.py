@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -15,7 +15,7 @@ data_app.add_typer(import_app, name="import")
 Output = Annotated[Path, typer.Option("--output", "-o", help="The prepared dataset to write (.h5).")]
 Size = Annotated[int, typer.Option(help="Stored image size in pixels (square); the paper uses 76.")]
 Channels = Annotated[int, typer.Option(help="Channels for 8-bit images: 3 (RGB) or 1 (grey). FITS keeps its bands.")]
-Bands = Annotated[Optional[str], typer.Option(help="FITS bands to keep, in order: indices or names from the "
+Bands = Annotated[str | None, typer.Option(help="FITS bands to keep, in order: indices or names from the "
                                                    "header keyword BANDS, e.g. 'g,r,i' or '1,2,3'.")]
 Stretch = Annotated[str, typer.Option(help="FITS stretch per band after the interval: asinh, linear, sqrt, log.")]
 Interval = Annotated[str, typer.Option(help="FITS interval per band: percentile or minmax.")]
@@ -24,7 +24,7 @@ Magnitudes = Annotated[bool, typer.Option("--fits-magnitudes", help="FITS pixel 
                                                                   "(smaller = brighter): convert to flux first.")]
 Split = Annotated[str, typer.Option(help="train,val,test fractions (stratified by class).")]
 Seed = Annotated[int, typer.Option(help="Seed of the split; same input and seed give a byte-identical file.")]
-Workers = Annotated[Optional[int], typer.Option(help="Decoding processes (default: all cores).")]
+Workers = Annotated[int | None, typer.Option(help="Decoding processes (default: all cores).")]
 SkipBad = Annotated[bool, typer.Option("--skip-bad", help="Leave out unreadable images instead of failing; they are "
                                                          "listed in OUTPUT.skipped.csv.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace the output file if it exists.")]
@@ -56,23 +56,25 @@ def _done(report) -> None:
 def import_folder_cmd(root: Annotated[Path, typer.Argument(help="ROOT/CLASS/image files (PNG, JPEG, FITS...).")],
                       output: Output, size: Size = 76, channels: Channels = 3, bands: Bands = None,
                       stretch: Stretch = "asinh", interval: Interval = "percentile", percentile: Percentile = 99.5,
-                      fits_magnitudes: Magnitudes = False, split: Split = "0.8,0.1,0.1", seed: Seed = 0, workers: Workers = None, skip_bad: SkipBad = False,
-                      overwrite: Overwrite = False, min_per_class: MinPerClass = 10, duplicates: Duplicates = "together"):
+                      fits_magnitudes: Magnitudes = False, split: Split = "0.8,0.1,0.1", seed: Seed = 0,
+                      workers: Workers = None, skip_bad: SkipBad = False, overwrite: Overwrite = False,
+                      min_per_class: MinPerClass = 10, duplicates: Duplicates = "together"):
     """Import an ImageFolder-style tree: one sub-folder per class."""
     from astroclass.data.importers import import_folder
 
-    _done(import_folder(root, output, **_common(size, channels, bands, stretch, interval, percentile, fits_magnitudes, split, seed,
-                                                workers, skip_bad, overwrite, min_per_class, duplicates)))
+    _done(import_folder(root, output, **_common(size, channels, bands, stretch, interval, percentile, fits_magnitudes,
+                                                split, seed, workers, skip_bad, overwrite, min_per_class, duplicates)))
 
 
 @import_app.command("catalog")
-def import_catalog_cmd(catalog: Annotated[Path, typer.Argument(help="CSV or FITS table with a path and a label column.")],
+def import_catalog_cmd(catalog: Annotated[Path, typer.Argument(
+                           help="CSV or FITS table with a path and a label column.")],
                        output: Output,
-                       root: Annotated[Optional[Path], typer.Option(help="Folder the paths are relative to "
+                       root: Annotated[Path | None, typer.Option(help="Folder the paths are relative to "
                                                                          "(default: the catalogue's folder).")] = None,
                        path_col: Annotated[str, typer.Option(help="Column with image paths.")] = "path",
                        label_col: Annotated[str, typer.Option(help="Column with class labels.")] = "label",
-                       id_col: Annotated[Optional[str], typer.Option(help="Column with object ids "
+                       id_col: Annotated[str | None, typer.Option(help="Column with object ids "
                                                                           "(default: file stem).")] = None,
                        allow_outside: Annotated[bool, typer.Option("--allow-outside", help="Let paths leave the "
                                                                    "--root folder (absolute or ../ paths).")] = False,
@@ -86,8 +88,8 @@ def import_catalog_cmd(catalog: Annotated[Path, typer.Argument(help="CSV or FITS
 
     _done(import_catalog(catalog, output, root=root, path_col=path_col, label_col=label_col, id_col=id_col,
                          allow_outside=allow_outside,
-                         **_common(size, channels, bands, stretch, interval, percentile, fits_magnitudes, split, seed, workers,
-                                   skip_bad, overwrite, min_per_class, duplicates)))
+                         **_common(size, channels, bands, stretch, interval, percentile, fits_magnitudes, split,
+                                   seed, workers, skip_bad, overwrite, min_per_class, duplicates)))
 
 
 @import_app.command("efigi")
@@ -101,7 +103,8 @@ def import_efigi_cmd(catalog: Annotated[Path, typer.Argument(help="EFIGI_attribu
     """Import EFIGI galaxies as the paper's EF-2, EF-4 or EF-15 view."""
     from astroclass.data.importers import import_efigi
 
-    _done(import_efigi(catalog, images, view, output, **_common(size, 3, None, "asinh", "percentile", 99.5, False, split,
+    _done(import_efigi(catalog, images, view, output, **_common(size, 3, None, "asinh", "percentile", 99.5, False,
+                                                                split,
                                                                 seed, workers, skip_bad, overwrite, min_per_class,
                                                                 duplicates)))
 
@@ -120,7 +123,7 @@ def import_galaxy10_cmd(h5: Annotated[Path, typer.Argument(help="Galaxy10_DECals
 
 @data_app.command("info")
 def info_cmd(file: Annotated[Path, typer.Argument(help="A prepared dataset (.h5).")],
-             preview: Annotated[Optional[Path], typer.Option(help="Write a contact sheet PNG of random examples "
+             preview: Annotated[Path | None, typer.Option(help="Write a contact sheet PNG of random examples "
                                                                   "per class.")] = None,
              per_class: Annotated[int, typer.Option(help="Examples per class in the preview.")] = 8):
     """Classes, counts per split, image shape and dtype, provenance; optionally a contact sheet."""
@@ -162,11 +165,11 @@ def synth_cmd(task: Annotated[str, typer.Argument(help="sg (stars vs galaxies), 
               bands: Annotated[str, typer.Option(help="Bands, in wavelength order, from u,g,r,i,z.")] = "g,r,i",
               pixel_scale: Annotated[float, typer.Option(help="arcsec per pixel.")] = 0.396,
               seeing: Annotated[float, typer.Option(help="PSF FWHM in the r band, arcsec.")] = 1.4,
-              mag_min: Annotated[Optional[float], typer.Option(help="Brightest r magnitude (default per task).")] = None,
-              mag_max: Annotated[Optional[float], typer.Option(help="Faintest r magnitude (default per task).")] = None,
+              mag_min: Annotated[float | None, typer.Option(help="Brightest r magnitude (default per task).")] = None,
+              mag_max: Annotated[float | None, typer.Option(help="Faintest r magnitude (default per task).")] = None,
               sky_mag: Annotated[float, typer.Option(help="Sky brightness, r mag/arcsec².")] = 20.9,
               read_noise: Annotated[float, typer.Option(help="Read noise, electrons per pixel.")] = 5.0,
-              classes: Annotated[Optional[str], typer.Option(help="morph only: classes, from elliptical, lenticular, "
+              classes: Annotated[str | None, typer.Option(help="morph only: classes, from elliptical, lenticular, "
                                                                   "spiral, irregular, barred_spiral, edge_on.")] = None,
               fraction: Annotated[float, typer.Option(help="sg: fraction of stars; mg: fraction of mergers.")] = 0.5,
               split: Split = "0.8,0.1,0.1", workers: Workers = None, overwrite: Overwrite = False):
@@ -174,7 +177,8 @@ def synth_cmd(task: Annotated[str, typer.Argument(help="sg (stars vs galaxies), 
     from astroclass.data.splits import parse_fractions
     from astroclass.data.synth import SynthConfig, synthesize
 
-    cfg = SynthConfig(task=task, n=n, seed=seed, size=size, bands=tuple(b.strip() for b in bands.split(",") if b.strip()),
+    cfg = SynthConfig(task=task, n=n, seed=seed, size=size,
+                      bands=tuple(b.strip() for b in bands.split(",") if b.strip()),
                       pixel_scale=pixel_scale, seeing=seeing, mag_min=mag_min, mag_max=mag_max, sky_mag=sky_mag,
                       read_noise=read_noise, star_fraction=fraction,
                       classes=tuple(c.strip() for c in classes.split(",")) if classes else None).validate()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -12,11 +12,12 @@ def demo_cmd(output: Annotated[Path, typer.Option("--output", "-o", help="Folder
                                                                          "the report.")] = Path("demo-output"),
              n: Annotated[int, typer.Option("-n", "--n", help="Synthetic objects to render.")] = 1000,
              epochs: Annotated[int, typer.Option(help="Most epochs per run.")] = 3,
-             models: Annotated[Optional[str], typer.Option(help="Comma-separated models trained from scratch "
-                                                                "(default: the five paper backbones and efficientnet_lite0).")] = None,
+             models: Annotated[str | None, typer.Option(help="Comma-separated models trained from scratch "
+                                                            "(default: the five paper backbones and "
+                                                            "efficientnet_lite0).")] = None,
              pretrained: Annotated[str, typer.Option(help="Comma-separated models fine-tuned from packaged ImageNet "
                                                           "weights ('' for none).")] = "efficientnet_lite0",
-             workers: Annotated[Optional[int], typer.Option(help="Concurrent runs.")] = None,
+             workers: Annotated[int | None, typer.Option(help="Concurrent runs.")] = None,
              seed: Annotated[int, typer.Option(help="Seed of the data and the runs.")] = 0,
              quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False):
     """Render a synthetic star/galaxy set (GalSim), train the paper's five backbones and efficientnet_lite0
@@ -35,5 +36,6 @@ def demo_cmd(output: Annotated[Path, typer.Option("--output", "-o", help="Folder
                    f"test accuracy {m['test']['accuracy']:.3f} [{m['test']['accuracy_ci95'][0]:.3f}, "
                    f"{m['test']['accuracy_ci95'][1]:.3f}], balanced {m['test']['balanced_accuracy']:.3f}")
     typer.echo("runs: " + ", ".join(f"{k} {v}" for k, v in res["counts"].items()) +
-               f"; {res['seconds'] / 60:.1f} min (data {res['data_seconds']:.0f} s, training {res['grid_seconds']:.0f} s)")
+               f"; {res['seconds'] / 60:.1f} min (data {res['data_seconds']:.0f} s, training "
+               f"{res['grid_seconds']:.0f} s)")
     typer.echo(f"report: {Path(res['report']).resolve()}")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -11,9 +11,9 @@ grid_app = typer.Typer(help="Run the comparison grid (exactly once, resumable; l
                             "show its status, export its results.", no_args_is_help=True)
 
 SpecArg = Annotated[str, typer.Argument(help="A grid spec YAML file, or a built-in spec: paper, demo, tiny.")]
-Experiment = Annotated[Optional[Path], typer.Option("--experiment", "-e", help="Experiment folder holding store.sqlite "
-                                                                                "and runs/ (default: experiments/<spec name>).")]
-DataOpt = Annotated[Optional[list[str]], typer.Option("--data", help="Override a dataset path: NAME=FILE "
+Experiment = Annotated[Path | None, typer.Option(
+    "--experiment", "-e", help="Experiment folder holding store.sqlite and runs/ (default: experiments/<spec name>).")]
+DataOpt = Annotated[list[str] | None, typer.Option("--data", help="Override a dataset path: NAME=FILE "
                                                                      "(repeatable), e.g. --data SG=sg.h5.")]
 
 
@@ -39,17 +39,18 @@ def _load(spec: str, data: list[str] | None, experiment: Path | None):
 @grid_app.command("run")
 def run_cmd(spec: SpecArg, experiment: Experiment = None, data: DataOpt = None,
             engine: Annotated[str, typer.Option(help="local (worker processes here) or ray.")] = "local",
-            workers: Annotated[Optional[int], typer.Option(help="Concurrent runs (default: 1 per CPU machine, "
+            workers: Annotated[int | None, typer.Option(help="Concurrent runs (default: 1 per CPU machine, "
                                                                 "--per-gpu per GPU).")] = None,
             per_gpu: Annotated[int, typer.Option(help="Runs packed on each GPU.")] = 1,
-            threads: Annotated[Optional[int], typer.Option(help="CPU threads per run (default: cores / runs).")] = None,
+            threads: Annotated[int | None, typer.Option(help="CPU threads per run (default: cores / runs).")] = None,
             max_attempts: Annotated[int, typer.Option(help="Tries per run before it stays failed.")] = 2,
-            keep: Annotated[str, typer.Option(help="Checkpoints to keep: best (per dataset, model, setup), all, none.")] = "best",
+            keep: Annotated[str, typer.Option(
+                help="Checkpoints to keep: best (per dataset, model, setup), all, none.")] = "best",
             lease: Annotated[float, typer.Option(help="Seconds a claimed run stays ours without a heartbeat.")] = 120.0,
-            ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: start a local "
+            ray_address: Annotated[str | None, typer.Option(help="Ray cluster address (default: start a local "
                                                                     "Ray instance).")] = None,
-            ray_cpus: Annotated[Optional[int], typer.Option(help="CPUs of the local Ray instance.")] = None,
-            fuse: Annotated[Optional[str], typer.Option(help="Train the runs of a (dataset, model, setup) cell together "
+            ray_cpus: Annotated[int | None, typer.Option(help="CPUs of the local Ray instance.")] = None,
+            fuse: Annotated[str | None, typer.Option(help="Train the runs of a (dataset, model, setup) cell together "
                                                              "as one batched model: auto (on a GPU, groups as large as "
                                                              "its free memory allows; on a CPU one run at a time, "
                                                              "measured faster there), off (one run per worker "
@@ -91,7 +92,8 @@ def status_cmd(spec: SpecArg, experiment: Experiment = None, data: DataOpt = Non
     con.print(t)
     if st["mean_run_seconds"] is not None:
         eta = st["eta_seconds"]
-        con.print(f"mean run time {st['mean_run_seconds']:.1f} s; ETA {eta / 3600:.2f} h with {workers} concurrent run(s)")
+        con.print(f"mean run time {st['mean_run_seconds']:.1f} s; ETA {eta / 3600:.2f} h with {workers} "
+                  f"concurrent run(s)")
     for f in st["failures"]:
         con.print(f"[red]failed[/red] {f['id']} {f['run']} (attempts {f['attempts']}): {f['error']}")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -16,17 +16,19 @@ def predict_cmd(checkpoint: Checkpoint,
                 inputs: Annotated[list[Path], typer.Argument(help="Image or FITS files, folders, catalogue CSVs "
                                                                   "(--path-col), or prepared .h5 files.")],
                 output: Annotated[Path, typer.Option("--output", "-o", help="Predictions CSV (one row per object).")],
-                tta: Annotated[bool, typer.Option("--tta", help="Average over the 8 flips/rotations of the square.")] = False,
-                overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the output if it exists.")] = False,
+                tta: Annotated[bool, typer.Option(
+                    "--tta", help="Average over the 8 flips/rotations of the square.")] = False,
+                overwrite: Annotated[bool, typer.Option(
+                    "--overwrite", help="Replace the output if it exists.")] = False,
                 path_col: Annotated[str, typer.Option(help="Image-path column of catalogue CSV inputs.")] = "path",
-                id_col: Annotated[Optional[str], typer.Option(help="Id column of catalogue CSV inputs.")] = None,
+                id_col: Annotated[str | None, typer.Option(help="Id column of catalogue CSV inputs.")] = None,
                 allow_outside: Annotated[bool, typer.Option("--allow-outside", help="Let catalogue CSV paths leave "
                                                             "the catalogue's folder (absolute or ../ paths).")] = False,
                 device: Annotated[str, typer.Option(help="auto, cpu, cuda ...")] = "auto",
                 amp: Annotated[str, typer.Option(help="auto (bf16 autocast on CUDA GPUs and CPUs with AMX, as "
                                                       "training's evaluation; fp32 elsewhere), off (fp32) or bf16."
                                                  )] = "auto",
-                workers: Annotated[Optional[int], typer.Option(help="Decoding processes (default: all cores).")] = None,
+                workers: Annotated[int | None, typer.Option(help="Decoding processes (default: all cores).")] = None,
                 quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False):
     """Classify new images with a trained model, using exactly its training preprocessing. Unreadable images
     are reported as failed rows and the rest continue; the exit code is 3 when some rows failed."""
@@ -72,8 +74,8 @@ def info_cmd(checkpoint: Checkpoint,
 
 
 def export_cmd(checkpoint: Checkpoint,
-               onnx: Annotated[Optional[Path], typer.Option(help="Write an ONNX model here.")] = None,
-               torchscript: Annotated[Optional[Path], typer.Option(help="Write a TorchScript model here.")] = None):
+               onnx: Annotated[Path | None, typer.Option(help="Write an ONNX model here.")] = None,
+               torchscript: Annotated[Path | None, typer.Option(help="Write a TorchScript model here.")] = None):
     """Export a trained model to ONNX and/or TorchScript (input float32 (N, C, H, W) in [0, 1], output
     class probabilities)."""
     from astroclass.predict import export, load

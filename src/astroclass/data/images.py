@@ -87,7 +87,7 @@ class ImageSpec:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ImageSpec":
+    def from_dict(cls, d: dict) -> ImageSpec:
         d = dict(d)
         if d.get("bands") is not None:
             d["bands"] = tuple(str(b) for b in d["bands"])
@@ -160,7 +160,8 @@ def _read_fits(path: Path, spec: ImageSpec) -> DecodedImage:
 
     try:
         with fits.open(path, memmap=False) as hdul:
-            hdu = next((h for h in hdul if getattr(h, "is_image", False) and h.data is not None and h.data.ndim in (2, 3)), None)
+            hdu = next((h for h in hdul if getattr(h, "is_image", False) and h.data is not None
+                        and h.data.ndim in (2, 3)), None)
             if hdu is None:
                 raise BadImageError(f"{path}: no image HDU with 2-D or 3-D data")
             data = np.asarray(hdu.data, dtype=np.float64)
@@ -194,8 +195,14 @@ def _band_index(token: str, names: tuple[str, ...], path: Path) -> int:
 
 
 def scale_band(band: np.ndarray, spec: ImageSpec, path: Path, name: str) -> np.ndarray:
-    from astropy.visualization import (AsinhStretch, LinearStretch, LogStretch, MinMaxInterval,
-                                       PercentileInterval, SqrtStretch)
+    from astropy.visualization import (
+        AsinhStretch,
+        LinearStretch,
+        LogStretch,
+        MinMaxInterval,
+        PercentileInterval,
+        SqrtStretch,
+    )
 
     finite = np.isfinite(band)
     if not finite.any():

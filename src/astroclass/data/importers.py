@@ -84,7 +84,7 @@ def decode_items(items: Sequence[Item], spec: ImageSpec, workers: int | None = N
     return parallel_map(_decode, items, (spec,), workers, progress=progress)
 
 
-def build_dataset(items: Sequence[Item], output: str | Path, spec: ImageSpec = ImageSpec(), *,
+def build_dataset(items: Sequence[Item], output: str | Path, spec: ImageSpec | None = None, *,
                   source: dict, class_names: Sequence[str] | None = None,
                   fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0,
                   workers: int | None = None, skip_bad: bool = False, overwrite: bool = False,
@@ -95,6 +95,7 @@ def build_dataset(items: Sequence[Item], output: str | Path, spec: ImageSpec = I
     source listing already left out, for ``OUTPUT.skipped.csv``)."""
     import time
 
+    spec = spec or ImageSpec()
     output = Path(output)
     if output.exists() and not overwrite:
         raise AstroclassError(f"{output}: output exists (pass --overwrite to replace it)")
@@ -175,7 +176,8 @@ def build_dataset(items: Sequence[Item], output: str | Path, spec: ImageSpec = I
         if duplicates == "drop":
             drop = {int(j) for g in dup_groups for j in g[1:]}
             sel = np.array([i for i in range(len(kept_items)) if i not in drop])
-            report.skipped += [(kept_items[j].source, "duplicate of " + kept_items[groups[j]].source) for j in sorted(drop)]
+            report.skipped += [(kept_items[j].source, "duplicate of " + kept_items[groups[j]].source)
+                               for j in sorted(drop)]
             kept_items = [kept_items[i] for i in sel]
             images, labels, groups = images[sel], labels[sel], groups[sel]
             keep = [keep[i] for i in sel]
@@ -360,7 +362,8 @@ def read_efigi_catalog(path: str | Path) -> list[tuple[str, int]]:
             try:
                 out.append((parts[header.index("PGCname")], int(float(parts[header.index("T")]))))
             except (IndexError, ValueError):
-                raise AstroclassError(f"{path}, line {n}: cannot read PGCname and T from {line.strip()[:60]!r}") from None
+                raise AstroclassError(f"{path}, line {n}: cannot read PGCname and T from "
+                                      f"{line.strip()[:60]!r}") from None
     if not out:
         raise AstroclassError(f"{path}: no galaxies in the EFIGI catalogue")
     return out
@@ -388,7 +391,8 @@ def efigi_view(catalog: Sequence[tuple[str, int]], view: str, min_count: int = 1
     return groups, {pgc: g for pgc, t in catalog if (g := group(t)) in groups}
 
 
-def efigi_items(catalog: str | Path, images: str | Path, view: str, workdir: str | Path | None = None) -> tuple[list[str], list[Item]]:
+def efigi_items(catalog: str | Path, images: str | Path, view: str,
+                workdir: str | Path | None = None) -> tuple[list[str], list[Item]]:
     """Items of an EFIGI view; ``images`` is a folder or a .tgz holding PGC*.png files."""
     classes, label_of = efigi_view(read_efigi_catalog(catalog), view)
     images = Path(images)
@@ -449,13 +453,15 @@ def galaxy10_items(path: str | Path) -> tuple[list[str], list[Item], str]:
     except OSError as exc:
         raise AstroclassError(f"{path}: not a readable HDF5 file ({exc})") from None
     if len(shape) != 4 or shape[0] != len(ans):
-        raise AstroclassError(f"{path}: 'images' has shape {shape}, expected (N, H, W, 3) with N = len(ans) = {len(ans)}")
+        raise AstroclassError(f"{path}: 'images' has shape {shape}, expected (N, H, W, 3) with N = len(ans) = "
+                              f"{len(ans)}")
     layout = "decals" if shape[1] >= 128 else "sdss"
     classes = GALAXY10_DECALS_CLASSES if layout == "decals" else GALAXY10_SDSS_CLASSES
     bad = sorted(set(int(a) for a in ans) - set(range(10)))
     if bad:
         raise AstroclassError(f"{path}: 'ans' holds values {bad[:5]} outside the 10 Galaxy10 classes 0..9")
-    items = [Item(str(path), classes[int(a)], str(i + 1), f"{path.name}#{i + 1}", "images", i) for i, a in enumerate(ans)]
+    items = [Item(str(path), classes[int(a)], str(i + 1), f"{path.name}#{i + 1}", "images", i)
+             for i, a in enumerate(ans)]
     return classes, items, layout
 
 

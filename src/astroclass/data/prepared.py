@@ -150,7 +150,8 @@ class PreparedDataset:
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self._images.shape[1:])  # type: ignore[return-value]
+        c, h, w = self._images.shape[1:]
+        return c, h, w
 
     @property
     def channels(self) -> int:
@@ -209,7 +210,7 @@ class PreparedDataset:
     def close(self) -> None:
         self._file.close()
 
-    def __enter__(self) -> "PreparedDataset":
+    def __enter__(self) -> PreparedDataset:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -38,8 +38,8 @@ def contact_sheet(ds: PreparedDataset, output: str | Path, per_class: int = 8, s
     fig, axes = plt.subplots(k, per_class, figsize=(per_class * 1.1, k * 1.15 + 0.3), squeeze=False)
     for c, name in enumerate(ds.class_names):
         idx = np.flatnonzero(ds.labels == c)
-        pick = np.sort(rng.choice(idx, size=min(per_class, len(idx)), replace=False)) if len(idx) else []
-        imgs = ds.images(np.asarray(pick, dtype=np.int64)) if len(pick) else []
+        pick = np.sort(rng.choice(idx, size=min(per_class, len(idx)), replace=False))
+        imgs = ds.images(pick.astype(np.int64)) if len(pick) else np.empty((0,))
         for j in range(per_class):
             ax = axes[c, j]
             ax.set_xticks([])

@@ -18,7 +18,8 @@ read noise is added (GalSim ``CCDNoise``). Each band is then mapped to [0, 1] wi
 stretch shared by all objects, asinh(x / 3σ) / asinh(peak / 3σ), where σ is the sky + read noise
 per pixel and ``peak`` the central pixel of a point source at the bright end of the magnitude
 range, so brightness differences between objects survive (a per-image stretch would erase
-them); negative pixels are clipped to 0. Images are stored as float16 in a prepared dataset, with per-object columns of the true parameters, including the
+them); negative pixels are clipped to 0. Images are stored as float16 in a prepared dataset, with per-object
+columns of the true parameters, including the
 r-band signal-to-noise ratio (the optimal, matched-filter S/N of the noiseless profile).
 
 Every object's parameters and noise come from its own seeds derived from ``seed``, so the same
@@ -90,7 +91,7 @@ class SynthConfig:
             return list(self.classes)
         return list(TASKS[self.task])
 
-    def validate(self) -> "SynthConfig":
+    def validate(self) -> SynthConfig:
         if self.task not in TASKS:
             raise AstroclassError(f"unknown synthetic task {self.task!r}; choose from {sorted(TASKS)}")
         if self.n <= 0:
@@ -117,7 +118,8 @@ class SynthConfig:
             if bad or len(set(self.classes)) < 2:
                 raise AstroclassError(f"morph classes must be at least two of {allowed}, got {list(self.classes)}")
         if self.task != "morph" and self.classes:
-            raise AstroclassError(f"--classes applies to the morph task only (task {self.task!r} has {TASKS[self.task]})")
+            raise AstroclassError(f"--classes applies to the morph task only (task {self.task!r} has "
+                                  f"{TASKS[self.task]})")
         if not 0 < self.star_fraction < 1:
             raise AstroclassError(f"star_fraction must be between 0 and 1, got {self.star_fraction}")
         return self
@@ -197,8 +199,8 @@ def _profile(cls: str, rng: np.random.Generator, cfg: SynthConfig, truth: dict):
     disk = _spiral_disk(rng, disk_hlr, cfg.pixel_scale).withFlux(1 - bt)
     parts = [bulge, disk]
     if cls == "barred_spiral":
-        parts.append(galsim.Sersic(n=0.5, half_light_radius=0.5 * disk_hlr).shear(q=0.25, beta=float(rng.uniform(0, 180)) *
-                                                                                  galsim.degrees).withFlux(0.15))
+        bar = galsim.Sersic(n=0.5, half_light_radius=0.5 * disk_hlr)
+        parts.append(bar.shear(q=0.25, beta=float(rng.uniform(0, 180)) * galsim.degrees).withFlux(0.15))
     return galsim.Add(parts).shear(q=max(inc_q, 0.45), beta=beta)
 
 

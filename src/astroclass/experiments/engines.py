@@ -165,7 +165,8 @@ class RayEngine:
             try:
                 ray.init(**kwargs)
             except Exception as exc:
-                raise AstroclassError(f"could not start or reach Ray at {address or 'a local instance'} ({exc})") from None
+                raise AstroclassError(f"could not start or reach Ray at {address or 'a local instance'} "
+                                      f"({exc})") from None
         res = ray.cluster_resources()
         cpus, gpus = int(res.get("CPU", 1)), int(res.get("GPU", 0))
         n = workers or (gpus * max(1, per_gpu) if gpus else cpus)

@@ -17,9 +17,9 @@ from pathlib import Path
 
 from astroclass.errors import AstroclassError
 from astroclass.experiments.engines import make_engine
-from astroclass.experiments.workers import AUTO_GROUP, GroupJob, failed
 from astroclass.experiments.spec import GridSpec
 from astroclass.experiments.store import Store, first_line, run_label
+from astroclass.experiments.workers import AUTO_GROUP, GroupJob, failed
 from astroclass.fileio import atomic_write_text
 
 KEEP_POLICIES = ("best", "all", "none")
@@ -113,7 +113,7 @@ def adopt_attempt(experiment: Path, rid: str, token: str, result: dict | None = 
         shutil.rmtree(p, ignore_errors=True)
 
 
-def run_grid(spec: GridSpec, experiment: str | Path, options: GridOptions = GridOptions(),
+def run_grid(spec: GridSpec, experiment: str | Path, options: GridOptions | None = None,
              progress: bool = True) -> dict[str, int]:
     """Run every unfinished run of ``spec`` exactly once into the experiment's store; returns status counts.
 
@@ -121,6 +121,7 @@ def run_grid(spec: GridSpec, experiment: str | Path, options: GridOptions = Grid
     one worker (``options.fuse``, else the spec's ``fuse`` run option: auto, off or a group size)."""
     from astroclass.training import fuse_key
 
+    options = options or GridOptions()
     if options.keep not in KEEP_POLICIES:
         raise AstroclassError(f"--keep must be one of {KEEP_POLICIES}, got {options.keep!r}")
     if options.max_attempts < 1:
@@ -243,7 +244,8 @@ class _Display:
         name = self.running.pop(rid, rid)
         if result.get("status") == "done" and recorded:
             self.done += 1
-            line = f"done   {rid} {name}: val acc {result['val']['accuracy']:.3f}, test acc {result['test']['accuracy']:.3f}"
+            line = (f"done   {rid} {name}: val acc {result['val']['accuracy']:.3f}, test acc "
+                    f"{result['test']['accuracy']:.3f}")
         else:
             err = first_line(result.get("error") or "not recorded: lease lost")
             line = f"failed {rid} {name}: {err}"

@@ -90,7 +90,7 @@ class GridSpec:
     source: str = ""
 
     @classmethod
-    def from_dict(cls, d: Any, where: str, base: Path) -> "GridSpec":
+    def from_dict(cls, d: Any, where: str, base: Path) -> GridSpec:
         if not isinstance(d, dict):
             raise AstroclassError(f"{where}: a grid spec is a mapping with keys {sorted(TOP_KEYS)}")
         unknown = sorted(set(d) - TOP_KEYS)
@@ -117,14 +117,16 @@ class GridSpec:
                 raise AstroclassError(f"{where}: '{key}' must be a mapping of run options")
             bad = sorted(set(sub) - (run_fields - {"dataset"}))
             if bad:
-                raise AstroclassError(f"{where}: unknown {key} option(s) {bad}; allowed: {sorted(run_fields - {'dataset'})}")
+                raise AstroclassError(f"{where}: unknown {key} option(s) {bad}; allowed: "
+                                      f"{sorted(run_fields - {'dataset'})}")
         clash = sorted(set(d.get("axes") or {}) & (set(AXES.values()) | set(d.get("train") or {})))
         if clash:
             raise AstroclassError(f"{where}: {clash} given both as an axis and elsewhere; give each once")
         datasets = {str(k): (base / str(v)) if not Path(str(v)).is_absolute() else Path(str(v))
                     for k, v in d["datasets"].items()}
         spec = cls(name=str(d.get("name") or "grid"), datasets=datasets, models=[str(m) for m in _list(d, "models")],
-                   source=where, train=dict(d.get("train") or {}), axes={k: _list(d["axes"], k) for k in d.get("axes") or {}})
+                   source=where, train=dict(d.get("train") or {}),
+                   axes={k: _list(d["axes"], k) for k in d.get("axes") or {}})
         for key in ("setups", "l2", "maxnorm", "optimizers", "seeds"):
             if key in d:
                 setattr(spec, key, _list(d, key))
@@ -158,7 +160,7 @@ class GridSpec:
         return spec
 
     @classmethod
-    def load(cls, spec: str | Path, data_overrides: dict[str, str] | None = None) -> "GridSpec":
+    def load(cls, spec: str | Path, data_overrides: dict[str, str] | None = None) -> GridSpec:
         """A spec file, or the name of a built-in spec (paper, demo, tiny)."""
         path = Path(spec)
         if path.is_file():

@@ -25,8 +25,8 @@ def grid_status(spec: GridSpec, store: Store, slots: int = 1) -> dict[str, Any]:
     counts = status_counts(runs)
     counts["pending"] += len(set(ids)) - len(runs)  # runs of the spec not yet added to the store
     per_ds: dict[str, dict[str, int]] = {d: {"done": 0, "total": 0} for d in spec.datasets}
-    for r in expanded:
-        per_ds[r.dataset]["total"] += 1
+    for spec_run in expanded:
+        per_ds[spec_run.dataset]["total"] += 1
     for r in runs:
         if r["status"] == "done" and r["dataset"] in per_ds:
             per_ds[r["dataset"]]["done"] += 1

@@ -195,7 +195,7 @@ class Store:
         """
         from astroclass.data.prepared import PreparedDataset
 
-        info = {}
+        info: dict[str, dict[str, Any]] = {}
         for name, path in datasets.items():
             if not Path(path).is_file():
                 raise AstroclassError(f"dataset {name}: {path} not found")
@@ -316,7 +316,8 @@ class Store:
         place there): if it raises, nothing is recorded."""
         now = time.time()
         with self.transaction() as db:
-            row = db.execute("SELECT started FROM runs WHERE id=? AND token=? AND status='running'", (rid, token)).fetchone()
+            row = db.execute("SELECT started FROM runs WHERE id=? AND token=? AND status='running'",
+                             (rid, token)).fetchone()
             if row is None:
                 return False
             status = result.get("status", "failed")

@@ -9,6 +9,7 @@ kills it when the driver dies (parent-death signal), elsewhere it checks between
 
 from __future__ import annotations
 
+import functools
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -68,7 +69,7 @@ def execute_group(job: GroupJob, emit: Callable[[str, dict], None], heartbeat: C
             size = fused_group_size(chunk[0][1], min(limit, len(pending)), job.fuse == "auto", cache)
             chunk, rest = pending[:size], pending[size:]
             train_group([c for _, c, _ in chunk], [o for _, _, o in chunk], progress=False,
-                        on_finish=lambda i, res, hist, chunk=chunk: report(chunk[i][0], {"result": res, "history": hist}),
+                        on_finish=functools.partial(_report_run, report, [rid for rid, _, _ in chunk]),
                         heartbeat=heartbeat, cache=cache)
         except AstroclassError as exc:  # bad data or options: every run of the chunk fails the same way
             for rid, _, _ in chunk:
@@ -89,6 +90,15 @@ def execute_group(job: GroupJob, emit: Callable[[str, dict], None], heartbeat: C
     return ok
 
 
+def _report_run(report: Callable[[str, dict], None], ids: list[str], i: int, result: dict, history: list) -> None:
+    """on_finish of a fused group: run i of the chunk is done."""
+    report(ids[i], {"result": result, "history": history})
+
+
+def _send_run(conn, key: Any, rid: str, outcome: dict) -> None:
+    conn.send(("run", key, rid, outcome))
+
+
 def worker_main(conn, parent_pid: int, max_groups: int) -> None:
     """A local worker process: receive GroupJobs, send ("run", key, run id, outcome) per finished run and
     ("done", key, more, None) per group, ``more`` saying whether it takes another group; it exits after
@@ -104,8 +114,7 @@ def worker_main(conn, parent_pid: int, max_groups: int) -> None:
             return
         if job is None:
             return
-        ok = execute_group(job, lambda rid, outcome, key=job.key: conn.send(("run", key, rid, outcome)),
-                           lambda: check_parent(parent_pid), cache)
+        ok = execute_group(job, functools.partial(_send_run, conn, job.key), lambda: check_parent(parent_pid), cache)
         conn.send(("done", job.key, ok and n < max_groups - 1, None))
         if not ok:
             return

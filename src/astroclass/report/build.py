@@ -12,20 +12,28 @@ import html
 import math
 from pathlib import Path
 
-
 import numpy as np
 
 from astroclass.errors import AstroclassError
 from astroclass.experiments.runner import open_experiment
 from astroclass.experiments.store import first_line
+from astroclass.fileio import atomic_write_text
 from astroclass.models import display_name
 from astroclass.report import plots
-from astroclass.report.stats import four_questions, load_predictions, ranked_cells, significance, summarise_choice
 from astroclass.report.scaling import scaling_answer, scaling_curves
-from astroclass.report.tables import (OPT_SHORT, RunRow, Table, Tables, base_variant, compare_with_paper,
-                                      differing_keys, fmt, variant_text)
+from astroclass.report.stats import four_questions, load_predictions, ranked_cells, significance, summarise_choice
+from astroclass.report.tables import (
+    OPT_SHORT,
+    RunRow,
+    Table,
+    Tables,
+    base_variant,
+    compare_with_paper,
+    differing_keys,
+    fmt,
+    variant_text,
+)
 from astroclass.training import RunConfig
-from astroclass.fileio import atomic_write_text
 
 
 def _precisions(done: list) -> str:
@@ -33,7 +41,8 @@ def _precisions(done: list) -> str:
     from collections import Counter
 
     speeds = [(r.metrics.get("environment") or {}).get("speed") for r in done]
-    kinds = Counter({None: "fp32", "bfloat16": "bf16 autocast"}.get(s.get("amp"), str(s.get("amp"))) for s in speeds if s)
+    names = {None: "fp32", "bfloat16": "bf16 autocast"}
+    kinds = Counter(names.get(s.get("amp"), str(s.get("amp"))) for s in speeds if s)
     if not kinds:
         return ""
     parts = ", ".join(f"{n} in {k}" for k, n in sorted(kinds.items()))
@@ -46,7 +55,7 @@ def _finetuning(done: list) -> str:
     norms normalised (runs of versions before these options: params:N, moving statistics)."""
     from collections import Counter
 
-    kinds = Counter()
+    kinds: Counter[tuple[str, str]] = Counter()
     for r in done:
         if r.setup != "pretrained":
             continue
@@ -77,7 +86,8 @@ def build_report(experiment: str | Path, output: str | Path) -> Path:
     try:
         import yaml
 
-        spec_order = list((yaml.safe_load((experiment / "spec.yaml").read_text()) or {}).get("datasets", {})) or spec_order
+        spec_yaml = yaml.safe_load((experiment / "spec.yaml").read_text()) or {}
+        spec_order = list(spec_yaml.get("datasets", {})) or spec_order
     except (OSError, ValueError):
         pass
     try:
@@ -162,7 +172,7 @@ def build_report(experiment: str | Path, output: str | Path) -> Path:
                ("; the other option sets follow in their own sections." if several else "."))
     if curves:
         page.p("Runs that differ from these only in train_fraction are drawn as data-scaling curves (Plots).")
-    for key, t in all_tables.items():
+    for t in all_tables.values():
         _save_table(output, t)
         page.table_obj(t)
     if vs_paper:
@@ -221,7 +231,8 @@ def build_report(experiment: str | Path, output: str | Path) -> Path:
         classes = dataset_info.get(d, {}).get("class_names") or list(test.get("per_class", {}))
         if test.get("confusion_matrix"):
             page.img(plots.confusion(test["confusion_matrix"], classes, f"Test confusion matrix, {label}",
-                                     pdir / f"confusion_{slug}.png"), f"Confusion matrix (test) of the best run of {d}.")
+                                     pdir / f"confusion_{slug}.png"),
+                     f"Confusion matrix (test) of the best run of {d}.")
         preds = load_predictions(experiment, run.id)
         if preds is not None and len(preds["test_labels"]):
             from astroclass.metrics import expected_calibration_error, reliability_bins
@@ -256,7 +267,8 @@ def _beyond_table(tables: Tables, summaries: dict) -> Table:
             "test_accuracy": sm["test_accuracy"], "test_accuracy_std": sm["test_accuracy_std"],
             "test_ci_low": lo, "test_ci_high": hi, "test_balanced_accuracy": sm["test_balanced_accuracy"],
             "test_macro_f1": sm["test_macro_f1"], "test_ece": sm["test_ece"], "test_roc_auc": sm["test_roc_auc"],
-            "test_pr_auc": sm["test_pr_auc"], "threshold_test_balanced_accuracy": sm["threshold_test_balanced_accuracy"]})
+            "test_pr_auc": sm["test_pr_auc"],
+            "threshold_test_balanced_accuracy": sm["threshold_test_balanced_accuracy"]})
     t = Table("beyond", "Table 8's chosen settings on the held-out test set: mean ± std over seeds, 95% interval, "
               "balanced accuracy, macro-F1, expected calibration error; for two classes ROC-AUC, PR-AUC (positive "
               "class: the rarer in training) and balanced accuracy at the threshold chosen on validation.", records,
@@ -295,7 +307,7 @@ def _beyond_wide(t: Table):
     return header, rows
 
 
-def _gallery(page: "_Page", d, slug, label, preds, classes, info, pdir: Path) -> None:
+def _gallery(page: _Page, d, slug, label, preds, classes, info, pdir: Path) -> None:
     from astroclass.data.prepared import PreparedDataset
 
     probs, y, idx = preds["test_probs"], preds["test_labels"], preds["test_index"]
@@ -314,12 +326,14 @@ def _gallery(page: "_Page", d, slug, label, preds, classes, info, pdir: Path) ->
             return
         imgs = list(ds.images(idx[order]))
         ids = [ds.ids[i] for i in idx[order]]
-    caps = [f"{i}\ntrue {classes[y[j]]}\npred {classes[probs[j].argmax()]} ({probs[j].max():.2f})" for i, j in zip(ids, order)]
-    page.img(plots.gallery(imgs, caps, f"Most confidently misclassified test images, {label}", pdir / f"gallery_{slug}.png"),
+    caps = [f"{i}\ntrue {classes[y[j]]}\npred {classes[probs[j].argmax()]} ({probs[j].max():.2f})"
+            for i, j in zip(ids, order)]
+    page.img(plots.gallery(imgs, caps, f"Most confidently misclassified test images, {label}",
+                           pdir / f"gallery_{slug}.png"),
              f"The most confidently misclassified test images of the best run of {d}.")
 
 
-def _accuracy_vs_snr(page: "_Page", tables: Tables, d: str, slug: str, info: dict, experiment: Path, pdir: Path,
+def _accuracy_vs_snr(page: _Page, tables: Tables, d: str, slug: str, info: dict, experiment: Path, pdir: Path,
                      bins: int = 6) -> None:
     """For synthetic datasets (true r-band S/N stored per object): test accuracy against S/N, per model."""
     from astroclass.data.prepared import PreparedDataset
@@ -360,7 +374,7 @@ def _accuracy_vs_snr(page: "_Page", tables: Tables, d: str, slug: str, info: dic
                  f"how survey scientists judge star/galaxy separation, which gets harder for faint objects.")
 
 
-def _failures(page: "_Page", failed: list[dict]) -> None:
+def _failures(page: _Page, failed: list[dict]) -> None:
     if not failed:
         return
     page.h2("Failed runs")
@@ -380,7 +394,8 @@ def _save_table(output: Path, t: Table, folder: str = "") -> None:
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1200px;color:#222;
 line-height:1.4;padding:0 12px} h1{font-size:1.6em;margin-bottom:.2em} h2{margin-top:1.6em;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;margin:8px 0 4px;font-size:13px} th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}
+table{border-collapse:collapse;margin:8px 0 4px;font-size:13px}
+th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}
 th{background:#f3f3f3} td:first-child,th:first-child{text-align:left} caption{caption-side:top;text-align:left;
 font-size:13px;color:#444;padding:4px 0} figure{margin:12px 0} figcaption{font-size:13px;color:#444}
 img{max-width:100%;border:1px solid #eee} .scroll{overflow-x:auto}

@@ -28,7 +28,8 @@ def save(fig, path: Path) -> Path:
     return path
 
 
-def heatmap(values: dict[tuple[str, str], float], datasets: list[str], models: list[str], title: str, path: Path) -> Path:
+def heatmap(values: dict[tuple[str, str], float], datasets: list[str], models: list[str], title: str,
+            path: Path) -> Path:
     """Datasets × models accuracy heatmap; gaps are left blank."""
     plt = _plt()
     mat = np.array([[values.get((d, m), np.nan) for m in models] for d in datasets], dtype=float)
@@ -147,7 +148,7 @@ def accuracy_vs_truth(curves: dict[str, tuple[list[float], list[float], list[int
     """Test accuracy per bin of a true parameter (e.g. S/N), one line per model."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.8))
-    for label, (x, acc, n) in curves.items():
+    for label, (x, acc, _) in curves.items():
         ax.plot(x, acc, marker="o", label=label)
     if log_x:
         ax.set_xscale("log")
@@ -165,10 +166,12 @@ def scaling(curves: dict[str, list[dict[str, Any]]], title: str, path: Path) -> 
     """Test accuracy and balanced accuracy against training images per class, one line per model, ±1 std."""
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-    for ax, key, name in ((axes[0], "accuracy", "test accuracy"), (axes[1], "balanced_accuracy", "test balanced accuracy")):
+    for ax, key, name in ((axes[0], "accuracy", "test accuracy"),
+                          (axes[1], "balanced_accuracy", "test balanced accuracy")):
         for label, pts in curves.items():
             x = [p["per_class"] for p in pts]
-            ax.errorbar(x, [p[key] for p in pts], yerr=[p[f"{key}_std"] for p in pts], marker="o", capsize=3, label=label)
+            ax.errorbar(x, [p[key] for p in pts], yerr=[p[f"{key}_std"] for p in pts], marker="o", capsize=3,
+                        label=label)
         ax.set_xscale("log")
         ax.set_xlabel("training images per class")
         ax.set_ylabel(name)

@@ -54,7 +54,8 @@ def scaling_answer(curves: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
     for d, cs in curves.items():
         for label, pts in cs.items():
             a, b = pts[0], pts[-1]
-            parts.append(f"{d}, {label}: from ~{a['per_class']:.0f} to ~{b['per_class']:.0f} training images per class, "
+            parts.append(f"{d}, {label}: from ~{a['per_class']:.0f} to ~{b['per_class']:.0f} training images per "
+                         f"class, "
                          f"test balanced accuracy {a['balanced_accuracy']:.3f} → {b['balanced_accuracy']:.3f} "
                          f"(accuracy {a['accuracy']:.3f} → {b['accuracy']:.3f}; {b['n_seeds']} seed(s) per point)")
     return "Measured with the data-scaling axis: " + "; ".join(parts) + "."

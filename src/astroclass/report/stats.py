@@ -36,7 +36,7 @@ def summarise_choice(ch: Choice) -> dict[str, Any]:
     thr = [r.metrics.get("threshold") or {} for r in ch.runs]
     for key, get in (("test_roc_auc", lambda t: t.get("test_roc_auc")), ("test_pr_auc", lambda t: t.get("test_pr_auc")),
                      ("threshold_test_balanced_accuracy", lambda t: (t.get("test") or {}).get("balanced_accuracy"))):
-        v = [get(t) for t in thr if get(t) is not None]
+        v = [float(x) for t in thr if (x := get(t)) is not None]
         out[key] = float(np.mean(v)) if v else float("nan")
     if len(ch.runs) == 1:
         ci = ch.runs[0].metrics.get("test", {}).get("accuracy_ci95") or [float("nan")] * 2
@@ -90,7 +90,8 @@ def significance(tables: Tables, experiment: Path, alpha: float = 0.05) -> dict[
             out[d] = res
             continue
         seeds_b = {r.seed: r for r in best[2].runs}
-        pair = next(((seeds_b[r.seed], r) for r in sorted(runner[2].runs, key=lambda r: r.seed) if r.seed in seeds_b), None)
+        pair = next(((seeds_b[r.seed], r) for r in sorted(runner[2].runs, key=lambda r: r.seed) if r.seed in seeds_b),
+                    None)
         preds = [load_predictions(experiment, r.id) for r in pair] if pair else [None, None]
         name_a = f"{display_name(best[0])} ({best[1]})"
         name_b = f"{display_name(runner[0])} ({runner[1]})"
@@ -106,7 +107,8 @@ def significance(tables: Tables, experiment: Path, alpha: float = 0.05) -> dict[
             acc_a, acc_b = float(ca.mean()), float(cb.mean())
             verdict = "significantly better than" if t["p_value"] < alpha and acc_a > acc_b else \
                 "significantly worse than" if t["p_value"] < alpha else "not significantly different from"
-            res["text"] = (f"{d}: the best model by validation accuracy, {name_a}, test accuracy {acc_a:.3f}, is {verdict} "
+            res["text"] = (f"{d}: the best model by validation accuracy, {name_a}, test accuracy {acc_a:.3f}, is "
+                           f"{verdict} "
                            f"the runner-up {name_b}, {acc_b:.3f} (exact McNemar test on the same {len(y)} test images, "
                            f"seed {pair[0].seed}: {t['a_only']} images right only by the first, {t['b_only']} only by "
                            f"the second, p = {t['p_value']:.3g}).")
@@ -136,8 +138,8 @@ def four_questions(tables: Tables, dataset_info: dict[str, dict], summaries: dic
     # 2. which hyperparameters
     per_model = []
     for m in tables.models:
-        picks = [tables.best_overall((d, m, s)) for d in tables.datasets for s in tables.setups]
-        picks = [p.setting for p in picks if p is not None]
+        choices = [tables.best_overall((d, m, s)) for d in tables.datasets for s in tables.setups]
+        picks = [c.setting for c in choices if c is not None]
         if picks:
             reg = max(set((p[0], p[1]) for p in picks), key=lambda r: [(p[0], p[1]) for p in picks].count(r))
             opt = max(set(p[2] for p in picks), key=lambda o: [p[2] for p in picks].count(o))
@@ -174,7 +176,8 @@ def four_questions(tables: Tables, dataset_info: dict[str, dict], summaries: dic
         if info and ranked:
             k = len(info["class_names"])
             best = summaries.get((d, ranked[0][0], ranked[0][1]), {})
-            rows.append((d, k, info["n_images"] * 0.8 / k, ranked[0][2].value, best.get("test_balanced_accuracy", float("nan"))))
+            rows.append((d, k, info["n_images"] * 0.8 / k, ranked[0][2].value,
+                         best.get("test_balanced_accuracy", float("nan"))))
     if rows:
         desc = "; ".join(f"{d}: {k} classes, ~{per:.0f} training images per class, best validation accuracy {acc:.3f}, "
                          f"test balanced accuracy {bal:.3f}" for d, k, per, acc, bal in rows)
@@ -185,11 +188,13 @@ def four_questions(tables: Tables, dataset_info: dict[str, dict], summaries: dic
             rho_n = spearmanr([r[2] for r in rows], [r[4] for r in rows]).statistic
             trend = (f" Across the {len(rows)} datasets, the Spearman correlation of test balanced accuracy with the "
                      f"number of classes is {rho_k:+.2f} and with training images per class {rho_n:+.2f}"
-                     f"{' (undefined where a quantity does not vary)' if any(map(math.isnan, (rho_k, rho_n))) else ''}.")
+                     f"{' (undefined where a quantity does not vary)' if any(map(math.isnan, (rho_k, rho_n))) else ''}"
+                     f".")
         elif scaling:
             trend = ""
         else:
-            trend = " Too few datasets to measure a trend; a data-scaling grid (train_fraction axis) measures it on one dataset."
+            trend = (" Too few datasets to measure a trend; a data-scaling grid (train_fraction axis) measures it on "
+                     "one dataset.")
         ans["How do the number of classes and observations affect performance?"] = \
             (scaling + " " if scaling else "") + desc + "." + trend
     return ans

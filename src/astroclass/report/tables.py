@@ -103,7 +103,7 @@ class RunRow:
         return variant_of(self.config)
 
     @classmethod
-    def from_store(cls, r: dict[str, Any]) -> "RunRow":
+    def from_store(cls, r: dict[str, Any]) -> RunRow:
         m = r["metrics"]
         return cls(r["id"], r["dataset"], r["model"], r["setup"], (float(r["l2"]), float(r["maxnorm"]), r["optimizer"]),
                    int(r["seed"]), float(m["val"]["accuracy"]), int(m.get("best_epoch", 0)), m, r["config"])
@@ -125,7 +125,7 @@ class Table:
     records: list[dict[str, Any]]
     n_runs: int
     columns: list[str]
-    wide: Callable[["Table"], tuple[list[str], list[list[str]]]] | None = None
+    wide: Callable[[Table], tuple[list[str], list[list[str]]]] | None = None
     notes: list[str] = field(default_factory=list)
 
     def to_csv(self) -> str:
@@ -254,7 +254,8 @@ class Tables:
                 rec.update(l2_lambda=ch.setting[0], maxnorm_gamma=ch.setting[1], optimizer=ch.setting[2])
             records.append(rec)
         cols = ["dataset", "model", "setup", "val_accuracy", "n_runs"]
-        extra = {"reg": ["l2_lambda", "maxnorm_gamma"], "opt": ["optimizer"], "all": ["l2_lambda", "maxnorm_gamma", "optimizer"]}
+        extra = {"reg": ["l2_lambda", "maxnorm_gamma"], "opt": ["optimizer"],
+                 "all": ["l2_lambda", "maxnorm_gamma", "optimizer"]}
         cols[4:4] = extra.get(settings, [])
 
         def cell(r):
@@ -288,7 +289,8 @@ class Tables:
         for d in self.datasets:
             for m in self.models:
                 for o in opts:
-                    eps = [r.best_epoch for r in self.runs if (r.dataset, r.model, r.setup, r.setting[2]) == (d, m, "scratch", o)]
+                    eps = [r.best_epoch for r in self.runs
+                           if (r.dataset, r.model, r.setup, r.setting[2]) == (d, m, "scratch", o)]
                     n += len(eps)
                     records.append({"dataset": d, "model": display_name(m), "optimizer": o,
                                     "mean_epochs": sum(eps) / len(eps) if eps else float("nan"), "n_runs": len(eps)})
@@ -300,18 +302,21 @@ class Tables:
                     for d in self.datasets]
             return header, rows
 
-        return Table("table7", "Mean epochs to convergence (epoch of best validation loss) per optimiser, scratch runs.",
+        return Table("table7",
+                     "Mean epochs to convergence (epoch of best validation loss) per optimiser, scratch runs.",
                      records, n, ["dataset", "model", "optimizer", "mean_epochs", "n_runs"], wide=wide)
 
     def ranking(self, key: str, setup: str, t8: Table) -> Table:
         records = []
         for d in self.datasets:
-            rows = [r for r in t8.records if r["dataset"] == d and r["setup"] == setup and not math.isnan(r["val_accuracy"])]
+            rows = [r for r in t8.records
+                    if r["dataset"] == d and r["setup"] == setup and not math.isnan(r["val_accuracy"])]
             rows.sort(key=lambda r: (-r["val_accuracy"], r["model"]))
             records += [{"dataset": d, "rank": i + 1, "model": r["model"], "val_accuracy": r["val_accuracy"]}
                         for i, r in enumerate(rows)]
         n = sum(len(rs) for k, v in self.cells.items() if k[2] == setup for rs in v.values())
-        title = f"Models ranked by best validation accuracy (Table 8), {'trained from scratch' if setup == 'scratch' else 'pre-trained on ImageNet'}."
+        how = "trained from scratch" if setup == "scratch" else "pre-trained on ImageNet"
+        title = f"Models ranked by best validation accuracy (Table 8), {how}."
 
         def wide(t: Table):
             depth = max([r["rank"] for r in t.records], default=0)
@@ -329,15 +334,16 @@ class Tables:
     def all(self) -> dict[str, Table]:
         t2 = self._value_table("table2", "Validation accuracy at the preset λ=0.1, γ=0, Adam.", self.preset,
                                candidates=lambda s: s == PRESET)
-        t3 = self._value_table("table3", "Best validation accuracy over (λ, γ) with Adam; winning (λ, γ) in parentheses.",
+        t3 = self._value_table("table3",
+                               "Best validation accuracy over (λ, γ) with Adam; winning (λ, γ) in parentheses.",
                                self.best_regularisation, "reg", lambda s: s[2] == "adam")
-        t5 = self._value_table("table5", "Best validation accuracy over optimisers at λ=0.1, γ=0; winner in parentheses.",
+        t5 = self._value_table("table5",
+                               "Best validation accuracy over optimisers at λ=0.1, γ=0; winner in parentheses.",
                                self.best_optimizer, "opt", lambda s: s[:2] == PRESET[:2])
         t8 = self._value_table("table8", "Best validation accuracy over all settings.", self.best_overall, "all")
         t10 = Table("table10", "Settings (λ, γ, optimiser) behind Table 8.", t8.records, t8.n_runs,
                     ["dataset", "model", "setup", "l2_lambda", "maxnorm_gamma", "optimizer"],
-                    wide=lambda t: self._wide(t.records, lambda r: f"{r['l2_lambda']:g}, {r['maxnorm_gamma']:g}, "
-                                              f"{OPT_SHORT.get(r['optimizer'], r['optimizer'])}" if "optimizer" in r else "–"))
+                    wide=lambda t: self._wide(t.records, _settings_cell))
         out = {"table2": t2, "table3": t3,
                "table4": self._diff_table("table4", "Table 3 − Table 2: gain from tuning regularisation.", t3, t2),
                "table5": t5,
@@ -358,6 +364,13 @@ class Tables:
             t.records = [{**r, **self.columns} for r in t.records]
             t.columns = t.columns + [k for k in self.columns if k not in t.columns]
         return t
+
+
+def _settings_cell(r: dict) -> str:
+    """Table 10's cell: λ, γ, optimiser of Table 8's choice ("–" for a gap)."""
+    if "optimizer" not in r:
+        return "–"
+    return f"{r['l2_lambda']:g}, {r['maxnorm_gamma']:g}, {OPT_SHORT.get(r['optimizer'], r['optimizer'])}"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -110,12 +110,13 @@ class RunConfig:
             return {"channels_last": False, "amp": None, "compile": None, "matmul_1x1": False, "fused_optimizer": False,
                     "grouped_kernels": False}
         amp = {"auto": auto_amp(device), "bf16": torch.bfloat16, "off": None}[self.amp]
-        comp = {"auto": "reduce-overhead" if device.type == "cuda" else None, "off": None}.get(self.compile, self.compile)
+        auto_compile = "reduce-overhead" if device.type == "cuda" else None
+        comp = {"auto": auto_compile, "off": None}.get(self.compile, self.compile)
         return {"channels_last": self.channels_last, "amp": amp, "compile": comp,
                 "matmul_1x1": self.channels_last and device.type == "cpu", "fused_optimizer": True,
                 "grouped_kernels": device.type == "cuda"}
 
-    def validate(self) -> "RunConfig":
+    def validate(self) -> RunConfig:
         if self.setup not in SETUPS:
             raise AstroclassError(f"setup must be one of {SETUPS}, got {self.setup!r}")
         if self.optimizer not in OPTIMIZERS:
@@ -182,7 +183,7 @@ class RunConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], where: str = "run config") -> "RunConfig":
+    def from_dict(cls, d: dict[str, Any], where: str = "run config") -> RunConfig:
         d = upgrade_legacy(d)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
@@ -196,7 +197,7 @@ class RunConfig:
         atomic_write_text(Path(path), yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "RunConfig":
+    def from_yaml(cls, path: str | Path) -> RunConfig:
         path = Path(path)
         try:
             d = yaml.safe_load(path.read_text())

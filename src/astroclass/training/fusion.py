@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import functools
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -65,14 +66,6 @@ def from_grouped(y: torch.Tensor, runs: int) -> torch.Tensor:
     return y.reshape(b, runs, c, h, w).transpose(0, 1).reshape(runs * b, c, h, w)
 
 
-def _chunk(t: torch.Tensor | None, runs: int, r: int) -> torch.Tensor | None:
-    """Run r's share of a fused tensor (the r-th of ``runs`` chunks along the first axis)."""
-    if t is None:
-        return None
-    n = t.shape[0] // runs
-    return t.narrow(0, r * n, n)
-
-
 class _FusedLayer:
     """What every fused layer has: ``runs`` (G), and ``grouped``: True computes the G runs with one grouped
     kernel (one launch: the GPU path), False with G calls of the unfused kernel on each run's slice of
@@ -98,7 +91,7 @@ class FusedConv2d(_FusedLayer, nn.Conv2d):
         if self.kind == "same":
             from timm.layers.padding import pad_same
 
-            return pad_same(x, self.kernel_size, self.stride, self.dilation)
+            return pad_same(x, list(self.kernel_size), list(self.stride), list(self.dilation))
         if self.padding_mode != "zeros":
             return F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
         return x
@@ -130,6 +123,19 @@ class _FusedNorm(_FusedLayer):
     """G batch-norm layers (``nn.BatchNorm2d`` or timm's ``BatchNormAct2d``): each run its own batch and
     running statistics and affine parameters; PyTorch's BatchNorm semantics (momentum, cumulative average)."""
 
+    # given by the batch-norm class this is mixed into (see _fused_norm_class)
+    training: bool
+    momentum: float | None
+    eps: float
+    track_running_stats: bool
+    num_batches_tracked: torch.Tensor | None
+    running_mean: torch.Tensor | None
+    running_var: torch.Tensor | None
+    weight: torch.Tensor | None
+    bias: torch.Tensor | None
+    act: nn.Module
+    drop: nn.Module
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         factor = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats and self.num_batches_tracked is not None:
@@ -151,7 +157,7 @@ class _FusedNorm(_FusedLayer):
         return y
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _fused_norm_class(cls: type) -> type:
     return type(f"Fused{cls.__name__}", (_FusedNorm, cls), {"__module__": __name__})
 
@@ -173,21 +179,22 @@ def _fused_module(module: nn.Module, runs: int, grouped: bool) -> nn.Module:
     """A copy of ``module`` (without tensors) that computes G of it; its tensors are set by the caller."""
     from timm.layers import BatchNormAct2d, Conv2dSame
 
-    m = copy.copy(module)
+    src: Any = module  # a Linear, a convolution or a batch norm, by the checks below
+    m: Any = copy.copy(module)
     m._parameters, m._buffers = dict(module._parameters), dict(module._buffers)
     m.runs, m.grouped = runs, grouped
     kind = type(module)
     if kind is nn.Linear:
         m.__class__ = FusedLinear
-        m.out_features = module.out_features * runs
+        m.out_features = src.out_features * runs
     elif kind in (nn.Conv2d, Conv1x1AsMatmul, Conv2dSame):
         m.__class__ = FusedConv2d
         m.kind = {nn.Conv2d: "conv", Conv1x1AsMatmul: "matmul", Conv2dSame: "same"}[kind]
-        m.run_groups = module.groups
-        m.in_channels, m.out_channels = module.in_channels * runs, module.out_channels * runs
+        m.run_groups = src.groups
+        m.in_channels, m.out_channels = src.in_channels * runs, src.out_channels * runs
     elif kind in (nn.BatchNorm2d, BatchNormAct2d):
         m.__class__ = _fused_norm_class(kind)
-        m.num_features = module.num_features * runs
+        m.num_features = src.num_features * runs
     else:
         raise NotFusable(f"cannot fuse runs of a model with a {kind.__name__} layer (one with tensors of its own that "
                          f"fusion does not know how to batch); train with fuse: off")
@@ -261,7 +268,7 @@ class Slots:
         self._views: dict[int, dict[str, torch.Tensor]] = {}
 
     def _view(self, t: torch.Tensor, chunked: bool, r: int) -> torch.Tensor:
-        return _chunk(t, self.runs, r) if chunked else t
+        return t.narrow(0, r * (t.shape[0] // self.runs), t.shape[0] // self.runs) if chunked else t
 
     def views(self, r: int) -> dict[str, torch.Tensor]:
         """Run r's tensors (parameters and buffers) as views into the fused ones, state-dict names."""

@@ -11,6 +11,7 @@ evaluated and written at once, and when half the slots are idle the group is reb
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -18,19 +19,32 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 
 from astroclass.errors import AstroclassError
+from astroclass.models import AstroNet
 from astroclass.progress import Bar
 from astroclass.training.config import RunConfig, RunResult, TrainingFailed
 from astroclass.training.data import DataCache, RunData
 from astroclass.training.fusion import Slots, fuse
-from astroclass.training.method import (EarlyStopping, augment_batch, batch_starts, class_weight_tensor,
-                                        dropout_generator, dropout_masks, epoch_order, finetune_optimizer,
-                                        make_optimizer, predict_probs, run_losses, to_float, val_scores)
+from astroclass.training.method import (
+    EarlyStopping,
+    augment_batch,
+    batch_starts,
+    class_weight_tensor,
+    dropout_generator,
+    dropout_masks,
+    epoch_order,
+    finetune_optimizer,
+    make_optimizer,
+    predict_probs,
+    run_losses,
+    to_float,
+    val_scores,
+)
 from astroclass.training.outputs import environment, evaluate, save_checkpoint, write_history, write_result
 from astroclass.training.speed import compiled, resolve_device
 
@@ -62,7 +76,7 @@ class ModelCache:
         while len(self._items) >= self.size:
             self._items.popitem(last=False)
         model = build()
-        self._items[key] = (model, compiled(model, mode), Slots(model))
+        self._items[key] = (model, compiled(model, mode), Slots(cast(AstroNet, model)))
         return self._items[key], True
 
     def clear(self) -> None:
@@ -94,7 +108,7 @@ class _Run:
     history: list[dict[str, Any]] = field(default_factory=list)
     opt: torch.optim.Optimizer | None = None
     stopper: EarlyStopping | None = None
-    weights: torch.Tensor | None = None  # loss weight per class (ones: unweighted)
+    weights: torch.Tensor = field(default_factory=lambda: torch.ones(0))  # loss weight per class (set at start)
     slot: int = 0
     train_images: int = 0
     finished: bool = False  # done or failed: out of the group
@@ -129,7 +143,7 @@ class GroupTrainer:
         self.model_reused: bool | None = None
 
     # -- set-up ----------------------------------------------------------------------------
-    def _build_runs(self, data: RunData) -> tuple[list[_Run], list[dict], torch.nn.Module]:
+    def _build_runs(self, data: RunData) -> tuple[list[_Run], list[dict], AstroNet]:
         """Each run's initial weights, built as if it trained alone (its seed, then the model), and a plain
         model on the device (evaluation, and the pattern the fused model is made from)."""
         from astroclass.models import build_model, matmul_1x1
@@ -160,9 +174,10 @@ class GroupTrainer:
                 result.environment["finetune"] = {"unfreeze": resolve_unfreeze(cfg.model, cfg.unfreeze),
                                                   "frozen_bn": cfg.resolved_frozen_bn()}
             runs.append(_Run(i, cfg, out, result, gen, dropout_generator(cfg.seed, self.device), slot=i))
+        assert template is not None
         return runs, states, template
 
-    def _model(self, template: torch.nn.Module, states: list[dict], data: RunData):
+    def _model(self, template: AstroNet, states: list[dict], data: RunData):
         c = self.configs[0]
         # no weights in the key: every tensor, the normalisation buffers included, comes from the runs' states
         key = (c.model, data.channels, data.num_classes, data.size, c.pooling,
@@ -204,6 +219,7 @@ class GroupTrainer:
                                                                                              minlength=k))}
         self.train_time = 0.0
         self.setup_seconds = time.perf_counter() - t_start
+        phases: list[tuple[str, str | list[str], int | None, bool]]
         if c0.setup == "scratch":
             phases = [("train", "all", None, True)]
         else:
@@ -279,7 +295,7 @@ class GroupTrainer:
                 if not math.isfinite(vl):
                     self._fail(r, f"validation loss became {vl} in {phase} epoch {epoch}")
                     continue
-                stop = r.stopper is not None and r.stopper.step(monitored, epoch, lambda r=r: self.slots.state(r.slot))
+                stop = r.stopper is not None and r.stopper.step(monitored, epoch, functools.partial(self._state_of, r))
                 limit = fixed_epochs if fixed_epochs is not None else r.cfg.epochs
                 if stop or epoch >= limit:
                     r.phase_over = True
@@ -315,7 +331,7 @@ class GroupTrainer:
             b = len(idx) // g
             xb = to_float(x[idx.to(x.device)].to(self.device, non_blocking=True))
             if any(augment):
-                xb = torch.cat([augment_batch(xb[i * b:(i + 1) * b], by_slot[i].gen) if augment[i]
+                xb = torch.cat([augment_batch(xb[i * b:(i + 1) * b], cast(_Run, by_slot[i]).gen) if augment[i]
                                 else xb[i * b:(i + 1) * b] for i in range(g)])
             if self.fast["channels_last"]:
                 xb = xb.contiguous(memory_format=torch.channels_last)
@@ -350,7 +366,12 @@ class GroupTrainer:
         return {r.index: val_scores(probs[r.slot], yt, r.cfg.l2 * penalty[r.slot] if r.cfg.l2 > 0 else 0.0,
                                     r.cfg.monitor) for r in active}
 
+    def _state_of(self, r: _Run) -> dict[str, torch.Tensor]:
+        """Run r's weights now (its slot read when called: groups are compacted between epochs)."""
+        return self.slots.state(r.slot)
+
     def _record(self, r: _Run, phase: str, epoch: int, tl, ta, vl, va, seconds: float) -> None:
+        assert r.opt is not None
         row = {"phase": phase, "epoch": epoch, "train_loss": tl, "train_accuracy": ta, "val_loss": vl,
                "val_accuracy": va, "lr": r.opt.param_groups[0]["lr"], "seconds": round(seconds, 3)}
         r.history.append(row)
@@ -419,7 +440,7 @@ class GroupTrainer:
         self._make_optimizers()
         for r, (old_opt, old_params) in zip(live, moments):  # each view's optimiser state moves to its new view
             for old, new in zip(old_params, self.slots.parameters(r.slot, self.names)):
-                if old in old_opt.state:
+                if old_opt is not None and r.opt is not None and old in old_opt.state:
                     r.opt.state[new] = old_opt.state[old]
 
 
@@ -486,7 +507,8 @@ def train(config: RunConfig, out_dir: str | Path, progress: bool = True,
 
         resolve_unfreeze(config.model, config.unfreeze)
     if out.exists() and not out.is_dir():
-        raise AstroclassError(f"{out}: exists and is not a folder; a run writes a folder of outputs (choose another -o)")
+        raise AstroclassError(f"{out}: exists and is not a folder; a run writes a folder of outputs (choose "
+                              f"another -o)")
     trainer = GroupTrainer([config], [out_dir], progress, on_epoch=(lambda i, row: on_epoch(row)) if on_epoch else None)
     result = trainer.run()[0]
     if result.status != "done":

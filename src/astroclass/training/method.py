@@ -35,6 +35,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,7 +45,7 @@ from astroclass.errors import AstroclassError
 from astroclass.models import DROPOUT, HIDDEN_UNITS
 from astroclass.training.config import OPTIMIZERS, RunConfig
 
-KERAS_DEFAULTS = {
+KERAS_DEFAULTS: dict[str, dict[str, Any]] = {
     "rmsprop": {"lr": 1e-3, "alpha": 0.9, "eps": 1e-7, "momentum": 0.0, "centered": False},
     "adam": {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-7, "amsgrad": False},
     "radam": {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-7},
@@ -212,11 +213,13 @@ def predict_probs(model: torch.nn.Module, x: torch.Tensor, device: torch.device,
         xb = to_float(x[i:i + batch_size].to(device, non_blocking=True))
         if runs > 1:
             xb = xb.repeat(runs, 1, 1, 1)
-        p = 0
+        total: torch.Tensor | None = None
         with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
             for k in views:
-                p = p + torch.softmax(model(dihedral(xb, k).contiguous(memory_format=fmt)).float(), dim=1)
-        p = (p / len(views)).cpu()
+                q = torch.softmax(model(dihedral(xb, k).contiguous(memory_format=fmt)).float(), dim=1)
+                total = q if total is None else total + q
+        assert total is not None
+        p = (total / len(views)).cpu()
         out.append(p.view(runs, -1, p.shape[-1]) if runs > 1 else p)
     if not out:
         return np.zeros((runs, 0, 0) if runs > 1 else (0, 0), dtype=np.float32)

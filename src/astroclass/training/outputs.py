@@ -73,7 +73,7 @@ def evaluate(model: torch.nn.Module, data: RunData, cfg: RunConfig, device: torc
                                          preds["test_probs"], positive=int(np.argmin(train_counts)),
                                          class_names=data.class_names)
     with atomic_output(out_dir / "predictions.npz") as tmp, open(tmp, "wb") as fh:
-        np.savez_compressed(fh, **preds)
+        np.savez_compressed(fh, **preds)  # type: ignore[arg-type]
 
 
 def save_checkpoint(model: torch.nn.Module, data: RunData, cfg: RunConfig, result: RunResult, out_dir: Path) -> None:
