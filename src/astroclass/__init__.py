@@ -13,3 +13,13 @@ def load(checkpoint, device: str = "auto", amp: str = "auto"):
     from astroclass.predict import load as _load
 
     return _load(checkpoint, device, amp)
+
+
+def __getattr__(name: str):
+    """The notebook API (:mod:`astroclass.api`), imported on first use: ``astroclass.Dataset``,
+    ``astroclass.fit``, ``astroclass.Run``."""
+    if name in ("Dataset", "Run", "fit"):
+        from astroclass import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'astroclass' has no attribute {name!r}")

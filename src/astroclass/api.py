@@ -1,0 +1,213 @@
+"""The notebook API: the CLI's steps as three objects, for a catalogue table or arrays already in memory.
+
+    ds = astroclass.Dataset.from_catalog(df, path_col="file", label_col="type", root="cutouts/")
+    run = astroclass.fit(ds, model="resnext50_32x4d", setup="scratch", epochs=20)
+    run.metrics["test"]["balanced_accuracy"]; run.predict(new_images); run.save("run/")
+
+A :class:`Dataset` is a prepared dataset (the HDF5 file ``astroclass data import`` writes: same stratified
+split, content hash and provenance); made in memory, it lives in a temporary folder until :meth:`Dataset.save`.
+:func:`fit` takes every run option of ``astroclass train`` as a keyword, validated with the same messages,
+and returns a :class:`Run`: its metrics, history, checkpoint and predictions, in a temporary folder until
+:meth:`Run.save`.
+"""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from astroclass.errors import AstroclassError
+
+
+class Dataset:
+    """A prepared dataset file; see :meth:`open`, :meth:`from_catalog` and :meth:`from_arrays`."""
+
+    def __init__(self, path: str | Path, _keep: Any = None):
+        from astroclass.data.prepared import PreparedDataset
+
+        self.path = Path(path)
+        self._keep = _keep  # the temporary folder of a dataset made in memory: removed with this object
+        with PreparedDataset(self.path) as ds:
+            self.class_names: list[str] = list(ds.class_names)
+            self.content_hash: str = ds.content_hash
+            self.n_images = len(ds)
+            self.counts: dict[str, dict[str, int]] = ds.counts()  # images per class in each split
+
+    def __len__(self) -> int:
+        return self.n_images
+
+    def __repr__(self) -> str:
+        return f"Dataset({str(self.path)!r}: {self.n_images} images, classes {self.class_names})"
+
+    @classmethod
+    def open(cls, path: str | Path) -> Dataset:
+        """A prepared dataset already on disk (``astroclass data import``'s output)."""
+        return cls(path)
+
+    @classmethod
+    def from_catalog(cls, table: Any, path_col: str = "path", label_col: str = "label", id_col: str | None = None,
+                     root: str | Path = ".", output: str | Path | None = None, allow_outside: bool = False,
+                     size: int = 76, channels: int = 3, split: tuple[float, float, float] = (0.8, 0.1, 0.1),
+                     seed: int = 0, skip_bad: bool = False, duplicates: str = "together", min_per_class: int = 10,
+                     workers: int | None = None, show_progress: bool = False) -> Dataset:
+        """A table of image paths and labels: a pandas DataFrame, or any mapping of column name to values.
+        Paths are relative to ``root`` and may not leave it unless ``allow_outside``; images are read and
+        checked as ``astroclass data import catalog`` does (FITS included), with the same options."""
+        from astroclass.data.images import ImageSpec
+        from astroclass.data.importers import Item, build_dataset, catalog_path
+
+        root = Path(root)
+        try:
+            columns = list(table.keys()) if hasattr(table, "keys") else list(table.columns)
+        except AttributeError:
+            raise AstroclassError("from_catalog takes a pandas DataFrame or a mapping of column names to values, "
+                                  f"got {type(table).__name__}") from None
+        for name, col in (("path", path_col), ("label", label_col), ("id", id_col)):
+            if col is not None and col not in columns:
+                raise AstroclassError(f"catalogue table: no {name} column {col!r}; columns are {columns}")
+        paths, labels = [str(v).strip() for v in table[path_col]], [str(v).strip() for v in table[label_col]]
+        ids = [str(v).strip() for v in table[id_col]] if id_col else [Path(p).stem for p in paths]
+        items = []
+        for n, (rel, label, ident) in enumerate(zip(paths, labels, ids)):
+            if not rel or not label:
+                raise AstroclassError(f"catalogue table, row {n}: empty {path_col if not rel else label_col!r}")
+            full = catalog_path(root, rel, f"catalogue table, row {n}", allow_outside)
+            items.append(Item(str(full), label, ident or Path(rel).stem, rel))
+        out, keep = _output(output, "catalog.h5")
+        build_dataset(items, out, ImageSpec(size=size, channels=channels),
+                      source={"kind": "catalog table", "root": str(root), "path_col": path_col,
+                              "label_col": label_col},
+                      fractions=split, seed=seed, workers=workers, skip_bad=skip_bad, duplicates=duplicates,
+                      min_per_class=min_per_class, show_progress=show_progress)
+        return cls(out, keep)
+
+    @classmethod
+    def from_arrays(cls, images: np.ndarray, labels: Sequence, class_names: Sequence[str] | None = None,
+                    ids: Sequence[str] | None = None, output: str | Path | None = None,
+                    split: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0) -> Dataset:
+        """Images already in memory: ``images`` (N, C, S, S), uint8 or floats in [0, 1] (stored as float16),
+        and ``labels`` as class names, or as integers indexing ``class_names``. Identical images are kept in
+        one split, as the importers do."""
+        from astroclass.data.images import ImageSpec
+        from astroclass.data.importers import _duplicate_groups
+        from astroclass.data.prepared import write_prepared
+        from astroclass.data.splits import stratified_split
+
+        x = np.asarray(images)
+        if x.ndim != 4 or x.shape[2] != x.shape[3]:
+            raise AstroclassError(f"images must be (N, C, S, S) square images, got shape {x.shape}")
+        if x.dtype != np.uint8:
+            if not np.issubdtype(x.dtype, np.floating) or not np.isfinite(x).all() or x.min() < 0 or x.max() > 1:
+                raise AstroclassError(f"images must be uint8, or finite floats in [0, 1]; got {x.dtype} "
+                                      f"values in [{np.nanmin(x):g}, {np.nanmax(x):g}]")
+            x = x.astype(np.float16)
+        y = list(labels)
+        if len(y) != len(x):
+            raise AstroclassError(f"{len(x)} images but {len(y)} labels")
+        if class_names is None:
+            if any(not isinstance(v, str) for v in y):
+                raise AstroclassError("labels are not class names: give class_names for integer labels")
+            class_names = sorted(set(y))
+        names = list(class_names)
+        try:
+            codes = np.array([names.index(v) if isinstance(v, str) else int(v) for v in y], dtype=np.int64)
+        except ValueError as exc:
+            raise AstroclassError(f"a label is not among the class names {names}: {exc}") from None
+        if len(codes) and (codes.min() < 0 or codes.max() >= len(names)):
+            raise AstroclassError(f"integer labels must index class_names (0..{len(names) - 1})")
+        ids = [str(i) for i in (ids if ids is not None else range(len(x)))]
+        groups, _ = _duplicate_groups(x)
+        split_codes = stratified_split(codes, names, split, seed, groups)
+        out, keep = _output(output, "arrays.h5")
+        spec = ImageSpec(size=int(x.shape[2]), channels=int(x.shape[1]) if x.shape[1] in (1, 3) else 3)
+        write_prepared(out, images=x, labels=codes, split=split_codes, class_names=names, ids=ids, paths=ids,
+                       spec=spec, source={"kind": "arrays"}, options={"fractions": list(split), "seed": seed},
+                       split_seed=seed, overwrite=True)
+        return cls(out, keep)
+
+    def save(self, path: str | Path, overwrite: bool = False) -> Dataset:
+        """Write the prepared dataset to ``path`` (for the CLI, a grid spec, or later sessions)."""
+        from astroclass.fileio import atomic_output
+
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise AstroclassError(f"{path}: output exists (pass overwrite=True to replace it)")
+        with atomic_output(path) as tmp:
+            shutil.copyfile(self.path, tmp)
+        return Dataset(path)
+
+
+class Run:
+    """A trained run: ``metrics`` (val and test), ``history`` (per epoch), ``predict`` and ``save``."""
+
+    def __init__(self, path: str | Path, result: Any, _keep: Any = None):
+        self.path = Path(path)
+        self.result = result
+        self._keep = _keep
+        self._classifier: Any = None
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        r = self.result
+        return {"val": r.val, "test": r.test, "best_epoch": r.best_epoch, "epochs_run": r.epochs_run,
+                "threshold": r.threshold}
+
+    @property
+    def history(self) -> list[dict[str, str]]:
+        with open(self.path / "history.csv", newline="") as fh:
+            return list(csv.DictReader(fh))
+
+    def predict(self, images: Any, tta: bool = False) -> np.ndarray:
+        """Class probabilities (N, K) for image files or stored-format arrays, as ``astroclass.load`` gives."""
+        if self._classifier is None:
+            from astroclass.predict import load
+
+            self._classifier = load(self.path / "checkpoint.pt")
+        return self._classifier.predict(images, tta)
+
+    @property
+    def class_names(self) -> list[str]:
+        from astroclass.predict import read_checkpoint
+
+        return list(read_checkpoint(self.path / "checkpoint.pt")["card"]["class_names"])
+
+    def save(self, path: str | Path) -> Run:
+        """Copy the run folder (config.yaml, history.csv, checkpoint.pt, predictions.npz, result.json)."""
+        path = Path(path)
+        if path.exists():
+            raise AstroclassError(f"{path}: exists; choose a new folder for the run")
+        shutil.copytree(self.path, path)
+        return Run(path, self.result)
+
+
+def fit(dataset: Dataset | str | Path, output: str | Path | None = None, progress: bool = False,
+        **options: Any) -> Run:
+    """Train one run on ``dataset`` with any run option of ``astroclass train`` as a keyword (``model``,
+    ``setup``, ``epochs``, ``l2``, ``unfreeze``...); ``output``: the run folder (default: a temporary one)."""
+    from astroclass.training import RunConfig, train
+
+    path = dataset.path if isinstance(dataset, Dataset) else Path(dataset)
+    cfg = RunConfig.from_dict({**options, "dataset": str(path)}, "fit()")
+    out, keep = (Path(output), None) if output is not None else _temporary_run()
+    return Run(out, train(cfg, out, progress=progress), keep)
+
+
+def _output(output: str | Path | None, name: str) -> tuple[Path, Any]:
+    if output is not None:
+        out = Path(output)
+        if out.exists():
+            raise AstroclassError(f"{out}: output exists")
+        return out, None
+    keep = tempfile.TemporaryDirectory(prefix="astroclass-data-")
+    return Path(keep.name) / name, keep
+
+
+def _temporary_run() -> tuple[Path, Any]:
+    keep = tempfile.TemporaryDirectory(prefix="astroclass-run-")
+    return Path(keep.name) / "run", keep
