@@ -74,5 +74,9 @@ def test_bad_arguments_get_the_cli_messages(tmp_path):
         astroclass.Dataset.from_arrays(x, ["a", "b", "a"])
     with pytest.raises(AstroclassError, match="no label column 'kind'"):
         astroclass.Dataset.from_catalog({"path": ["x.png"], "label": ["a"]}, label_col="kind")
+    import pandas as pd
+
+    with pytest.raises(AstroclassError, match="catalogue table, row 1: empty 'label' for b.png"):
+        astroclass.Dataset.from_catalog(pd.DataFrame({"path": ["a.png", "b.png"], "label": ["x", float("nan")]}))
     with pytest.raises(AstroclassError, match="is outside"):
         astroclass.Dataset.from_catalog({"path": [os.path.abspath("x.png")], "label": ["a"]}, root=tmp_path)

@@ -60,25 +60,17 @@ class Dataset:
         Paths are relative to ``root`` and may not leave it unless ``allow_outside``; images are read and
         checked as ``astroclass data import catalog`` does (FITS included), with the same options."""
         from astroclass.data.images import ImageSpec
-        from astroclass.data.importers import Item, build_dataset, catalog_path
+        from astroclass.data.importers import build_dataset, table_items
 
-        root = Path(root)
         try:
-            columns = list(table.keys()) if hasattr(table, "keys") else list(table.columns)
+            columns = [str(c) for c in (table.keys() if hasattr(table, "keys") else table.columns)]
         except AttributeError:
             raise AstroclassError("from_catalog takes a pandas DataFrame or a mapping of column names to values, "
                                   f"got {type(table).__name__}") from None
-        for name, col in (("path", path_col), ("label", label_col), ("id", id_col)):
-            if col is not None and col not in columns:
-                raise AstroclassError(f"catalogue table: no {name} column {col!r}; columns are {columns}")
-        paths, labels = [str(v).strip() for v in table[path_col]], [str(v).strip() for v in table[label_col]]
-        ids = [str(v).strip() for v in table[id_col]] if id_col else [Path(p).stem for p in paths]
-        items = []
-        for n, (rel, label, ident) in enumerate(zip(paths, labels, ids)):
-            if not rel or not label:
-                raise AstroclassError(f"catalogue table, row {n}: empty {path_col if not rel else label_col!r}")
-            full = catalog_path(root, rel, f"catalogue table, row {n}", allow_outside)
-            items.append(Item(str(full), label, ident or Path(rel).stem, rel))
+        wanted = [c for c in (path_col, label_col, id_col) if c is not None and c in columns]
+        rows = [dict(zip(wanted, values)) for values in zip(*(list(table[c]) for c in wanted))]
+        items = table_items(columns, rows, "catalogue table", Path(root), path_col, label_col, id_col, allow_outside,
+                            first_row=0)
         out, keep = _output(output, "catalog.h5")
         build_dataset(items, out, ImageSpec(size=size, channels=channels),
                       source={"kind": "catalog table", "root": str(root), "path_col": path_col,

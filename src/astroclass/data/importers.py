@@ -18,10 +18,11 @@ import re
 import tarfile
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -312,20 +313,32 @@ def catalog_items(catalog: str | Path, root: str | Path | None = None, path_col:
     """A CSV (or FITS table) with an image-path column and a label column; paths relative to root (default:
     the catalogue's folder), which they may not leave unless ``allow_outside``."""
     catalog = Path(catalog)
-    root = Path(root) if root is not None else catalog.parent
     cols, rows = read_table(catalog)
+    return table_items(cols, rows, str(catalog), Path(root) if root is not None else catalog.parent, path_col,
+                       label_col, id_col, allow_outside, first_row=2)  # row 1 is the header
+
+
+def _cell(value: Any) -> str:
+    """A catalogue cell as text: missing (None, or a DataFrame's NaN) is empty."""
+    return "" if value is None or (isinstance(value, float) and value != value) else str(value).strip()
+
+
+def table_items(cols: Sequence[str], rows: Iterable[Mapping[str, Any]], where: str, root: Path, path_col: str,
+                label_col: str, id_col: str | None, allow_outside: bool, first_row: int) -> list[Item]:
+    """The items of a catalogue's rows (a file's, or a table in memory), each checked, errors naming
+    ``where`` and the row number (``first_row`` for the first)."""
     for name, col in (("path", path_col), ("label", label_col), ("id", id_col)):
         if col is not None and col not in cols:
-            raise AstroclassError(f"{catalog}: no {name} column {col!r}; columns are {cols}")
+            raise AstroclassError(f"{where}: no {name} column {col!r}; columns are {list(cols)}")
     items = []
-    for n, row in enumerate(rows, start=2):  # row 1 is the header
-        rel, label = (row.get(path_col) or "").strip(), (row.get(label_col) or "").strip()
+    for n, row in enumerate(rows, start=first_row):
+        rel, label = _cell(row.get(path_col)), _cell(row.get(label_col))
         if not rel:
-            raise AstroclassError(f"{catalog}, row {n}: empty {path_col!r}")
+            raise AstroclassError(f"{where}, row {n}: empty {path_col!r}")
         if not label:
-            raise AstroclassError(f"{catalog}, row {n}: empty {label_col!r} for {rel}")
-        ident = (row.get(id_col) or "").strip() if id_col else Path(rel).stem
-        full = catalog_path(root, rel, f"{catalog}, row {n}", allow_outside)
+            raise AstroclassError(f"{where}, row {n}: empty {label_col!r} for {rel}")
+        ident = _cell(row.get(id_col)) if id_col else Path(rel).stem
+        full = catalog_path(root, rel, f"{where}, row {n}", allow_outside)
         items.append(Item(str(full), label, ident or Path(rel).stem, rel))
     return items
 
