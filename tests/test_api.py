@@ -80,3 +80,23 @@ def test_bad_arguments_get_the_cli_messages(tmp_path):
         astroclass.Dataset.from_catalog(pd.DataFrame({"path": ["a.png", "b.png"], "label": ["x", float("nan")]}))
     with pytest.raises(AstroclassError, match="is outside"):
         astroclass.Dataset.from_catalog({"path": [os.path.abspath("x.png")], "label": ["a"]}, root=tmp_path)
+
+
+def test_a_script_without_a_main_guard_can_use_the_decoding_pool(tmp_path):
+    """Worker processes start without re-running the caller's script (forkserver and spawn would import it
+    again, and a script without `if __name__ == "__main__":` would fail)."""
+    import subprocess
+    import sys
+
+    root = REPO.parent / "shared/data/aries_star_galaxy"
+    script = tmp_path / "plain.py"
+    script.write_text(
+        "import csv, astroclass\n"
+        f"rows = list(csv.DictReader(open({str(root / 'labels.csv')!r})))\n"
+        "rows = [r for r in rows if r['label'] == 'star'][:40] + [r for r in rows if r['label'] == 'galaxy'][:40]\n"
+        "table = {'path': [r['path'] for r in rows], 'label': [r['label'] for r in rows]}\n"
+        f"ds = astroclass.Dataset.from_catalog(table, root={str(root)!r}, size=32, workers=2)\n"
+        "print('images', len(ds))\n")
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.count("images 80") == 1  # the script ran once, not once per worker

@@ -6,8 +6,9 @@ import multiprocessing
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -88,8 +89,30 @@ def parallel_map(fn: Callable, items: Sequence, extra: tuple = (), workers: int 
                                       else "spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=exit_with,
                              initargs=(os.getpid(),)) as pool:
-        for ch, res in zip(chunks, pool.map(_run_chunk, [(fn, ch, extra) for ch in chunks])):
+        with _main_script_hidden():  # the workers start here, on the first submit
+            mapped = pool.map(_run_chunk, [(fn, ch, extra) for ch in chunks])
+        for ch, res in zip(chunks, mapped):
             results.extend(res)
             if progress:
                 progress(len(ch))
     return results
+
+
+@contextmanager
+def _main_script_hidden() -> Iterator[None]:
+    """Start worker processes without re-running the caller's script in them.
+
+    forkserver and spawn children import the parent's ``__main__`` file, so a script calling astroclass
+    without an ``if __name__ == "__main__":`` guard would run again in every worker (and fail). The
+    workers here run only astroclass functions, which they import by name, so while they start the
+    script's path is not handed on."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or path is None or getattr(main, "__spec__", None) is not None:
+        yield
+        return
+    del main.__file__
+    try:
+        yield
+    finally:
+        main.__file__ = path
