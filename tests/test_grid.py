@@ -388,3 +388,24 @@ def test_local_workers_keep_their_models_are_recycled_and_a_dead_one_is_reported
         assert events == [("lost", "g3", None, None)]
     finally:
         engine.shutdown(kill=True)
+
+
+def test_a_store_on_a_network_file_system_is_refused_with_the_reason(tiny_h5, tmp_path, monkeypatch, cli):
+    """SQLite's locks do not hold across hosts on NFS/Lustre/CIFS: the store refuses such a folder, names the
+    file system and what to do; a single process may opt in."""
+    import astroclass.experiments.store as store_mod
+
+    share = tmp_path / "net share"  # /proc/mounts writes the space as \040
+    exp = share / "exp"
+    mounts = tmp_path / "mounts"
+    mounts.write_text("/dev/vda1 / ext4 rw 0 0\n"
+                      f"server:/export {str(share).replace(' ', chr(92) + '040')} nfs4 rw,relatime 0 0\n"
+                      "proc /proc proc rw 0 0\n")
+    monkeypatch.setattr(store_mod, "MOUNTS", str(mounts))
+    assert store_mod.filesystem_type(exp / "store.sqlite") == "nfs4"
+    assert store_mod.filesystem_type("/proc/self") == "proc" and store_mod.filesystem_type("/usr") == "ext4"
+    code, out, err = cli("grid", "run", write_spec(tmp_path, tiny_h5), "-e", exp, "-q")
+    assert code == 1 and "on a nfs4 file system" in err and "--engine ray" in err and "Traceback" not in err
+    assert not (exp / "store.sqlite").exists()
+    monkeypatch.setenv("ASTROCLASS_ALLOW_NETWORK_STORE", "1")
+    Store(exp / "store.sqlite").close()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import sqlite3
 import time
@@ -77,6 +78,32 @@ def first_line(error: str | None) -> str:
     return error.splitlines()[0] if error else ""
 
 
+MOUNTS = "/proc/mounts"
+NETWORK_FILESYSTEMS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "ceph", "glusterfs",
+                       "9p", "afs", "panfs", "fuse.sshfs", "fuse.glusterfs", "fuse.cephfs", "fuse.gcsfuse"}
+"""File systems on which SQLite's locking (WAL's shared memory included) cannot be trusted across hosts."""
+
+
+def filesystem_type(path: str | Path) -> str | None:
+    """The type of the file system holding ``path`` (the longest mount point above it in /proc/mounts), or
+    None where that cannot be read (not Linux)."""
+    try:
+        lines = Path(MOUNTS).read_text().splitlines()
+    except OSError:
+        return None
+    target = os.path.realpath(path)
+    best, kind = "", None
+    for line in lines:
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        mount = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), parts[1])  # a space is \040 there
+        inside = target == mount or target.startswith(mount.rstrip("/") + "/")
+        if inside and len(mount) >= len(best):
+            best, kind = mount, parts[2]
+    return kind
+
+
 def _when_unlocked(step: Callable[[], Any], seconds: float = 60.0) -> Any:
     """``step()``, retried while SQLite says the database is locked (for statements that do not wait on the
     busy handler themselves), up to ``seconds``."""
@@ -98,6 +125,14 @@ class Store:
         existed = self.path.exists()
         if not existed and not create:
             raise AstroclassError(f"{self.path}: no results store here")
+        kind = filesystem_type(self.path)
+        if kind in NETWORK_FILESYSTEMS and os.environ.get("ASTROCLASS_ALLOW_NETWORK_STORE") != "1":
+            raise AstroclassError(
+                f"{self.path}: the results store is on a {kind} file system, where SQLite's locks cannot be "
+                f"trusted: two grid runners on different hosts could both take a run or damage the store. Keep "
+                f"the experiment folder (-e) on a local disk of the one machine that runs `grid run`, and spread "
+                f"the training over hosts with --engine ray (only the driver writes the store). If a single "
+                f"process on one host uses it, set ASTROCLASS_ALLOW_NETWORK_STORE=1")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
