@@ -186,7 +186,7 @@ def fit(dataset: Dataset | str | Path, output: str | Path | None = None, progres
 
     path = dataset.path if isinstance(dataset, Dataset) else Path(dataset)
     cfg = RunConfig.from_dict({**options, "dataset": str(path)}, "fit()")
-    out, keep = (Path(output), None) if output is not None else _temporary_run()
+    out, keep = (Path(output), None) if output is not None else _temporary("run", "astroclass-run-")
     return Run(out, train(cfg, out, progress=progress), keep)
 
 
@@ -196,10 +196,10 @@ def _output(output: str | Path | None, name: str) -> tuple[Path, Any]:
         if out.exists():
             raise AstroclassError(f"{out}: output exists")
         return out, None
-    keep = tempfile.TemporaryDirectory(prefix="astroclass-data-")
+    return _temporary(name, "astroclass-data-")
+
+
+def _temporary(name: str, prefix: str) -> tuple[Path, Any]:
+    """``name`` in a new temporary folder, and the object that removes the folder when it is collected."""
+    keep = tempfile.TemporaryDirectory(prefix=prefix)
     return Path(keep.name) / name, keep
-
-
-def _temporary_run() -> tuple[Path, Any]:
-    keep = tempfile.TemporaryDirectory(prefix="astroclass-run-")
-    return Path(keep.name) / "run", keep

@@ -29,11 +29,16 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def _temporary_prefix(target: Path) -> str:
+    """How a temporary of ``target`` written on this host starts; the writer's pid follows."""
+    return f".{target.name}.{socket.gethostname()}-"
+
+
 def remove_stale_temporaries(target: str | Path) -> list[Path]:
     """Remove the temporaries of ``target`` left by processes of this host that no longer exist (a killed
     write); those of live writers are kept. Returns the removed paths."""
     target = Path(target)
-    host = f".{target.name}.{socket.gethostname()}-"
+    host = _temporary_prefix(target)
     removed = []
     for p in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
         pid = p.name[len(host):].split(".", 1)[0]
@@ -55,7 +60,7 @@ def atomic_output(target: str | Path) -> Iterator[Path]:
     target = Path(target)
     remove_stale_temporaries(target)
     try:
-        fd, name = tempfile.mkstemp(prefix=f".{target.name}.{socket.gethostname()}-{os.getpid()}.", suffix=".tmp",
+        fd, name = tempfile.mkstemp(prefix=f"{_temporary_prefix(target)}{os.getpid()}.", suffix=".tmp",
                                     dir=target.parent)
     except FileNotFoundError:
         raise AstroclassError(f"{target.parent}: folder does not exist (cannot write {target.name})") from None

@@ -224,7 +224,7 @@ def unfreeze_parameters(model: str, backbone: nn.Module, unfreeze: str) -> list[
     kind, count = resolve_unfreeze(model, unfreeze).split(":")
     k = int(count)
     if kind == "params":
-        chosen = layers(backbone)[len(layers(backbone)) - k:] if k > 0 else []
+        chosen = layers(backbone)[-k:] if k > 0 else []
         return [f"{n}.{p}" if n else p for n, m in chosen for p, _ in m.named_parameters(recurse=False)]
     names = [t for e in keras_tails()[timm_name(model)]["tail"][-k:] for t in e["timm"]] if k > 0 else []
     own = dict(backbone.named_parameters())

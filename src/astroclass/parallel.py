@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -12,30 +11,12 @@ from contextlib import contextmanager
 from typing import Any
 
 
-def die_with_parent(parent_pid: int) -> None:
-    """Have the kernel kill this process when its parent dies (Linux); exit now if it already has."""
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
-    check_parent(parent_pid)
-
-
-def check_parent(parent_pid: int) -> None:
-    """Exit at once if the process that started this one is gone (this process was re-parented)."""
-    if os.getppid() != parent_pid:
-        os._exit(3)
-
-
 def exit_with(pid: int) -> None:
     """End this process (from a watcher thread) as soon as process ``pid`` ends.
 
-    A pool worker cannot rely on the parent-death signal: its parent is the forkserver, which itself
-    waits for its children (each holds the forkserver's keep-alive pipe), so killing the driver would
-    leave forkserver and workers blocked for ever on a queue nobody writes to."""
+    For grid workers and decoding-pool workers alike. (The parent-death signal would not do for a pool
+    worker: its parent is the forkserver, which itself waits for its children, each holding its keep-alive
+    pipe, so killing the driver would leave forkserver and workers blocked for ever.)"""
     import threading
 
     try:

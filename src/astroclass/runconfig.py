@@ -28,14 +28,15 @@ LEGACY = {"unfreeze_layers": ("unfreeze", lambda n: f"params:{int(n)}")}
 """Options of earlier versions, read as today's: unfreeze_layers: N counted parameterised modules."""
 
 
-def upgrade_legacy(d: dict[str, Any]) -> dict[str, Any]:
-    """``d`` with options of earlier versions rewritten as today's (see :data:`LEGACY`)."""
+def upgrade_legacy(d: dict[str, Any], axes: bool = False) -> dict[str, Any]:
+    """``d`` with options of earlier versions rewritten as today's (see :data:`LEGACY`); ``axes``: its values
+    are lists of values (a grid spec's ``axes:``)."""
     out = dict(d)
     for old, (new, convert) in LEGACY.items():
         if old in out:
             value = out.pop(old)
             if new not in out:
-                out[new] = convert(value)
+                out[new] = [convert(v) for v in value] if axes else convert(value)
     return out
 
 

@@ -17,9 +17,9 @@ RUN_OPTIONS = sorted((f for f in dataclasses.fields(RunConfig) if f.name != "dat
                      key=lambda f: list(SECTIONS).index(f.metadata["section"]))  # --help shows one panel a section
 
 
-def _run_option(f: dataclasses.Field) -> inspect.Parameter:
-    """The CLI parameter of one run option: None by default, so a --config file's value stays unless given."""
-    kind = typing.get_type_hints(RunConfig)[f.name]
+def _run_option(f: dataclasses.Field, kind: Any) -> inspect.Parameter:
+    """The CLI parameter of one run option of type ``kind``: None by default, so a --config file's value stays
+    unless given."""
     base = next((a for a in typing.get_args(kind) if a is not type(None)), kind)  # float | None -> float
     default = RunConfig.defaults()[f.name]
     shown = f" (default: {default})" if default is not None else ""
@@ -74,5 +74,6 @@ def train_cmd(
 _hints = typing.get_type_hints(train_cmd, include_extras=True)
 _fixed = [p.replace(annotation=_hints[p.name]) for p in inspect.signature(train_cmd).parameters.values()
           if p.kind is not inspect.Parameter.VAR_KEYWORD]
-train_cmd.__signature__ = inspect.Signature(_fixed + [_run_option(f) for f in RUN_OPTIONS])  # type: ignore[attr-defined]
+_kinds = typing.get_type_hints(RunConfig)
+train_cmd.__signature__ = inspect.Signature(_fixed + [_run_option(f, _kinds[f.name]) for f in RUN_OPTIONS])  # type: ignore[attr-defined]
 train_cmd.__annotations__ = {}  # the signature says it all

@@ -38,7 +38,7 @@ from typing import Any
 import yaml
 
 from astroclass.errors import AstroclassError
-from astroclass.training.config import LEGACY, OPTIMIZERS, SETUPS, RunConfig, upgrade_legacy
+from astroclass.training.config import OPTIMIZERS, SETUPS, RunConfig, upgrade_legacy
 
 AXES = {"models": "model", "setups": "setup", "l2": "l2", "maxnorm": "maxnorm", "optimizers": "optimizer",
         "seeds": "seed"}
@@ -104,12 +104,7 @@ class GridSpec:
         if isinstance(d.get("train"), dict):
             d["train"] = upgrade_legacy(d["train"])
         if isinstance(d.get("axes"), dict):
-            axes = dict(d["axes"])
-            for old, (new, convert) in LEGACY.items():
-                if old in axes and new not in axes:
-                    axes[new] = [convert(v) for v in _list(axes, old)]
-                    del axes[old]
-            d["axes"] = axes
+            d["axes"] = upgrade_legacy({k: _list(d["axes"], k) for k in d["axes"]}, axes=True)
         run_fields = {f.name for f in fields(RunConfig)}
         for key in ("train", "axes"):
             sub = d.get(key) or {}

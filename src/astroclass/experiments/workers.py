@@ -3,8 +3,8 @@
 A worker lives for many groups: it keeps its built (and compiled) models and its datasets in a
 :class:`astroclass.training.WorkerCache`, so a later run of an architecture starts in about the time
 it takes to build that run's initial weights. It is recycled (a fresh process) after
-``max_groups`` groups or after an unexpected error, and it dies with its driver: on Linux the kernel
-kills it when the driver dies (parent-death signal), elsewhere it checks between epochs.
+``max_groups`` groups or after an unexpected error, and it dies with its driver
+(:func:`astroclass.parallel.exit_with`, as the decoding pools' workers do).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from astroclass.errors import AstroclassError
-from astroclass.parallel import check_parent, die_with_parent
+from astroclass.parallel import exit_with
 
 AUTO_GROUP = 24
 """Most runs a driver hands one worker under ``fuse: auto`` (a paper grid cell); the worker trains them in
@@ -105,7 +105,7 @@ def worker_main(conn, parent_pid: int, max_groups: int) -> None:
     ``max_groups`` groups, an unexpected error, or None."""
     from astroclass.training import WorkerCache
 
-    die_with_parent(parent_pid)
+    exit_with(parent_pid)
     cache = WorkerCache()
     for n in range(max_groups):
         try:
@@ -114,7 +114,7 @@ def worker_main(conn, parent_pid: int, max_groups: int) -> None:
             return
         if job is None:
             return
-        ok = execute_group(job, functools.partial(_send_run, conn, job.key), lambda: check_parent(parent_pid), cache)
+        ok = execute_group(job, functools.partial(_send_run, conn, job.key), None, cache)
         conn.send(("done", job.key, ok and n < max_groups - 1, None))
         if not ok:
             return

@@ -32,8 +32,9 @@ from astroclass.report.tables import (
     differing_keys,
     fmt,
     variant_text,
+    variant_values,
+    without_fraction,
 )
-from astroclass.training import RunConfig
 
 
 def _precisions(done: list) -> str:
@@ -113,10 +114,10 @@ def build_report(experiment: str | Path, output: str | Path) -> Path:
         return html_path
 
     groups = _variants(done, spec_order)
-    tables = groups[0]
+    group_summaries = [{k: summarise_choice(ch) for k in g.keys() if (ch := g.best_overall(k))} for g in groups]
+    tables, summaries = groups[0], group_summaries[0]
     all_tables = tables.all()
     vs_paper = compare_with_paper(all_tables)
-    summaries = {k: summarise_choice(ch) for k in tables.keys() if (ch := tables.best_overall(k))}
     sig = significance(tables, experiment)
     curves = scaling_curves(done, tables.base_variant)
     answers = four_questions(tables, dataset_info, summaries, scaling_answer(curves) if curves else None)
@@ -130,7 +131,7 @@ def build_report(experiment: str | Path, output: str | Path) -> Path:
         if not best:
             continue
         g, m, s, ch = max(best, key=lambda b: (b[3].value, -groups.index(b[0])))
-        sm = summaries[(d, m, s)] if g is tables else summarise_choice(ch)
+        sm = group_summaries[groups.index(g)][(d, m, s)]
         lo, hi = sm["test_accuracy_ci95"]
         rows.append([d, display_name(m), s] + ([g.label] if several else []) +
                     [f"{ch.setting[0]:g}, {ch.setting[1]:g}, {OPT_SHORT.get(ch.setting[2], ch.setting[2])}",
@@ -192,8 +193,7 @@ def build_report(experiment: str | Path, output: str | Path) -> Path:
     for i, g in enumerate(groups[1:], start=2):
         page.h2(f"Option set {i}: runs with {g.label}")
         sub = f"set{i}_{_slug(g.label)}"[:80]
-        for t in [*g.all().values(), _beyond_table(g, {k: summarise_choice(ch) for k in g.keys()
-                                                       if (ch := g.best_overall(k))})]:
+        for t in [*g.all().values(), _beyond_table(g, group_summaries[i - 1])]:
             _save_table(output, t, sub)
             page.table_obj(t)
 
@@ -283,14 +283,12 @@ def _variants(done: list[RunRow], datasets: list[str]) -> list[Tables]:
 
     counts = Counter(r.variant for r in done)
     base = base_variant(done)
-    base_rest = tuple((k, v) for k, v in base if k != "train_fraction")
-    others = [v for v in counts if v != base and tuple((k, x) for k, x in v if k != "train_fraction") != base_rest]
+    others = [v for v in counts if v != base and without_fraction(v) != without_fraction(base)]
     order = [base] + sorted(others, key=lambda v: (-counts[v], repr(v)))
     if len(order) == 1:
         return [Tables(done, datasets, base, variant_text(base))]
     keys = differing_keys(order)
-    return [Tables(done, datasets, v, variant_text(v, keys), {k: dict(v).get(k, RunConfig.defaults().get(k))
-                                                              for k in keys}) for v in order]
+    return [Tables(done, datasets, v, variant_text(v, keys), variant_values(v, keys)) for v in order]
 
 
 def _beyond_wide(t: Table):

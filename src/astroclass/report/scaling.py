@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from astroclass.models import display_name
-from astroclass.report.tables import RunRow
+from astroclass.report.tables import RunRow, without_fraction
 
 
 def scaling_curves(runs: Sequence[RunRow], base: tuple) -> dict[str, dict[str, list[dict[str, Any]]]]:
@@ -19,13 +19,12 @@ def scaling_curves(runs: Sequence[RunRow], base: tuple) -> dict[str, dict[str, l
     training images per class actually used, and accuracy / balanced accuracy (test) are given as
     mean and standard deviation over seeds. Only curves with at least two fractions are returned.
     """
-    base_rest = {k: v for k, v in base if k != "train_fraction"}
+    base_rest = without_fraction(base)
     groups: dict[tuple, list[RunRow]] = defaultdict(list)
     for r in runs:
-        v = dict(r.variant)
-        frac = float(v.pop("train_fraction", 1.0))
-        if v != base_rest:
+        if without_fraction(r.variant) != base_rest:
             continue
+        frac = float(dict(r.variant).get("train_fraction", 1.0))
         groups[(r.dataset, r.model, r.setup, r.setting, frac)].append(r)
     out: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(dict)
     by_curve: dict[tuple, list[dict[str, Any]]] = defaultdict(list)

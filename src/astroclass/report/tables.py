@@ -68,13 +68,23 @@ def variant_of(config: dict[str, Any]) -> tuple:
     return tuple(out)
 
 
-def variant_text(variant: tuple, keys: Sequence[str] | None = None) -> str:
-    """``key=value, ...`` of a variant (only ``keys``, filled with defaults, when given)."""
+def without_fraction(variant: tuple) -> tuple:
+    """A variant less its train_fraction: variants equal but for it are points of one data-scaling curve."""
+    return tuple((k, v) for k, v in variant if k != "train_fraction")
+
+
+def variant_values(variant: tuple, keys: Sequence[str]) -> dict[str, Any]:
+    """The variant's value of each of ``keys``, the default where the variant leaves it out."""
     from astroclass.training import RunConfig
 
     d = dict(variant)
-    pairs = [(k, d.get(k, RunConfig.defaults().get(k))) for k in keys] if keys is not None else list(d.items())
-    return ", ".join(f"{k}={v}" for k, v in pairs)
+    return {k: d.get(k, RunConfig.defaults().get(k)) for k in keys}
+
+
+def variant_text(variant: tuple, keys: Sequence[str] | None = None) -> str:
+    """``key=value, ...`` of a variant (only ``keys``, filled with defaults, when given)."""
+    values = variant_values(variant, keys) if keys is not None else dict(variant)
+    return ", ".join(f"{k}={v}" for k, v in values.items())
 
 
 def differing_keys(variants: Sequence[tuple]) -> list[str]:
