@@ -317,19 +317,19 @@ def test_skipped_list_is_written_before_the_dataset_and_restored_if_that_fails(t
     out = tmp_path / "o.h5"
     side = tmp_path / "o.h5.skipped.csv"
     side.write_text("source,reason\nold,list\n")
-    real = imp.write_prepared
     seen = {}
 
-    def failing(path, **kw):
-        seen["side"] = side.read_text()  # the new list is in place before the .h5 is written
-        raise OSError(28, "No space left on device")
+    class Failing(imp.PreparedWriter):
+        def append(self, images):  # the disk fills up while the images are written
+            seen["side"] = side.read_text()  # the new list is in place before the .h5 is written
+            raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(imp, "write_prepared", failing)
+    monkeypatch.setattr(imp, "PreparedWriter", Failing)
     with pytest.raises(OSError):
         imp.import_catalog(cat / "labels.csv", out, show_progress=False, min_per_class=1, skip_bad=True)
     assert "broken" not in seen["side"] and rows_of(cat)[1]["path"] in seen["side"]
     assert side.read_text() == "source,reason\nold,list\n" and not out.exists()
-    monkeypatch.setattr(imp, "write_prepared", real)
+    monkeypatch.undo()
     imp.import_catalog(cat / "labels.csv", out, show_progress=False, min_per_class=1, skip_bad=True)
     assert rows_of(cat)[1]["path"] in side.read_text() and out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

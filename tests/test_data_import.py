@@ -208,3 +208,34 @@ def test_folder_import_keeps_duplicates_in_one_split(tmp_path):
         assert len(pair) == 2 and ds.split_codes[pair[0]] == ds.split_codes[pair[1]]
     report = import_folder(tree, tmp_path / "d.h5", show_progress=False, duplicates="drop")
     assert report.n_written == 60 and (tmp_path / "d.h5.skipped.csv").exists()
+
+
+def test_mixed_png_and_fits_stream_into_one_float_dataset(tmp_path):
+    """8-bit and FITS images in one import: stored as float16, 8-bit ones as value / 255, and an 8-bit image
+    identical to a FITS one as stored is found as a duplicate (digests are taken of the stored form)."""
+    from astropy.io import fits
+
+    rng = np.random.default_rng(3)
+    tree = tmp_path / "tree"
+    pngs = {}
+    for cls in ("a", "b"):
+        (tree / cls).mkdir(parents=True)
+        for i in range(12):
+            px = rng.integers(0, 256, (76, 76, 3), dtype=np.uint8)
+            px[0, 0], px[0, 1] = 0, 255  # every band spans 0..255, so min-max scaling is value / 255
+            Image.fromarray(px).save(tree / cls / f"{cls}{i:02d}.png")
+            pngs[f"{cls}/{cls}{i:02d}"] = px
+    fits.PrimaryHDU(pngs["b/b00"].transpose(2, 0, 1).astype(np.float32)).writeto(tree / "b" / "copy.fits")
+    out = tmp_path / "m.h5"
+    spec = ImageSpec(fits_interval="minmax", fits_stretch="linear")
+    report = import_folder(tree, out, spec=spec, show_progress=False, min_per_class=1, workers=2)
+    assert report.duplicates == [["b/b00", "b/copy"]]
+    with PreparedDataset(out) as ds:
+        assert ds.dtype == np.float16 and len(ds) == 25
+        for i, ident in enumerate(ds.ids):
+            if ident in pngs:
+                want = pngs[ident].transpose(2, 0, 1).astype(np.float16) / np.float16(255)
+                assert (ds.images(np.array([i]))[0] == want).all(), ident
+        pair = [ds.ids.index("b/b00"), ds.ids.index("b/copy")]
+        assert ds.split_codes[pair[0]] == ds.split_codes[pair[1]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.h5", "tree"]  # no scratch file left

@@ -87,7 +87,7 @@ class Dataset:
         and ``labels`` as class names, or as integers indexing ``class_names``. Identical images are kept in
         one split, as the importers do."""
         from astroclass.data.images import ImageSpec
-        from astroclass.data.importers import _duplicate_groups
+        from astroclass.data.importers import _duplicate_groups, pixel_digest
         from astroclass.data.prepared import write_prepared
         from astroclass.data.splits import stratified_split
 
@@ -114,7 +114,7 @@ class Dataset:
         if len(codes) and (codes.min() < 0 or codes.max() >= len(names)):
             raise AstroclassError(f"integer labels must index class_names (0..{len(names) - 1})")
         ids = [str(i) for i in (ids if ids is not None else range(len(x)))]
-        groups, _ = _duplicate_groups(x)
+        groups, _ = _duplicate_groups([pixel_digest(a) for a in x])
         split_codes = stratified_split(codes, names, split, seed, groups)
         out, keep = _output(output, "arrays.h5")
         spec = ImageSpec(size=int(x.shape[2]), channels=int(x.shape[1]) if x.shape[1] in (1, 3) else 3)

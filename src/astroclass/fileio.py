@@ -77,6 +77,20 @@ def atomic_output(target: str | Path) -> Iterator[Path]:
         raise
 
 
+@contextmanager
+def scratch_file(target: str | Path) -> Iterator[Path]:
+    """A working file beside ``target`` (same disk), named like its temporaries so that one left by a killed
+    process is removed by the next write of ``target``; removed when the block ends, whatever happens."""
+    target = Path(target)
+    fd, name = tempfile.mkstemp(prefix=f"{_temporary_prefix(target)}{os.getpid()}.scratch.", suffix=".tmp",
+                                dir=target.parent)
+    os.close(fd)
+    try:
+        yield Path(name)
+    finally:
+        Path(name).unlink(missing_ok=True)
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     with atomic_output(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sys
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
@@ -55,28 +56,53 @@ def parallel_map(fn: Callable, items: Sequence, extra: tuple = (), workers: int 
     ``fn`` must be a module-level function. Results keep the order of ``items``, so the output
     does not depend on the number of workers.
     """
+    return list(parallel_imap(fn, items, extra, workers, chunk, progress))
+
+
+def parallel_imap(fn: Callable, items: Sequence, extra: tuple = (), workers: int | None = None, chunk: int = 16,
+                  progress: Callable[[int], None] | None = None, ahead: int = 4) -> Iterator[Any]:
+    """``fn(item, *extra)`` for each item, in ``workers`` processes, yielded in the order of ``items``.
+
+    At most ``ahead`` chunks per worker are in flight, so however many items there are, only a bounded
+    number of results waits in memory for the caller (a slow consumer holds the workers back)."""
     workers = max(1, workers or os.cpu_count() or 1)
-    chunks = [list(items[i:i + chunk]) for i in range(0, len(items), chunk)]
-    results: list[Any] = []
+    starts = range(0, len(items), chunk)
     if workers == 1 or len(items) <= chunk:
-        for ch in chunks:
-            results.extend(_run_chunk((fn, ch, extra)))
+        for i in starts:
+            ch = list(items[i:i + chunk])
+            yield from _run_chunk((fn, ch, extra))
             if progress:
                 progress(len(ch))
-        return results
+        return
     # forkserver (spawn where unavailable): never fork a parent whose threads (torch, GalSim, BLAS)
     # may hold locks, which can deadlock the child
     ctx = multiprocessing.get_context("forkserver" if "forkserver" in multiprocessing.get_all_start_methods()
                                       else "spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=exit_with,
                              initargs=(os.getpid(),)) as pool:
+        pending: deque = deque()
+        todo = iter(starts)
+
+        def submit() -> None:
+            i = next(todo, None)
+            if i is not None:
+                ch = list(items[i:i + chunk])
+                pending.append((len(ch), pool.submit(_run_chunk, (fn, ch, extra))))
+
         with _main_script_hidden():  # the workers start here, on the first submit
-            mapped = pool.map(_run_chunk, [(fn, ch, extra) for ch in chunks])
-        for ch, res in zip(chunks, mapped):
-            results.extend(res)
-            if progress:
-                progress(len(ch))
-    return results
+            for _ in range(workers * ahead):
+                submit()
+        try:
+            while pending:
+                n, fut = pending.popleft()
+                res = fut.result()
+                submit()
+                yield from res
+                if progress:
+                    progress(n)
+        finally:
+            for _, fut in pending:
+                fut.cancel()
 
 
 @contextmanager

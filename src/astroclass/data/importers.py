@@ -18,8 +18,8 @@ import re
 import tarfile
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,11 +27,11 @@ from typing import Any
 import numpy as np
 
 from astroclass.data.images import ImageSpec, array_to_stored, is_image_file, read_image
-from astroclass.data.prepared import write_prepared
+from astroclass.data.prepared import WRITE_ROWS, PreparedWriter
 from astroclass.data.splits import stratified_split
 from astroclass.errors import AstroclassError, BadImageError
-from astroclass.fileio import atomic_output, atomic_write_text
-from astroclass.parallel import parallel_map
+from astroclass.fileio import atomic_output, atomic_write_text, scratch_file
+from astroclass.parallel import parallel_imap
 from astroclass.progress import Bar
 
 DUPLICATE_POLICIES = ("together", "drop", "error")
@@ -63,8 +63,9 @@ class ImportReport:
     images_per_second: float = 0.0
 
 
-def _decode(item: Item, spec: ImageSpec) -> tuple[np.ndarray | None, tuple[str, ...], str]:
-    """Decode one item; returns (array, band names, error text). Runs in worker processes."""
+def _decode(item: Item, spec: ImageSpec) -> tuple[np.ndarray | None, tuple[str, ...], str, str]:
+    """Decode one item; returns (array, band names, error text, digest of the stored pixels). Runs in
+    worker processes."""
     try:
         if item.h5_key is not None:
             import h5py
@@ -72,17 +73,49 @@ def _decode(item: Item, spec: ImageSpec) -> tuple[np.ndarray | None, tuple[str, 
             with h5py.File(item.source, "r") as f:
                 arr = array_to_stored(np.asarray(f[item.h5_key][item.h5_row]), spec,
                                       f"{item.source}[{item.h5_key}][{item.h5_row}]")
-            return arr, (), ""
+            return arr, (), "", pixel_digest(arr)
         dec = read_image(item.source, spec)
-        return dec.array, dec.band_names, ""
+        return dec.array, dec.band_names, "", pixel_digest(dec.array)
     except BadImageError as exc:
-        return None, (), str(exc)
+        return None, (), str(exc), ""
 
 
-def decode_items(items: Sequence[Item], spec: ImageSpec, workers: int | None = None,
-                 progress: Callable[[int], None] | None = None):
-    """Decode every item, in ``workers`` processes (default: all cores); order is preserved."""
-    return parallel_map(_decode, items, (spec,), workers, progress=progress)
+def pixel_digest(image: np.ndarray) -> str:
+    """What tells identical images apart: a digest of the stored pixels (and their shape and type)."""
+    return hashlib.sha1(repr((image.shape, image.dtype.str)).encode() + np.ascontiguousarray(image).tobytes()
+                        ).hexdigest()
+
+
+def _to_float(image: np.ndarray) -> np.ndarray:
+    """An 8-bit image in a dataset stored as float16 (some sources were FITS): scaled to [0, 1]."""
+    return image.astype(np.float16) / np.float16(255) if image.dtype == np.uint8 else image
+
+
+class _Scratch:
+    """Decoded images on disk while an import decides what it keeps: one raw file beside the output per
+    image shape and type, appended in order and read back row by row; removed when the import ends."""
+
+    def __init__(self, output: Path, stack: ExitStack):
+        self.output, self.stack = output, stack
+        self.files: dict[tuple, tuple[int, int]] = {}  # (shape, dtype) -> (fd, rows)
+
+    def add(self, image: np.ndarray) -> tuple[tuple, int]:
+        key = (image.shape, image.dtype.str)
+        if key not in self.files:
+            path = self.stack.enter_context(scratch_file(self.output))
+            fd = os.open(path, os.O_RDWR)
+            self.stack.callback(os.close, fd)
+            self.files[key] = (fd, 0)
+        fd, rows = self.files[key]
+        os.write(fd, np.ascontiguousarray(image).tobytes())
+        self.files[key] = (fd, rows + 1)
+        return key, rows
+
+    def read(self, key: tuple, row: int) -> np.ndarray:
+        shape, dtype = key
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        buf = os.pread(self.files[key][0], nbytes, row * nbytes)
+        return np.frombuffer(buf, dtype=dtype).reshape(shape)
 
 
 def build_dataset(items: Sequence[Item], output: str | Path, spec: ImageSpec | None = None, *,
@@ -93,7 +126,11 @@ def build_dataset(items: Sequence[Item], output: str | Path, spec: ImageSpec | N
                   columns: dict[str, np.ndarray] | None = None, show_progress: bool = True,
                   skipped: Sequence[tuple[str, str]] = ()) -> ImportReport:
     """Decode, check, split and write ``items`` as a prepared dataset at ``output`` (``skipped``: what the
-    source listing already left out, for ``OUTPUT.skipped.csv``)."""
+    source listing already left out, for ``OUTPUT.skipped.csv``).
+
+    Images stream through: decoded in parallel into a scratch file beside the output (with a digest of
+    each, to find identical ones), then copied block by block into the dataset once it is known which are
+    kept, so memory does not grow with the number of images."""
     import time
 
     spec = spec or ImageSpec()
@@ -114,95 +151,111 @@ def build_dataset(items: Sequence[Item], output: str | Path, spec: ImageSpec | N
     if unknown:
         raise AstroclassError(f"labels {unknown[:5]} are not among the classes {list(class_names)}")
 
-    t0 = time.perf_counter()
-    with Bar(show_progress, len(items), f"decoding {len(items)} images") as bar:
-        decoded = decode_items(items, spec, workers, bar.advance)
-    elapsed = time.perf_counter() - t0
-    report.images_per_second = len(items) / elapsed if elapsed > 0 else 0.0
+    with ExitStack() as stack:
+        scratch = _Scratch(output, stack)
+        where: list[tuple[tuple, int] | None] = []  # per item: its scratch file and row, None if bad
+        digests: list[str] = []
+        bad: list[tuple[int, str]] = []
+        band_names: tuple[str, ...] = ()
+        t0 = time.perf_counter()
+        with Bar(show_progress, len(items), f"decoding {len(items)} images") as bar:
+            for i, (arr, bands, err, digest) in enumerate(parallel_imap(_decode, items, (spec,), workers,
+                                                                        progress=bar.advance)):
+                digests.append(digest)
+                if arr is None:
+                    where.append(None)
+                    bad.append((i, err))
+                    continue
+                where.append(scratch.add(arr))
+                band_names = band_names or bands
+        elapsed = time.perf_counter() - t0
+        report.images_per_second = len(items) / elapsed if elapsed > 0 else 0.0
 
-    keep: list[int] = []
-    bad: list[tuple[int, str]] = []
-    for i, (arr, _, err) in enumerate(decoded):
-        (bad.append((i, err)) if arr is None else keep.append(i))
-    # every image must have the same band count; the most common one wins
-    shapes = Counter(decoded[i][0].shape for i in keep)
-    if len(shapes) > 1:
-        main_shape = shapes.most_common(1)[0][0]
-        for i in list(keep):
-            shp = decoded[i][0].shape
-            if shp != main_shape:
-                bad.append((i, f"{items[i].source}: has {shp[0]} band(s), while {shapes[main_shape]} other "
-                               f"images have {main_shape[0]}"))
-                keep.remove(i)
-    if bad and not skip_bad:
-        first = sorted(bad)[0][1]
-        more = f" (and {len(bad) - 1} more bad image(s); pass --skip-bad to leave them out)" if len(bad) > 1 else \
-            " (pass --skip-bad to leave it out)"
-        raise AstroclassError(first + more)
-    report.skipped = list(skipped) + [(items[i].source, err) for i, err in sorted(bad)]
-    if not keep:
-        raise AstroclassError(f"{source.get('path', 'source')}: no readable images")
+        keep = [i for i, w in enumerate(where) if w is not None]
+        # every image must have the same band count; the most common one wins
+        shapes = Counter(where[i][0][0] for i in keep)  # type: ignore[index]
+        if len(shapes) > 1:
+            main_shape = shapes.most_common(1)[0][0]
+            for i in keep:
+                shp = where[i][0][0]  # type: ignore[index]
+                if shp != main_shape:
+                    bad.append((i, f"{items[i].source}: has {shp[0]} band(s), while {shapes[main_shape]} other "
+                                   f"images have {main_shape[0]}"))
+            keep = [i for i in keep if where[i][0][0] == main_shape]  # type: ignore[index]
+        if bad and not skip_bad:
+            first = sorted(bad)[0][1]
+            more = f" (and {len(bad) - 1} more bad image(s); pass --skip-bad to leave them out)" if len(bad) > 1 \
+                else " (pass --skip-bad to leave it out)"
+            raise AstroclassError(first + more)
+        report.skipped = list(skipped) + [(items[i].source, err) for i, err in sorted(bad)]
+        if not keep:
+            raise AstroclassError(f"{source.get('path', 'source')}: no readable images")
+        as_float = any(where[i][0][1] == np.dtype(np.float16).str for i in keep)  # type: ignore[index]
+        if as_float:  # 8-bit images will be stored as floats: identical means identical as stored
+            for i in keep:
+                key, row = where[i]  # type: ignore[misc]
+                if key[1] == np.dtype(np.uint8).str:
+                    digests[i] = pixel_digest(_to_float(scratch.read(key, row)))
 
-    kept_items = [items[i] for i in keep]
-    arrays = [decoded[i][0] for i in keep]
-    as_float = any(a.dtype == np.float16 for a in arrays)
-    images = np.stack([a.astype(np.float16) / np.float16(255) if as_float and a.dtype == np.uint8 else a
-                       for a in arrays])
-    band_names = next((decoded[i][1] for i in keep if decoded[i][1]), ())
-    labels = np.array([class_index[it.label] for it in kept_items], dtype=np.int64)
+        kept_items = [items[i] for i in keep]
+        labels = np.array([class_index[it.label] for it in kept_items], dtype=np.int64)
+        # exact duplicates: identical stored pixels
+        groups, dup_groups = _duplicate_groups([digests[i] for i in keep])
+        conflicting = [g for g in dup_groups if len(set(labels[g])) > 1]
+        if conflicting:  # one image, two labels: which is right cannot be known
+            ex = [(kept_items[j].rel, kept_items[j].label) for j in conflicting[0]]
+            if not skip_bad:
+                raise AstroclassError(f"{len(conflicting)} image(s) appear with different labels, e.g. identical "
+                                      f"pixels in {ex}; fix the labels, or pass --skip-bad to leave every copy out")
+            drop = {int(j) for g in conflicting for j in g}
+            report.skipped += [(kept_items[j].source, f"identical to {[kept_items[k].rel for k in g if k != j]} "
+                                f"with another label") for g in conflicting for j in g]
+            sel = [i for i in range(len(kept_items)) if i not in drop]
+            if not sel:
+                raise AstroclassError(f"{source.get('path', 'source')}: no images left after leaving out those "
+                                      f"with conflicting labels")
+            kept_items, keep, labels = [kept_items[i] for i in sel], [keep[i] for i in sel], labels[sel]
+            groups, dup_groups = _duplicate_groups([digests[i] for i in keep])
+        report.duplicates = [[kept_items[j].id for j in g] for g in dup_groups]
+        if dup_groups:
+            desc = f"{len(dup_groups)} group(s) of identical images, e.g. {[kept_items[j].rel for j in dup_groups[0]]}"
+            if duplicates == "error":
+                raise AstroclassError(f"duplicate images found: {desc} (use --duplicates together|drop)")
+            if duplicates == "drop":
+                drop = {int(j) for g in dup_groups for j in g[1:]}
+                sel = [i for i in range(len(kept_items)) if i not in drop]
+                report.skipped += [(kept_items[j].source, "duplicate of " + kept_items[groups[j]].source)
+                                   for j in sorted(drop)]
+                kept_items, keep, labels, groups = [kept_items[i] for i in sel], [keep[i] for i in sel], \
+                    labels[sel], groups[sel]
+            else:
+                report.warnings.append(f"{desc}: each group is kept within one split")
 
-    # exact duplicates: identical stored pixels
-    groups, dup_groups = _duplicate_groups(images)
-    conflicting = [g for g in dup_groups if len(set(labels[g])) > 1]
-    if conflicting:  # one image, two labels: which is right cannot be known
-        ex = [(kept_items[j].rel, kept_items[j].label) for j in conflicting[0]]
-        if not skip_bad:
-            raise AstroclassError(f"{len(conflicting)} image(s) appear with different labels, e.g. identical pixels "
-                                  f"in {ex}; fix the labels, or pass --skip-bad to leave every copy out")
-        drop = {int(j) for g in conflicting for j in g}
-        report.skipped += [(kept_items[j].source, f"identical to {[kept_items[k].rel for k in g if k != j]} "
-                            f"with another label") for g in conflicting for j in g]
-        sel = np.array([i for i in range(len(kept_items)) if i not in drop], dtype=np.int64)
-        if not len(sel):
-            raise AstroclassError(f"{source.get('path', 'source')}: no images left after leaving out those with "
-                                  f"conflicting labels")
-        kept_items, keep = [kept_items[i] for i in sel], [keep[i] for i in sel]
-        images, labels = images[sel], labels[sel]
-        groups, dup_groups = _duplicate_groups(images)
-    report.duplicates = [[kept_items[j].id for j in g] for g in dup_groups]
-    if dup_groups:
-        desc = f"{len(dup_groups)} group(s) of identical images, e.g. {[kept_items[j].rel for j in dup_groups[0]]}"
-        if duplicates == "error":
-            raise AstroclassError(f"duplicate images found: {desc} (use --duplicates together|drop)")
-        if duplicates == "drop":
-            drop = {int(j) for g in dup_groups for j in g[1:]}
-            sel = np.array([i for i in range(len(kept_items)) if i not in drop])
-            report.skipped += [(kept_items[j].source, "duplicate of " + kept_items[groups[j]].source)
-                               for j in sorted(drop)]
-            kept_items = [kept_items[i] for i in sel]
-            images, labels, groups = images[sel], labels[sel], groups[sel]
-            keep = [keep[i] for i in sel]
-        else:
-            report.warnings.append(f"{desc}: each group is kept within one split")
+        present = np.bincount(labels, minlength=len(class_names))
+        empty = [c for c, n in zip(class_names, present) if n == 0]
+        if empty:
+            raise AstroclassError(f"class(es) {empty} have no readable images")
+        split = stratified_split(labels, class_names, fractions, seed, groups)
+        for c, n in zip(class_names, present):
+            if n < min_per_class:
+                report.warnings.append(f"class {c!r} has only {n} images (minimum {min_per_class})")
 
-    present = np.bincount(labels, minlength=len(class_names))
-    empty = [c for c, n in zip(class_names, present) if n == 0]
-    if empty:
-        raise AstroclassError(f"class(es) {empty} have no readable images")
-    split = stratified_split(labels, class_names, fractions, seed, groups)
-    for c, n in zip(class_names, present):
-        if n < min_per_class:
-            report.warnings.append(f"class {c!r} has only {n} images (minimum {min_per_class})")
-
-    col_arrays = {k: np.asarray(v)[keep] for k, v in (columns or {}).items()}
-    options = {"image_spec": spec.to_dict(), "fractions": list(fractions), "seed": seed,
-               "skip_bad": skip_bad, "duplicates": duplicates, "n_skipped": len(report.skipped)}
-    with _side_report(report):
-        report.content_hash = write_prepared(
-            output, images=images, labels=labels, split=split, class_names=class_names,
-            ids=[it.id for it in kept_items], paths=[it.rel for it in kept_items], spec=spec,
-            source=source, options=options, band_names=band_names, split_seed=seed,
-            columns=col_arrays, overwrite=overwrite)
+        col_arrays = {k: np.asarray(v)[keep] for k, v in (columns or {}).items()}
+        options = {"image_spec": spec.to_dict(), "fractions": list(fractions), "seed": seed,
+                   "skip_bad": skip_bad, "duplicates": duplicates, "n_skipped": len(report.skipped)}
+        main_shape = where[keep[0]][0][0]  # type: ignore[index]
+        with _side_report(report), \
+                PreparedWriter(output, len(keep), main_shape, np.float16 if as_float else np.uint8, class_names,
+                               overwrite) as writer, \
+                Bar(show_progress, len(keep), f"writing {output.name}") as bar:
+            for b in range(0, len(keep), WRITE_ROWS):
+                block = [scratch.read(*where[i]) for i in keep[b:b + WRITE_ROWS]]  # type: ignore[misc]
+                writer.append(np.stack([_to_float(a) for a in block] if as_float else block))
+                bar.advance(len(block))
+            report.content_hash = writer.finish(
+                labels=labels, split=split, ids=[it.id for it in kept_items], paths=[it.rel for it in kept_items],
+                spec=spec, source=source, options=options, band_names=band_names, split_seed=seed,
+                columns=col_arrays)
     report.n_written = len(kept_items)
     report.class_counts = {
         s: {c: int(((split == k) & (labels == i)).sum()) for i, c in enumerate(class_names)}
@@ -210,11 +263,11 @@ def build_dataset(items: Sequence[Item], output: str | Path, spec: ImageSpec | N
     return report
 
 
-def _duplicate_groups(images: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
-    """(index of the first identical image, per image; the groups of identical images, as index arrays)."""
+def _duplicate_groups(digests: Sequence[str]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(index of the first identical image, per image; the groups of identical images, as index arrays), from
+    each image's :func:`pixel_digest`."""
     first_of: dict[str, int] = {}
-    groups = np.array([first_of.setdefault(hashlib.sha1(a.tobytes()).hexdigest(), i) for i, a in enumerate(images)],
-                      dtype=np.int64)
+    groups = np.array([first_of.setdefault(d, i) for i, d in enumerate(digests)], dtype=np.int64)
     repeated = [g for g, n in Counter(groups.tolist()).items() if n > 1]
     return groups, [np.flatnonzero(groups == g) for g in repeated]
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,40 +40,108 @@ FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
 
 
-def content_hash(images: np.ndarray, labels: np.ndarray, split: np.ndarray, ids: Sequence[str],
-                 class_names: Sequence[str]) -> str:
-    """sha256 over everything that defines a dataset's content (not its provenance)."""
+CHUNK_ROWS = 64  # images per HDF5 chunk: about 1 MB of 3-band 76x76 uint8, the unit of reads from disk
+WRITE_ROWS = 1024  # images handed to HDF5 at once when writing (a whole number of chunks)
+
+
+def _hash_header(class_names: Sequence[str], shape: Sequence[int], dtype: np.dtype) -> Any:
     h = hashlib.sha256()
-    h.update(json.dumps([list(class_names), list(images.shape), str(images.dtype)]).encode())
-    h.update(np.ascontiguousarray(images).tobytes())
+    h.update(json.dumps([list(class_names), list(shape), str(np.dtype(dtype))]).encode())
+    return h
+
+
+def _hash_tail(h: Any, labels: np.ndarray, split: np.ndarray, ids: Sequence[str]) -> str:
     h.update(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
     h.update(np.ascontiguousarray(split, dtype=np.uint8).tobytes())
     h.update("\n".join(ids).encode())
     return h.hexdigest()
 
 
-def write_prepared(path: str | Path, *, images: np.ndarray, labels: np.ndarray, split: np.ndarray,
-                   class_names: Sequence[str], ids: Sequence[str], paths: Sequence[str],
-                   spec: ImageSpec, source: Mapping[str, Any], options: Mapping[str, Any],
-                   band_names: Sequence[str] = (), split_seed: int | None = None,
-                   columns: Mapping[str, np.ndarray] | None = None, overwrite: bool = False) -> str:
-    """Write a prepared dataset atomically; returns its content hash."""
-    path = Path(path)
-    n = len(labels)
-    if images.shape[0] != n or len(split) != n or len(ids) != n or len(paths) != n:
-        raise ValueError("images, labels, split, ids and paths must have the same length")
-    if path.exists() and not overwrite:
-        raise AstroclassError(f"{path}: output exists (pass --overwrite to replace it)")
-    if not path.parent.exists():
-        raise AstroclassError(f"{path.parent}: output folder does not exist")
-    labels = np.asarray(labels, dtype=np.int64)
-    split = np.asarray(split, dtype=np.uint8)
-    digest = content_hash(images, labels, split, ids, class_names)
-    with atomic_output(path) as tmp, h5py.File(tmp, "w", track_order=False) as f:
-        chunk = (max(1, min(n, 64)),) + tuple(images.shape[1:])
-        f.create_dataset("images", data=images, chunks=chunk if n else None,
-                         compression="gzip" if n else None, compression_opts=4 if n else None,
-                         shuffle=bool(n), track_times=False)
+def content_hash(images: np.ndarray, labels: np.ndarray, split: np.ndarray, ids: Sequence[str],
+                 class_names: Sequence[str]) -> str:
+    """sha256 over everything that defines a dataset's content (not its provenance)."""
+    h = _hash_header(class_names, images.shape, images.dtype)
+    h.update(np.ascontiguousarray(images).tobytes())
+    return _hash_tail(h, labels, split, ids)
+
+
+class PreparedWriter:
+    """Write a prepared dataset image block by image block, so that memory does not grow with its size.
+
+    ``with PreparedWriter(path, n, shape, dtype, class_names) as w:`` then :meth:`append` the images in
+    order (any block sizes), then :meth:`finish` with the per-object arrays. The file appears at ``path``
+    only when the ``with`` block ends without error (written under a temporary name, then renamed); the
+    content hash is computed on the way, and equals :func:`content_hash` over the whole arrays.
+    """
+
+    def __init__(self, path: str | Path, n: int, shape: Sequence[int], dtype: Any, class_names: Sequence[str],
+                 overwrite: bool = False):
+        self.path = Path(path)
+        if self.path.exists() and not overwrite:
+            raise AstroclassError(f"{self.path}: output exists (pass --overwrite to replace it)")
+        if not self.path.parent.exists():
+            raise AstroclassError(f"{self.path.parent}: output folder does not exist")
+        self.n, self.shape, self.dtype = n, tuple(int(v) for v in shape), np.dtype(dtype)
+        self.class_names = list(class_names)
+        self._hash = _hash_header(self.class_names, (n,) + self.shape, self.dtype)
+        self._pending: list[np.ndarray] = []
+        self._pending_rows = 0
+        self._written = 0
+        self.content_hash = ""
+
+    def __enter__(self) -> PreparedWriter:
+        self._atomic = atomic_output(self.path)
+        tmp = self._atomic.__enter__()
+        try:
+            self._file = h5py.File(tmp, "w", track_order=False)
+            n = self.n
+            self._images = self._file.create_dataset(
+                "images", shape=(n,) + self.shape, dtype=self.dtype,
+                chunks=((max(1, min(n, CHUNK_ROWS)),) + self.shape) if n else None,
+                compression="gzip" if n else None, compression_opts=4 if n else None, shuffle=bool(n),
+                track_times=False)
+        except BaseException:
+            self._atomic.__exit__(*sys.exc_info())
+            raise
+        return self
+
+    def append(self, images: np.ndarray) -> None:
+        """The next images, (k, C, H, W) in the dataset's shape and dtype."""
+        images = np.ascontiguousarray(images)
+        if images.shape[1:] != self.shape or images.dtype != self.dtype:
+            raise ValueError(f"images {images.shape[1:]} {images.dtype} do not match the dataset's "
+                             f"{self.shape} {self.dtype}")
+        if self._written + self._pending_rows + len(images) > self.n:
+            raise ValueError(f"more than the {self.n} images announced")
+        self._hash.update(images.tobytes())
+        self._pending.append(images)
+        self._pending_rows += len(images)
+        if self._pending_rows >= WRITE_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending_rows:
+            return
+        block = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
+        self._images[self._written:self._written + len(block)] = block
+        self._written += len(block)
+        self._pending, self._pending_rows = [], 0
+
+    def finish(self, *, labels: np.ndarray, split: np.ndarray, ids: Sequence[str], paths: Sequence[str],
+               spec: ImageSpec, source: Mapping[str, Any], options: Mapping[str, Any],
+               band_names: Sequence[str] = (), split_seed: int | None = None,
+               columns: Mapping[str, np.ndarray] | None = None) -> str:
+        """Write everything but the images; returns the content hash."""
+        self._flush()
+        n = self.n
+        if self._written != n:
+            raise ValueError(f"{self._written} images written, {n} announced")
+        if len(labels) != n or len(split) != n or len(ids) != n or len(paths) != n:
+            raise ValueError("images, labels, split, ids and paths must have the same length")
+        labels = np.asarray(labels, dtype=np.int64)
+        split = np.asarray(split, dtype=np.uint8)
+        f = self._file
+        self.content_hash = _hash_tail(self._hash, labels, split, ids)
         f.create_dataset("labels", data=labels, track_times=False)
         f.create_dataset("split", data=split, track_times=False)
         str_dt = h5py.string_dtype()
@@ -85,18 +154,45 @@ def write_prepared(path: str | Path, *, images: np.ndarray, labels: np.ndarray, 
         attrs = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
-            "class_names": json.dumps(list(class_names)),
+            "class_names": json.dumps(self.class_names),
             "source": json.dumps(dict(source), sort_keys=True),
             "options": json.dumps(dict(options), sort_keys=True),
             "image_spec": json.dumps(spec.to_dict(), sort_keys=True),
             "band_names": json.dumps(list(band_names)),
             "astroclass_version": __version__,
-            "content_hash": digest,
+            "content_hash": self.content_hash,
             "split_seed": -1 if split_seed is None else int(split_seed),
         }
         for k, v in attrs.items():
             f.attrs[k] = v
-    return digest
+        return self.content_hash
+
+    def __exit__(self, etype: Any, value: Any, tb: Any) -> None:
+        try:
+            self._file.close()
+            if etype is None and not self.content_hash:
+                raise ValueError("PreparedWriter closed before finish()")
+        except BaseException as err:
+            if etype is None:
+                self._atomic.__exit__(type(err), err, err.__traceback__)
+                raise
+        self._atomic.__exit__(etype, value, tb)
+
+
+def write_prepared(path: str | Path, *, images: np.ndarray, labels: np.ndarray, split: np.ndarray,
+                   class_names: Sequence[str], ids: Sequence[str], paths: Sequence[str],
+                   spec: ImageSpec, source: Mapping[str, Any], options: Mapping[str, Any],
+                   band_names: Sequence[str] = (), split_seed: int | None = None,
+                   columns: Mapping[str, np.ndarray] | None = None, overwrite: bool = False) -> str:
+    """Write a prepared dataset held in memory, atomically; returns its content hash."""
+    n = len(labels)
+    if images.shape[0] != n or len(split) != n or len(ids) != n or len(paths) != n:
+        raise ValueError("images, labels, split, ids and paths must have the same length")
+    with PreparedWriter(path, n, images.shape[1:], images.dtype, class_names, overwrite) as w:
+        for i in range(0, n, WRITE_ROWS):
+            w.append(images[i:i + WRITE_ROWS])
+        return w.finish(labels=labels, split=split, ids=ids, paths=paths, spec=spec, source=source,
+                        options=options, band_names=band_names, split_seed=split_seed, columns=columns)
 
 
 class PreparedDataset:

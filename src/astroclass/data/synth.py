@@ -278,9 +278,9 @@ def synthesize(cfg: SynthConfig, output: str | Path, fractions=(0.8, 0.1, 0.1), 
                overwrite: bool = False, show_progress: bool = True) -> Path:
     """Render ``cfg.n`` objects and write them as a prepared dataset with true-parameter columns."""
     from astroclass.data.images import ImageSpec
-    from astroclass.data.prepared import write_prepared
+    from astroclass.data.prepared import PreparedWriter
     from astroclass.data.splits import stratified_split
-    from astroclass.parallel import parallel_map
+    from astroclass.parallel import parallel_imap
     from astroclass.progress import Bar
 
     cfg.validate()
@@ -300,12 +300,6 @@ def synthesize(cfg: SynthConfig, output: str | Path, fractions=(0.8, 0.1, 0.1), 
             labels = 1 - labels  # star_fraction is the merger fraction here
     else:
         labels = rng.permutation(np.arange(cfg.n) % len(classes)).astype(np.int64)
-    with Bar(show_progress, cfg.n, f"rendering {cfg.n} {cfg.task} objects") as bar:
-        out = parallel_map(_render_and_scale, list(zip(range(cfg.n), labels.tolist())), (cfg,), workers, chunk=8,
-                           progress=bar.advance)
-    images = np.stack([o[0] for o in out])
-    keys = sorted(set().union(*(o[1] for o in out)))
-    columns = {k: np.array([o[1].get(k, np.nan) for o in out], dtype=np.float64) for k in keys}
     split = stratified_split(labels, classes, tuple(fractions), cfg.seed)
     ids = [f"{cfg.task}-{cfg.seed}-{i:06d}" for i in range(cfg.n)]
     options = asdict(cfg)
@@ -313,8 +307,18 @@ def synthesize(cfg: SynthConfig, output: str | Path, fractions=(0.8, 0.1, 0.1), 
     options["classes"] = list(cfg.classes) if cfg.classes else None
     options["mag_min"], options["mag_max"] = cfg.mag_range()
     options["stretch"] = "asinh(x / 3 sigma_sky) / asinh(peak / 3 sigma_sky), shared by all objects"
-    write_prepared(output, images=images, labels=labels, split=split, class_names=classes, ids=ids,
-                   paths=[f"synthetic:{i}" for i in ids], spec=ImageSpec(size=cfg.size),
-                   source={"kind": "synthetic", "task": cfg.task, "generator": "galsim"}, options=options,
-                   band_names=list(cfg.bands), split_seed=cfg.seed, columns=columns, overwrite=overwrite)
+    truths: list[dict] = []
+    with PreparedWriter(output, cfg.n, (len(cfg.bands), cfg.size, cfg.size), np.float16, classes,
+                        overwrite) as writer, \
+            Bar(show_progress, cfg.n, f"rendering {cfg.n} {cfg.task} objects") as bar:
+        for image, truth in parallel_imap(_render_and_scale, list(zip(range(cfg.n), labels.tolist())), (cfg,),
+                                          workers, chunk=8, progress=bar.advance):
+            writer.append(image[None])
+            truths.append(truth)
+        keys = sorted(set().union(*truths))
+        columns = {k: np.array([t.get(k, np.nan) for t in truths], dtype=np.float64) for k in keys}
+        writer.finish(labels=labels, split=split, ids=ids, paths=[f"synthetic:{i}" for i in ids],
+                      spec=ImageSpec(size=cfg.size),
+                      source={"kind": "synthetic", "task": cfg.task, "generator": "galsim"},
+                      options=options, band_names=list(cfg.bands), split_seed=cfg.seed, columns=columns)
     return output
