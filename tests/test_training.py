@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 
 import numpy as np
@@ -337,3 +338,78 @@ def test_train_options_are_made_from_the_run_config(cli, tiny_h5, tmp_path):
     assert saved["channels_last"] is False and saved["frozen_bn"] == "batch"
     code, _, err = cli("train", tiny_h5, "--frozen-bn", "sometimes", "-o", tmp_path / "bad", "-q")
     assert code == 1 and "frozen_bn must be one of" in err
+
+
+def test_a_run_larger_than_its_memory_budget_streams_and_records_it(tiny_h5, tmp_path, monkeypatch):
+    """Over budget, the images stay in the file; with one block (a split no larger than a block) the run is
+    the in-memory run exactly, through the background reader; with small blocks it trains block by block."""
+    import astroclass.training.data as data_mod
+
+    cfg = RunConfig(dataset=str(tiny_h5), model="test_resnet", epochs=2, batch_size=16, seed=7, augment=True)
+    mem = train(cfg, tmp_path / "mem", progress=False)
+    streamed = RunConfig(**{**cfg.to_dict(), "max_memory": "100KB"})  # the slice is 245 KB
+    disk = train(streamed, tmp_path / "disk", progress=False)
+    assert (mem.storage, disk.storage) == ("memory", "stream")
+    assert json.loads((tmp_path / "disk" / "result.json").read_text())["storage"] == "stream"
+    assert disk.val == mem.val and disk.test == mem.test
+    assert (tmp_path / "disk" / "history.csv").read_text().split("\n")[1].split(",")[2:6] == \
+        (tmp_path / "mem" / "history.csv").read_text().split("\n")[1].split(",")[2:6]
+    monkeypatch.setattr(data_mod, "BLOCK_ROWS", 16)
+    small = train(streamed, tmp_path / "blocks", progress=False)
+    assert small.storage == "stream" and small.test["n"] == mem.test["n"]
+    assert small.status == "done" and small.train_images_per_s > 0  # another order: another trajectory
+    assert (tmp_path / "blocks" / "history.csv").read_text().split("\n")[1].split(",")[2:4] != \
+        (tmp_path / "mem" / "history.csv").read_text().split("\n")[1].split(",")[2:4]
+
+
+def test_streamed_images_are_the_stored_pixels_in_shuffled_blocks(tiny_h5):
+    from astroclass.data import PreparedDataset
+    from astroclass.training.data import DiskImages, block_order
+
+    with PreparedDataset(tiny_h5) as ds:
+        rows = ds.indices("train")
+        x = DiskImages(ds.path, rows, ds.image_shape, ds.dtype, block=10, cache_blocks=2)
+        pos = np.random.default_rng(0).permutation(len(rows))
+        assert (x.gather(pos).numpy() == ds.images(rows[pos])).all()
+        assert (x[5:37].numpy() == ds.images(rows[5:37])).all() and x.shape == (len(rows),) + ds.image_shape
+        y = torch.from_numpy(ds.labels[rows])
+        x.close()
+    gen = torch.Generator().manual_seed(0)
+    order = block_order(y, "none", gen, 10).numpy()
+    assert sorted(order) == list(range(len(y)))  # every image once
+    runs = [(b, len(list(g))) for b, g in itertools.groupby(order // 10)]  # each block's images together,
+    assert sorted(runs) == [(b, min(10, len(y) - 10 * b)) for b in range((len(y) + 9) // 10)]  # each block once,
+    assert [b for b, _ in runs] != sorted(b for b, _ in runs)  # blocks in shuffled order
+    drawn = block_order(y, "balanced", gen, 10).numpy()  # balanced draws stay within their block
+    assert len(drawn) == len(y) and all(len(set(drawn[i:i + 10] // 10)) == 1 for i in range(0, 60, 10))
+
+
+def test_a_read_error_in_the_background_reader_reaches_the_training_loop(tiny_h5):
+    from astroclass.data import PreparedDataset
+    from astroclass.training.data import DiskImages, batches
+
+    class Failing(DiskImages):
+        calls = 0
+
+        def gather(self, positions):
+            Failing.calls += 1
+            if Failing.calls == 2:
+                raise OSError(f"{self.path}: read error (disk unplugged)")
+            return super().gather(positions)
+
+    with PreparedDataset(tiny_h5) as ds:
+        x = Failing(ds.path, ds.indices("train"), ds.image_shape, ds.dtype)
+    got = []
+    with pytest.raises(OSError, match="disk unplugged"):
+        for xb in batches(x, [torch.arange(8), torch.arange(8, 16), torch.arange(16, 24)]):
+            got.append(xb)
+    assert len(got) == 1 and not any(t.name == "astroclass-prefetch" for t in __import__("threading").enumerate())
+    x.close()
+
+
+def test_memory_budgets_are_sizes():
+    from astroclass.runconfig import parse_size
+
+    assert parse_size("512MB") == 512 * 2**20 and parse_size("1.5G") == 3 * 2**29 and parse_size("100") == 100
+    with pytest.raises(AstroclassError, match="max_memory: 'lots' is not a size"):
+        RunConfig(dataset="d.h5", max_memory="lots").validate()

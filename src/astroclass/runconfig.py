@@ -44,6 +44,21 @@ SECTIONS = {"method": "The paper's method", "data": "Data selection and imbalanc
 """The run options' sections, as the CLI's --help groups them."""
 
 
+_UNITS = {"": 1, "B": 1, "K": 1024, "KB": 1024, "KIB": 1024, "M": 1024**2, "MB": 1024**2, "MIB": 1024**2,
+          "G": 1024**3, "GB": 1024**3, "GIB": 1024**3, "T": 1024**4, "TB": 1024**4, "TIB": 1024**4}
+
+
+def parse_size(text: str, name: str = "size") -> int:
+    """Bytes in a size like ``512MB``, ``4G``, ``1.5GiB`` or ``1000000`` (binary units: 1 MB = 2**20 bytes)."""
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(text))
+    unit = m.group(2).upper() if m else ""
+    if not m or unit not in _UNITS:
+        raise AstroclassError(f"{name}: {text!r} is not a size (write e.g. 512MB, 4GB or auto)")
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
 def option(default: Any, help: str, section: str, flag: str | None = None, cli: bool = True) -> Any:
     """A run option: its default, its help text (the CLI's, and the documentation), its section and, for a
     boolean, the CLI's on/off flags; ``cli=False`` keeps it out of ``astroclass train`` (grid-only options)."""
@@ -108,6 +123,10 @@ class RunConfig:
     compile: str = option("auto", "torch.compile: auto (reduce-overhead, i.e. CUDA graphs, for a single run on "
                           "CUDA; off on CPU and for fused groups), off, default, reduce-overhead or max-autotune.",
                           "speed")
+    max_memory: str = option("auto", "Memory the run's images may take: a size (512MB, 4GB) or auto (half the "
+                             "available RAM, and on a GPU half its free memory for images kept there). Datasets "
+                             "larger stream from their file in shuffled blocks; result.json says which path a run "
+                             "took.", "speed")
     fuse: str = option("auto", "Grid runs only: train the runs of one (dataset, model, setup) cell together as one "
                        "batched model: auto (group size from free device memory), off, or a group size N. Each "
                        "run's numbers are what it would get alone.", "speed", cli=False)
@@ -163,6 +182,8 @@ class RunConfig:
             raise AstroclassError(f"frozen_bn must be one of {FROZEN_BN}, got {self.frozen_bn!r}")
         if self.amp not in AMP_MODES:
             raise AstroclassError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
+        if self.max_memory != "auto":
+            parse_size(self.max_memory, "max_memory")
         if self.compile not in COMPILE_MODES:
             raise AstroclassError(f"compile must be one of {COMPILE_MODES}, got {self.compile!r}")
         self.fuse = str(self.fuse)

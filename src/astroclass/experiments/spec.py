@@ -43,7 +43,7 @@ from astroclass.training.config import OPTIMIZERS, SETUPS, RunConfig, upgrade_le
 AXES = {"models": "model", "setups": "setup", "l2": "l2", "maxnorm": "maxnorm", "optimizers": "optimizer",
         "seeds": "seed"}
 TOP_KEYS = {"name", "datasets", "axes", "train", *AXES}
-NOT_IN_ID = {"device", "eval_batch_size", "fuse"}
+NOT_IN_ID = {"device", "eval_batch_size", "fuse", "max_memory"}
 BUILTIN = ("paper", "demo", "tiny")
 
 

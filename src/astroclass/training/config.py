@@ -46,6 +46,9 @@ class RunResult:
     threshold: dict[str, Any] = field(default_factory=dict)
     """Binary tasks: the decision threshold chosen on val (max balanced accuracy) and test metrics at it."""
     dataset_hash: str = ""
+    storage: str = ""
+    """Where the run's images were while it trained: memory, device (on the GPU) or stream (read from the
+    dataset file in shuffled blocks: the dataset exceeded max_memory)."""
     environment: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,7 +1,19 @@
-"""What a run trains on: its prepared dataset, after class grouping and train_fraction, in memory."""
+"""What a run trains on: its prepared dataset, after class grouping and train_fraction.
+
+A dataset whose images fit the run's memory budget (``max_memory``) is read into memory (and on a GPU the
+train and val images go to the device); a larger one stays in its file and streams: :class:`DiskImages`
+reads whole HDF5 chunks, an epoch visits the training split in blocks of neighbouring rows in random order
+(the images of a block in random order), and a background thread reads the next batches while the current
+one trains. Reads go through the operating system's page cache, which every worker on the machine shares.
+"""
 
 from __future__ import annotations
 
+import os
+import queue
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +23,173 @@ import torch
 
 from astroclass.errors import AstroclassError
 from astroclass.training.config import RunConfig
+
+BLOCK_ROWS = 512
+"""Images of one split per streaming block: read together, shuffled together (about 9 MB of 3-band
+76x76 uint8; the file's neighbouring rows, 8-10 HDF5 chunks)."""
+
+
+def available_memory() -> int:
+    """Bytes of RAM available to new allocations now (Linux MemAvailable; total RAM elsewhere)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def memory_budget(cfg: RunConfig, device: torch.device) -> tuple[int, int]:
+    """(bytes the run's images may take in RAM, bytes they may take on ``device``): ``max_memory``, or
+    with auto half the available RAM and, on a GPU, half its free memory."""
+    from astroclass.runconfig import parse_size
+
+    if cfg.max_memory != "auto":
+        size = parse_size(cfg.max_memory, "max_memory")
+        return size, size
+    host = available_memory() // 2
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return host, free // 2
+    return host, host
+
+
+class DiskImages:
+    """One split's images, read from the prepared file when asked for: ``x[i:j]`` and ``x.gather(positions)``
+    give a (k, C, H, W) tensor of stored values, like the in-memory tensor they stand in for."""
+
+    def __init__(self, path: Path, rows: np.ndarray, shape: tuple[int, int, int], dtype: np.dtype,
+                 block: int | None = None, cache_blocks: int = 4):
+        self.path, self.rows = path, np.asarray(rows, dtype=np.int64)
+        self.image_shape, self.np_dtype = shape, np.dtype(dtype)
+        self.block = max(1, block or BLOCK_ROWS)
+        self.cache_blocks = cache_blocks
+        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+        self._file: Any = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.rows),) + self.image_shape
+
+    @property
+    def block_bytes(self) -> int:
+        return self.block * int(np.prod(self.image_shape)) * self.np_dtype.itemsize
+
+    def _images(self) -> Any:
+        if self._file is None:
+            import h5py
+
+            # a chunk cache that holds a block's chunks, so that a block is decompressed once
+            self._file = h5py.File(self.path, "r", rdcc_nbytes=4 * self.block_bytes + (1 << 20))
+        return self._file["images"]
+
+    def _load(self, b: int) -> np.ndarray:
+        """Block b: the split's images at positions [b·block, (b+1)·block), from one contiguous read."""
+        if b in self._cache:
+            self._cache.move_to_end(b)
+            return self._cache[b]
+        rows = self.rows[b * self.block:(b + 1) * self.block]
+        span = self._images()[int(rows[0]):int(rows[-1]) + 1]
+        out = span[rows - rows[0]]
+        self._cache[b] = out
+        while len(self._cache) > self.cache_blocks:
+            self._cache.popitem(last=False)
+        return out
+
+    def gather(self, positions: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """The images at these positions of the split, in the order given."""
+        pos = positions.cpu().numpy() if isinstance(positions, torch.Tensor) else np.asarray(positions)
+        out = np.empty((len(pos),) + self.image_shape, dtype=self.np_dtype)
+        blocks = pos // self.block
+        with self._lock:
+            for b in np.unique(blocks):
+                sel = blocks == b
+                out[sel] = self._load(int(b))[pos[sel] - b * self.block]
+        return torch.from_numpy(out)
+
+    def __getitem__(self, key: slice) -> torch.Tensor:
+        if not isinstance(key, slice):
+            return self.gather(np.asarray(key))
+        return self.gather(np.arange(len(self.rows))[key])
+
+    def close(self) -> None:
+        with self._lock:
+            self._cache.clear()
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+    def __getstate__(self) -> dict:
+        raise TypeError("DiskImages stays in the process that opened it")
+
+
+Images = torch.Tensor | DiskImages
+
+
+def block_order(y: torch.Tensor, sampler: str, gen: torch.Generator, block: int) -> torch.Tensor:
+    """An epoch's order for streamed images: blocks of ``block`` neighbouring images in random order, each
+    block's images in the order :func:`epoch_order` gives them (a permutation, or balanced draws)."""
+    from astroclass.training.method import epoch_order
+
+    n = len(y)
+    count = (n + block - 1) // block
+    perm = torch.randperm(count, generator=gen).tolist() if count > 1 else [0]  # one block: as in memory
+    return torch.cat([epoch_order(y[b * block:(b + 1) * block], sampler, gen) + b * block for b in perm]) \
+        if n else torch.zeros(0, dtype=torch.long)
+
+
+def training_order(x: Images, y: torch.Tensor, sampler: str, gen: torch.Generator) -> torch.Tensor:
+    """The training images of one epoch, in order: fully shuffled in memory, block by block when streamed."""
+    from astroclass.training.method import epoch_order
+
+    return block_order(y, sampler, gen, x.block) if isinstance(x, DiskImages) else epoch_order(y, sampler, gen)
+
+
+def batches(x: Images, indices: Sequence[torch.Tensor], pin: bool = False, depth: int = 3) -> Iterator[torch.Tensor]:
+    """The stored images of each index batch in turn. In memory they are gathered as they are needed;
+    streamed, a background thread reads up to ``depth`` batches ahead (into pinned memory with ``pin``, for
+    asynchronous copies to a GPU)."""
+    if not isinstance(x, DiskImages):
+        for idx in indices:
+            yield x[idx.to(x.device)]
+        return
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def read() -> None:
+        try:
+            for idx in indices:
+                xb = x.gather(idx)
+                if pin:
+                    xb = xb.pin_memory()
+                while not stop.is_set():
+                    try:
+                        q.put(("ok", xb), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+        except BaseException as exc:  # handed to the training thread, which raises it
+            q.put(("error", exc))
+
+    reader = threading.Thread(target=read, name="astroclass-prefetch", daemon=True)
+    reader.start()
+    try:
+        for _ in indices:
+            kind, value = q.get()
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        reader.join()
 
 
 @dataclass
@@ -25,28 +204,36 @@ class RunData:
     dtype: np.dtype
     spec: Any
     band_names: list[str]
-    splits: dict[str, tuple[torch.Tensor, torch.Tensor, np.ndarray]]  # split → (images, labels, dataset rows)
+    splits: dict[str, tuple[Images, torch.Tensor, np.ndarray]]  # split → (images, labels, dataset rows)
+    storage: str = "memory"
+    """Where the images are while the run trains: memory, device (train and val on the GPU) or stream."""
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def tensors(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def tensors(self, split: str) -> tuple[Images, torch.Tensor]:
         return self.splits[split][0], self.splits[split][1]
 
+    def close(self) -> None:
+        for x, _, _ in self.splits.values():
+            if isinstance(x, DiskImages):
+                x.close()
 
-def load_run_data(cfg: RunConfig) -> RunData:
-    """Read the run's dataset into memory, apply ``classes`` and ``train_fraction``, check every split."""
+
+def load_run_data(cfg: RunConfig, budget: int | None = None) -> RunData:
+    """The run's dataset, ``classes`` and ``train_fraction`` applied and every split checked: its images in
+    memory when they take at most ``budget`` bytes (or no budget is given), else streamed from the file."""
     from astroclass.data.prepared import PreparedDataset
     from astroclass.data.subsets import nested_subset, parse_classes
 
-    with PreparedDataset(cfg.dataset, in_memory=True) as ds:
+    with PreparedDataset(cfg.dataset) as ds:
         labels = ds.labels.copy()
         names = list(ds.class_names)
         if cfg.classes:
             names, mapping = parse_classes(cfg.classes, ds.class_names)
             labels = np.array([mapping.get(int(v), -1) for v in labels], dtype=np.int64)
-        splits = {}
+        rows_of = {}
         for split in ("train", "val", "test"):
             rows = ds.indices(split)
             rows = rows[labels[rows] >= 0]
@@ -57,36 +244,50 @@ def load_run_data(cfg: RunConfig) -> RunData:
             if missing:
                 hint = "; re-import with other split fractions" if split == "test" else ""
                 raise AstroclassError(f"{ds.path}: the {split} split has no examples of class(es) {missing}{hint}")
-            splits[split] = (torch.from_numpy(ds.images(rows)), torch.from_numpy(labels[rows]), rows)
+            rows_of[split] = rows
+        image_bytes = int(np.prod(ds.image_shape)) * ds.dtype.itemsize
+        total = sum(len(r) for r in rows_of.values()) * image_bytes
+        stream = budget is not None and total > budget
+        splits: dict[str, tuple[Images, torch.Tensor, np.ndarray]] = {}
+        for split, rows in rows_of.items():
+            x: Images = DiskImages(ds.path, rows, ds.image_shape, ds.dtype) if stream else \
+                torch.from_numpy(ds.images(rows))
+            splits[split] = (x, torch.from_numpy(labels[rows]), rows)
         return RunData(ds.path, ds.content_hash, names, ds.channels, ds.image_shape[-1], ds.dtype, ds.spec,
-                       list(ds.band_names), splits)
+                       list(ds.band_names), splits, "stream" if stream else "memory")
 
 
 class DataCache:
-    """A worker's datasets, kept between runs: by content hash (and class grouping, train fraction), the
-    in-memory splits and, on a GPU, the train and val tensors already on the device."""
+    """A worker's datasets, kept between runs: by content hash (and class grouping, train fraction, memory
+    budget), the splits and, on a GPU when they fit, the train and val tensors already on the device."""
 
     def __init__(self, size: int = 2):
         self.size = size
-        self._items: dict[tuple, tuple[RunData, dict[str, tuple[torch.Tensor, torch.Tensor]]]] = {}
+        self._items: dict[tuple, tuple[RunData, dict[str, tuple[Images, torch.Tensor]]]] = {}
 
-    def get(self, cfg: RunConfig, device: torch.device) -> tuple[RunData, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
-        """(the run's data, its train and val tensors on the device the run trains on)."""
+    def get(self, cfg: RunConfig, device: torch.device) -> tuple[RunData, dict[str, tuple[Images, torch.Tensor]]]:
+        """(the run's data, its train and val images and labels where the run reads them)."""
         from astroclass.data.prepared import PreparedDataset
 
         with PreparedDataset(cfg.dataset) as ds:
-            key = (ds.content_hash, cfg.classes, cfg.train_fraction, cfg.subset_seed, str(device))
+            key = (ds.content_hash, cfg.classes, cfg.train_fraction, cfg.subset_seed, str(device), cfg.max_memory)
         if key in self._items:
             self._items[key] = self._items.pop(key)  # most recently used last
             return self._items[key]
-        data = load_run_data(cfg)
-        on_device = {s: data.tensors(s) for s in ("train", "val")}
-        if device.type == "cuda":
-            on_device = {s: (x.to(device), y.to(device)) for s, (x, y) in on_device.items()}
-        while len(self._items) >= self.size:
-            self._items.pop(next(iter(self._items)))
-        self._items[key] = (data, on_device)
+        while len(self._items) >= self.size:  # before loading: the old data's memory is free for the new
+            self._items.pop(next(iter(self._items)))[0].close()
+        host, on_gpu = memory_budget(cfg, device)
+        data = load_run_data(cfg, host)
+        placed = {s: data.tensors(s) for s in ("train", "val")}
+        image_bytes = data.channels * data.size ** 2 * np.dtype(data.dtype).itemsize
+        if device.type == "cuda" and data.storage == "memory" and \
+                sum(len(x) for x, _ in placed.values()) * image_bytes <= on_gpu:
+            placed = {s: (x.to(device), y.to(device)) for s, (x, y) in placed.items()}  # type: ignore[union-attr]
+            data.storage = "device"
+        self._items[key] = (data, placed)
         return self._items[key]
 
     def clear(self) -> None:
+        for data, _ in self._items.values():
+            data.close()
         self._items.clear()

@@ -28,7 +28,7 @@ from astroclass.errors import AstroclassError
 from astroclass.models import AstroNet
 from astroclass.progress import Bar
 from astroclass.training.config import RunConfig, RunResult, TrainingFailed
-from astroclass.training.data import DataCache, RunData
+from astroclass.training.data import DataCache, DiskImages, Images, RunData, batches, training_order
 from astroclass.training.fusion import Slots, fuse
 from astroclass.training.method import (
     EarlyStopping,
@@ -37,7 +37,6 @@ from astroclass.training.method import (
     class_weight_tensor,
     dropout_generator,
     dropout_masks,
-    epoch_order,
     finetune_optimizer,
     make_optimizer,
     predict_probs,
@@ -215,6 +214,7 @@ class GroupTrainer:
         for r in runs:
             w = class_weight_tensor(r.cfg, y_train, k)
             r.weights = (w if w is not None else torch.ones(k)).to(self.device)
+            r.result.storage = data.storage
             r.result.train_counts = {c: int(n) for c, n in zip(data.class_names, np.bincount(y_train.numpy(),
                                                                                              minlength=k))}
         self.train_time = 0.0
@@ -303,7 +303,7 @@ class GroupTrainer:
                         self._finish(r, stopped=stop)
             self._compact()
 
-    def _train_epoch(self, active: list[_Run], x: torch.Tensor, y: torch.Tensor, phase: str,
+    def _train_epoch(self, active: list[_Run], x: Images, y: torch.Tensor, phase: str,
                      epoch: int) -> dict[int, tuple[float, float, int]]:
         from astroclass.models import train_mode
 
@@ -312,7 +312,9 @@ class GroupTrainer:
         by_slot: list[_Run | None] = [None] * g
         for r in active:
             by_slot[r.slot] = r
-        orders = {r.slot: epoch_order(y, r.cfg.sampler, r.gen) for r in active}
+        orders = {r.slot: training_order(x, y, r.cfg.sampler, r.gen) for r in active}
+        if isinstance(x, DiskImages):  # each run walks its own blocks: keep each one's current and next
+            x.cache_blocks = max(4, 2 * g + 2)
         filler = active[0].slot  # idle slots (runs that have left) compute on a live run's batch
         lam = torch.tensor([r.cfg.l2 if r else 0.0 for r in by_slot], device=self.device)
         gammas = [r.cfg.maxnorm if r else 0.0 for r in by_slot]
@@ -326,10 +328,11 @@ class GroupTrainer:
         seen = 0
         amp = self.fast["amp"]
         bar = Bar(self.progress, len(starts), f"{phase} epoch {epoch}" + (f" ({len(active)} runs)" if g > 1 else ""))
-        for s in starts:
-            idx = torch.cat([orders.get(i, orders[filler])[s:s + self.configs[0].batch_size] for i in range(g)])
+        index = [torch.cat([orders.get(i, orders[filler])[s:s + self.configs[0].batch_size] for i in range(g)])
+                 for s in starts]
+        for idx, xs in zip(index, batches(x, index, pin=self.device.type == "cuda")):
             b = len(idx) // g
-            xb = to_float(x[idx.to(x.device)].to(self.device, non_blocking=True))
+            xb = to_float(xs.to(self.device, non_blocking=True))
             if any(augment):
                 xb = torch.cat([augment_batch(xb[i * b:(i + 1) * b], cast(_Run, by_slot[i]).gen) if augment[i]
                                 else xb[i * b:(i + 1) * b] for i in range(g)])
@@ -355,7 +358,7 @@ class GroupTrainer:
         correct = total_correct.tolist()
         return {r.index: (mean_loss[r.slot], correct[r.slot] / max(seen, 1), seen) for r in active}
 
-    def _val(self, active: list[_Run], x: torch.Tensor, y: torch.Tensor) -> dict[int, tuple[float, float, float]]:
+    def _val(self, active: list[_Run], x: Images, y: torch.Tensor) -> dict[int, tuple[float, float, float]]:
         g = self.slots.runs
         probs = predict_probs(self.model, x, self.device, self.configs[0].eval_batch_size, self.fast["channels_last"],
                               self.fast["amp"], runs=g)

@@ -197,7 +197,7 @@ def val_scores(probs: np.ndarray, y: np.ndarray, l2_term: float, monitor: str) -
 
 
 @torch.no_grad()
-def predict_probs(model: torch.nn.Module, x: torch.Tensor, device: torch.device, batch_size: int = 256,
+def predict_probs(model: torch.nn.Module, x: Any, device: torch.device, batch_size: int = 256,
                   channels_last: bool = False, amp: torch.dtype | None = None, tta: bool = False,
                   runs: int = 1) -> np.ndarray:
     """Softmax probabilities for stored images x (N, C, H, W), in eval mode (softmax in fp32); with
