@@ -10,16 +10,21 @@ runs it had not reported get no outcome).
   torch), one per slot. On a GPU machine each GPU gets ``per_gpu`` slots. Workers keep their
   models and datasets between groups (:mod:`astroclass.experiments.workers`).
 * ``ray``: one Ray actor per slot, with its CPU share and a GPU fraction (1/``per_gpu``), on a
-  cluster (``address``) or a local Ray instance; actors keep their caches the same way.
+  cluster (``address``) or a local Ray instance; actors keep their caches the same way. The nodes need
+  not share storage with the driver: datasets travel through Ray's object store to a per-node cache
+  (verified by hash), and each run's files travel back to the driver's experiment folder.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from astroclass.errors import AstroclassError
-from astroclass.experiments.workers import GroupJob, execute_group, worker_main
+from astroclass.experiments.workers import GroupJob, execute_group, failed, worker_main
+from astroclass.fileio import atomic_output
 
 ENGINES = ("local", "ray")
 MAX_GROUPS_PER_WORKER = 50
@@ -135,21 +140,132 @@ class LocalEngine:
         self._busy, self._idle = [], []
 
 
+SHIP_CHUNK = 64 << 20
+"""Bytes per object when a dataset file travels to the Ray nodes through the object store."""
+
+
+@dataclass(frozen=True)
+class Shipment:
+    """A dataset file as the driver hands it to Ray nodes: its path as the driver names it, its content hash
+    (a node that sees a file of that hash at that path, e.g. on shared storage, uses it directly), and its
+    bytes as object-store chunks with their sha256 (a node without it assembles and verifies a copy in its
+    dataset cache, once)."""
+
+    driver_path: str
+    content_hash: str
+    sha256: str
+    size: int
+    chunks: tuple
+
+
+def dataset_cache() -> Path:
+    """Where a node keeps the datasets it received: ``$ASTROCLASS_CACHE/datasets`` (default
+    ``~/.cache/astroclass/datasets``), by content hash."""
+    root = os.environ.get("ASTROCLASS_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "astroclass")
+    return Path(root) / "datasets"
+
+
+def _declared_hash(path: Path) -> str | None:
+    from astroclass.data.prepared import PreparedDataset
+
+    try:
+        with PreparedDataset(path) as ds:
+            return ds.content_hash
+    except AstroclassError:
+        return None
+
+
+def ship_dataset(ray: Any, path: str) -> Shipment:
+    """Put a dataset file into the object store, chunk by chunk (the driver never holds it whole)."""
+    import hashlib
+
+    digest = _declared_hash(Path(path))
+    if digest is None:
+        raise AstroclassError(f"{path}: not a readable prepared dataset")
+    h, chunks, size = hashlib.sha256(), [], 0
+    with open(path, "rb") as fh:
+        while block := fh.read(SHIP_CHUNK):
+            h.update(block)
+            chunks.append(ray.put(block))
+            size += len(block)
+    return Shipment(path, digest, h.hexdigest(), size, tuple(chunks))
+
+
+def receive_dataset(ray: Any, s: Shipment) -> str:
+    """The path of the shipped dataset on this node: the driver's file if this node sees it (same host, or
+    shared storage) with the same content hash, else the node's cached copy, assembled from the object store
+    and checked against the driver's sha256 the first time (one actor does it; the others wait for it)."""
+    import fcntl
+    import hashlib
+
+    from astroclass.fileio import atomic_output
+
+    if Path(s.driver_path).is_file() and _declared_hash(Path(s.driver_path)) == s.content_hash:
+        return s.driver_path
+    cache = dataset_cache()
+    cache.mkdir(parents=True, exist_ok=True)
+    target = cache / f"{s.content_hash}.h5"
+    with open(cache / f"{s.content_hash}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if target.is_file() and target.stat().st_size == s.size:
+            return str(target)
+        with atomic_output(target) as tmp:
+            h = hashlib.sha256()
+            with open(tmp, "wb") as fh:
+                for ref in s.chunks:
+                    block = ray.get(ref)
+                    h.update(block)
+                    fh.write(block)
+            if h.hexdigest() != s.sha256:
+                raise AstroclassError(f"{s.driver_path}: the copy received on this node differs from the driver's "
+                                      f"file (sha256 {h.hexdigest()[:12]}, expected {s.sha256[:12]})")
+    return str(target)
+
+
 class _GroupActor:
-    """The Ray engine's worker: one actor process, its caches kept between groups."""
+    """The Ray engine's worker: one actor process, its caches kept between groups. It needs nothing of the
+    driver's file system: datasets come as :class:`Shipment` s, the runs write into a local folder, and each
+    run's files go back to the driver through the object store."""
 
     def __init__(self):
         from astroclass.training import WorkerCache
 
         self.cache = WorkerCache()
 
-    def run_group(self, job: GroupJob) -> tuple[list[tuple[str, dict]], bool]:
+    def run_group(self, job: GroupJob, shipments: dict[str, Shipment]) -> tuple[list[tuple[str, dict]], bool]:
+        import dataclasses
+        import shutil
+        import tempfile
+
+        import ray
+
         outcomes: list[tuple[str, dict]] = []
-        ok = execute_group(job, lambda rid, outcome: outcomes.append((rid, outcome)), None, self.cache)
-        return outcomes, ok
+        local = Path(tempfile.mkdtemp(prefix="astroclass-ray-"))
+        try:
+            try:
+                paths = {d: receive_dataset(ray, s) for d, s in shipments.items()}
+            except (AstroclassError, OSError) as exc:
+                return [(rid, failed(f"dataset not available on this Ray node: {exc}")) for rid, _, _ in job.runs], True
+            runs = [(rid, {**cfg, "dataset": paths[cfg["dataset"]]}, str(local / rid)) for rid, cfg, _ in job.runs]
+
+            def emit(rid: str, outcome: dict) -> None:
+                folder = local / rid
+                files = {p.name: ray.put(p.read_bytes()) for p in sorted(folder.iterdir()) if p.is_file()} \
+                    if folder.is_dir() else {}
+                shutil.rmtree(folder, ignore_errors=True)
+                outcomes.append((rid, {**outcome, "files": files}))
+
+            ok = execute_group(dataclasses.replace(job, runs=runs), emit, None, self.cache)
+            return outcomes, ok
+        finally:
+            shutil.rmtree(local, ignore_errors=True)
 
 
 class RayEngine:
+    """Groups on Ray actors, across the nodes of a cluster that need not share a file system with the
+    driver: each dataset reaches a node once (:func:`ship_dataset`, :func:`receive_dataset`) and each
+    run's files come back to the driver, which alone writes the experiment folder."""
+
     name = "ray"
 
     def __init__(self, address: str | None = None, workers: int | None = None, per_gpu: int = 1,
@@ -177,11 +293,16 @@ class RayEngine:
                                      num_gpus=1.0 / max(1, per_gpu) if gpus else 0)(_GroupActor)
         self._idle: list[tuple[Any, int]] = []  # (actor, groups run)
         self._refs: dict[Any, tuple[Any, int, GroupJob]] = {}
+        self._shipped: dict[str, Shipment] = {}
 
     def submit(self, job: GroupJob) -> None:
         job.threads = self.threads
+        for _, cfg, _ in job.runs:
+            if cfg["dataset"] not in self._shipped:
+                self._shipped[cfg["dataset"]] = ship_dataset(self.ray, cfg["dataset"])
+        shipments = {cfg["dataset"]: self._shipped[cfg["dataset"]] for _, cfg, _ in job.runs}
         actor, used = self._idle.pop() if self._idle else (self._actor_cls.remote(), 0)
-        self._refs[actor.run_group.remote(job)] = (actor, used + 1, job)
+        self._refs[actor.run_group.remote(job, shipments)] = (actor, used + 1, job)
 
     def wait(self, timeout: float) -> list[tuple[str, str, str | None, Any]]:
         if not self._refs:
@@ -192,6 +313,14 @@ class RayEngine:
             actor, used, job = self._refs.pop(ref)
             try:
                 outcomes, ok = self.ray.get(ref)
+                out_dirs = {rid: Path(out) for rid, _, out in job.runs}
+                for rid, outcome in outcomes:  # the run's files into its attempt folder, here at the driver
+                    files = outcome.pop("files", {})
+                    if files:
+                        out_dirs[rid].mkdir(parents=True, exist_ok=True)
+                    for name, file_ref in files.items():
+                        with atomic_output(out_dirs[rid] / name) as tmp:
+                            tmp.write_bytes(self.ray.get(file_ref))
             except Exception:  # the actor died, or Ray itself failed
                 events.append(("lost", job.key, None, None))
                 self.ray.kill(actor)
@@ -212,6 +341,7 @@ class RayEngine:
             self.ray.kill(actor)
         self._refs.clear()
         self._idle.clear()
+        self._shipped.clear()
 
 
 def make_engine(name: str, workers: int | None = None, per_gpu: int = 1, threads: int | None = None,
