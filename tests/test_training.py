@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import itertools
 import json
 
 import numpy as np
@@ -341,8 +340,8 @@ def test_train_options_are_made_from_the_run_config(cli, tiny_h5, tmp_path):
 
 
 def test_a_run_larger_than_its_memory_budget_streams_and_records_it(tiny_h5, tmp_path, monkeypatch):
-    """Over budget, the images stay in the file; with one block (a split no larger than a block) the run is
-    the in-memory run exactly, through the background reader; with small blocks it trains block by block."""
+    """Over budget, the images stay in the file; with one window (a split no larger than a window) the run is
+    the in-memory run exactly, through the background reader; with small windows it trains window by window."""
     import astroclass.training.data as data_mod
 
     cfg = RunConfig(dataset=str(tiny_h5), model="test_resnet", epochs=2, batch_size=16, seed=7, augment=True)
@@ -354,7 +353,7 @@ def test_a_run_larger_than_its_memory_budget_streams_and_records_it(tiny_h5, tmp
     assert disk.val == mem.val and disk.test == mem.test
     assert (tmp_path / "disk" / "history.csv").read_text().split("\n")[1].split(",")[2:6] == \
         (tmp_path / "mem" / "history.csv").read_text().split("\n")[1].split(",")[2:6]
-    monkeypatch.setattr(data_mod, "BLOCK_ROWS", 16)
+    monkeypatch.setattr(data_mod, "stream_window", lambda budget, image_bytes: 16)
     small = train(streamed, tmp_path / "blocks", progress=False)
     assert small.storage == "stream" and small.test["n"] == mem.test["n"]
     assert small.status == "done" and small.train_images_per_s > 0  # another order: another trajectory
@@ -362,26 +361,42 @@ def test_a_run_larger_than_its_memory_budget_streams_and_records_it(tiny_h5, tmp
         (tmp_path / "mem" / "history.csv").read_text().split("\n")[1].split(",")[2:4]
 
 
-def test_streamed_images_are_the_stored_pixels_in_shuffled_blocks(tiny_h5):
+def test_streamed_images_are_the_stored_pixels_in_shuffled_windows_of_chunks(tiny_h5):
     from astroclass.data import PreparedDataset
     from astroclass.training.data import DiskImages, block_order
 
     with PreparedDataset(tiny_h5) as ds:
         rows = ds.indices("train")
-        x = DiskImages(ds.path, rows, ds.image_shape, ds.dtype, block=10, cache_blocks=2)
+        x = DiskImages(ds.path, rows, ds.image_shape, ds.dtype, chunk_rows=8, window=16)
+        x.cache_images = 10  # fewer than a window: blocks are read again, the pixels stay right
         pos = np.random.default_rng(0).permutation(len(rows))
         assert (x.gather(pos).numpy() == ds.images(rows[pos])).all()
         assert (x[5:37].numpy() == ds.images(rows[5:37])).all() and x.shape == (len(rows),) + ds.image_shape
-        y = torch.from_numpy(ds.labels[rows])
+        assert all(len(set(rows[a:b] // 8)) == 1 for a, b in zip(x.starts, x.ends))  # a block: one chunk's images
+        # the file holds its images sorted by class: positions ordered so, as catalogues often are
+        y = torch.from_numpy(np.sort(ds.labels[rows]))
         x.close()
-    gen = torch.Generator().manual_seed(0)
-    order = block_order(y, "none", gen, 10).numpy()
+    block = np.searchsorted(x.starts, np.arange(len(y)), side="right") - 1
+    order = block_order(y, "none", torch.Generator().manual_seed(0), x.starts, x.ends, 16).numpy()
     assert sorted(order) == list(range(len(y)))  # every image once
-    runs = [(b, len(list(g))) for b, g in itertools.groupby(order // 10)]  # each block's images together,
-    assert sorted(runs) == [(b, min(10, len(y) - 10 * b)) for b in range((len(y) + 9) // 10)]  # each block once,
-    assert [b for b, _ in runs] != sorted(b for b, _ in runs)  # blocks in shuffled order
-    drawn = block_order(y, "balanced", gen, 10).numpy()  # balanced draws stay within their block
-    assert len(drawn) == len(y) and all(len(set(drawn[i:i + 10] // 10)) == 1 for i in range(0, 60, 10))
+    segments, seen = [], []
+    for p in order:  # cut where the images so far are whole blocks, at least a window of them
+        seen.append(p)
+        blocks = set(block[seen])
+        if len(seen) >= 16 and len(seen) == sum(x.ends[b] - x.starts[b] for b in blocks):
+            segments.append(sorted(blocks))
+            seen = []
+    last = set(block[seen])  # what is left is a smaller window, of whole blocks too
+    assert len(seen) == sum(x.ends[b] - x.starts[b] for b in last) and len(segments) >= 2
+    assert any(np.diff(b).max() > 1 for b in segments)  # a window takes blocks from places apart in the file
+    batches = [y[order[i:i + 8]] for i in range(0, len(order), 8)]
+    assert sum(len(set(b.tolist())) > 1 for b in batches) >= len(batches) // 2  # batches mix the classes
+    drawn = block_order(y, "balanced", torch.Generator().manual_seed(0), x.starts, x.ends, 16)
+    assert len(drawn) == len(y) and 0 <= int(drawn.min()) and int(drawn.max()) < len(y)
+    one = block_order(y, "none", torch.Generator().manual_seed(0), x.starts, x.ends, len(y))
+    from astroclass.training.method import epoch_order
+
+    assert torch.equal(one, epoch_order(y, "none", torch.Generator().manual_seed(0)))  # one window: as in memory
 
 
 def test_a_read_error_in_the_background_reader_reaches_the_training_loop(tiny_h5):
@@ -398,7 +413,7 @@ def test_a_read_error_in_the_background_reader_reaches_the_training_loop(tiny_h5
             return super().gather(positions)
 
     with PreparedDataset(tiny_h5) as ds:
-        x = Failing(ds.path, ds.indices("train"), ds.image_shape, ds.dtype)
+        x = Failing(ds.path, ds.indices("train"), ds.image_shape, ds.dtype, ds.chunk_rows)
     got = []
     with pytest.raises(OSError, match="disk unplugged"):
         for xb in batches(x, [torch.arange(8), torch.arange(8, 16), torch.arange(16, 24)]):
@@ -407,8 +422,16 @@ def test_a_read_error_in_the_background_reader_reaches_the_training_loop(tiny_h5
     x.close()
 
 
-def test_memory_budgets_are_sizes():
+def test_memory_budgets_are_sizes_or_a_share_of_the_available_memory(monkeypatch):
+    import astroclass.training.data as data_mod
     from astroclass.runconfig import parse_size
+
+    monkeypatch.setattr(data_mod, "available_memory", lambda: 16 * 2**30)
+    cpu = torch.device("cpu")
+    auto = RunConfig(dataset="d.h5")
+    assert data_mod.memory_budget(auto, cpu) == (8 * 2**30, 8 * 2**30)
+    assert data_mod.memory_budget(auto, cpu, share=4) == (2 * 2**30, 2 * 2**30)  # four workers on the machine
+    assert data_mod.memory_budget(RunConfig(dataset="d.h5", max_memory="300MB"), cpu, share=4)[0] == 300 * 2**20
 
     assert parse_size("512MB") == 512 * 2**20 and parse_size("1.5G") == 3 * 2**29 and parse_size("100") == 100
     with pytest.raises(AstroclassError, match="max_memory: 'lots' is not a size"):

@@ -124,9 +124,9 @@ class RunConfig:
                           "CUDA; off on CPU and for fused groups), off, default, reduce-overhead or max-autotune.",
                           "speed")
     max_memory: str = option("auto", "Memory the run's images may take: a size (512MB, 4GB) or auto (half the "
-                             "available RAM, and on a GPU half its free memory for images kept there). Datasets "
-                             "larger stream from their file in shuffled blocks; result.json says which path a run "
-                             "took.", "speed")
+                             "available RAM, split between a grid's workers on the machine, and on a GPU half its "
+                             "free memory for images kept there). Larger datasets stream from their file in "
+                             "shuffled blocks; result.json says which way a run went.", "speed")
     fuse: str = option("auto", "Grid runs only: train the runs of one (dataset, model, setup) cell together as one "
                        "batched model: auto (group size from free device memory), off, or a group size N. Each "
                        "run's numbers are what it would get alone.", "speed", cli=False)

@@ -250,6 +250,12 @@ class PreparedDataset:
         return c, h, w
 
     @property
+    def chunk_rows(self) -> int:
+        """Images per HDF5 chunk of the file (the unit in which it is read from disk)."""
+        chunks = self._file["images"].chunks
+        return int(chunks[0]) if chunks else max(1, len(self))
+
+    @property
     def channels(self) -> int:
         return int(self._images.shape[1])
 

@@ -89,7 +89,7 @@ class LocalEngine:
     def submit(self, job: GroupJob) -> None:
         import multiprocessing
 
-        job.threads = self.threads
+        job.threads, job.share = self.threads, len(self.slots)
         while self._idle and not self._idle[-1].alive():
             self._idle.pop().stop()
         worker = self._idle.pop() if self._idle else _Worker(multiprocessing.get_context("spawn"), self.max_groups)
@@ -288,6 +288,8 @@ class RayEngine:
         n = workers or (gpus * max(1, per_gpu) if gpus else cpus)
         self.slots = ["cuda" if gpus else "cpu"] * max(1, n)
         self.threads = threads if threads is not None else max(1, cpus // len(self.slots))
+        nodes = sum(1 for nd in ray.nodes() if nd.get("Alive") and nd.get("Resources", {}).get("CPU", 0) > 0)
+        self.per_node = -(-len(self.slots) // max(1, nodes))  # actors per node, about
         self.max_groups = max_groups
         self._actor_cls = ray.remote(num_cpus=1 if gpus else self.threads,
                                      num_gpus=1.0 / max(1, per_gpu) if gpus else 0)(_GroupActor)
@@ -296,7 +298,7 @@ class RayEngine:
         self._shipped: dict[str, Shipment] = {}
 
     def submit(self, job: GroupJob) -> None:
-        job.threads = self.threads
+        job.threads, job.share = self.threads, self.per_node
         for _, cfg, _ in job.runs:
             if cfg["dataset"] not in self._shipped:
                 self._shipped[cfg["dataset"]] = ship_dataset(self.ray, cfg["dataset"])

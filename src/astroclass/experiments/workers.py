@@ -31,6 +31,8 @@ class GroupJob:
     runs: list[tuple[str, dict[str, Any], str]]
     device: str
     threads: int = 0
+    share: int = 1
+    """Workers on this worker's machine: an automatic memory budget is split between them."""
     fuse: str = "auto"
     """"auto", "off" or a number: the largest fused group the worker may form (see RunConfig.fuse)."""
 
@@ -49,6 +51,7 @@ def execute_group(job: GroupJob, emit: Callable[[str, dict], None], heartbeat: C
 
     if job.threads > 0:
         torch.set_num_threads(job.threads)
+    cache.data.share = max(1, job.share)
     reported: set[str] = set()
 
     def report(rid: str, outcome: dict) -> None:

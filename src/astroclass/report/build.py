@@ -324,11 +324,19 @@ def _gallery(page: _Page, d, slug, label, preds, classes, info, pdir: Path) -> N
             return
         imgs = list(ds.images(idx[order]))
         ids = [ds.ids[i] for i in idx[order]]
-    caps = [f"{i}\ntrue {classes[y[j]]}\npred {classes[probs[j].argmax()]} ({probs[j].max():.2f})"
-            for i, j in zip(ids, order)]
+    def short(name: str, width: int = 16) -> str:
+        return name if len(name) <= width else name[:width - 1] + "…"
+
+    # the panels carry a number and the classes; the ids (long for survey objects) go in the table below
+    caps = [f"#{k}\ntrue {short(classes[y[j]])}\npred {short(classes[probs[j].argmax()])} {probs[j].max():.2f}"
+            for k, j in enumerate(order, start=1)]
     page.img(plots.gallery(imgs, caps, f"Most confidently misclassified test images, {label}",
                            pdir / f"gallery_{slug}.png"),
              f"The most confidently misclassified test images of the best run of {d}.")
+    page.table(["#", "id", "true class", "predicted", "probability"],
+               [[str(k), i, classes[y[j]], classes[probs[j].argmax()], f"{probs[j].max():.3f}"]
+                for k, (i, j) in enumerate(zip(ids, order), start=1)],
+               f"The objects in the gallery of {d}, by panel number.")
 
 
 def _accuracy_vs_snr(page: _Page, tables: Tables, d: str, slug: str, info: dict, experiment: Path, pdir: Path,

@@ -72,10 +72,17 @@ def learning_curves(history: list[dict[str, Any]], title: str, path: Path) -> Pa
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(8, 3))
     x = list(range(1, len(history) + 1))
     for key, ax in (("loss", a1), ("accuracy", a2)):
-        ax.plot(x, [h[f"train_{key}"] for h in history], label="train", marker=".")
-        ax.plot(x, [h[f"val_{key}"] for h in history], label="validation", marker=".")
+        train = [float(h[f"train_{key}"]) for h in history]
+        val = [float(h[f"val_{key}"]) for h in history]
+        ax.plot(x, train, label="train", marker=".")
+        ax.plot(x, val, label="validation", marker=".")
         ax.set_xlabel("epoch (all phases)")
         ax.set_ylabel(key)
+        finite = [v for v in train + val if math.isfinite(v) and v > 0]
+        if key == "loss" and finite and max(finite) > 10 * min(finite):
+            # an L2 term makes the first epochs' loss 30-100x the later ones': on a linear axis the rest is flat
+            ax.set_yscale("log")
+            ax.set_ylabel("loss (log scale)")
         ax.legend(fontsize=7)
     switch = [i for i in range(1, len(history)) if history[i]["phase"] != history[i - 1]["phase"]]
     for s in switch:
@@ -137,7 +144,7 @@ def gallery(images: list[np.ndarray], captions: list[str], title: str, path: Pat
         ax.axis("off")
     for ax, img, cap in zip(axes.flat, images, captions):
         ax.imshow(display_rgb(img), interpolation="nearest")
-        ax.set_title(cap, fontsize=6)
+        ax.set_title(cap, fontsize=6.5, wrap=True)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return save(fig, path)

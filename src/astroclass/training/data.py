@@ -2,9 +2,9 @@
 
 A dataset whose images fit the run's memory budget (``max_memory``) is read into memory (and on a GPU the
 train and val images go to the device); a larger one stays in its file and streams: :class:`DiskImages`
-reads whole HDF5 chunks, an epoch visits the training split in blocks of neighbouring rows in random order
-(the images of a block in random order), and a background thread reads the next batches while the current
-one trains. Reads go through the operating system's page cache, which every worker on the machine shares.
+reads whole HDF5 chunks, an epoch visits the chunks in random order, shuffling the images of a window of
+chunks together, and a background thread reads the next batches while the current one trains. Reads go
+through the operating system's page cache, which every worker on the machine shares.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ import torch
 from astroclass.errors import AstroclassError
 from astroclass.training.config import RunConfig
 
-BLOCK_ROWS = 512
-"""Images of one split per streaming block: read together, shuffled together (about 9 MB of 3-band
-76x76 uint8; the file's neighbouring rows, 8-10 HDF5 chunks)."""
+WINDOW_IMAGES = 4096
+"""Images a streamed epoch shuffles together when no memory budget sets it: blocks (the split's images in
+one HDF5 chunk) from random places in the file, enough of them to hold this many images."""
 
 
 def available_memory() -> int:
@@ -41,15 +41,16 @@ def available_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def memory_budget(cfg: RunConfig, device: torch.device) -> tuple[int, int]:
+def memory_budget(cfg: RunConfig, device: torch.device, share: int = 1) -> tuple[int, int]:
     """(bytes the run's images may take in RAM, bytes they may take on ``device``): ``max_memory``, or
-    with auto half the available RAM and, on a GPU, half its free memory."""
+    with auto half the available RAM (split between the ``share`` workers of the machine) and, on a GPU,
+    half its free memory."""
     from astroclass.runconfig import parse_size
 
     if cfg.max_memory != "auto":
         size = parse_size(cfg.max_memory, "max_memory")
         return size, size
-    host = available_memory() // 2
+    host = available_memory() // (2 * max(1, share))
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return host, free // 2
@@ -58,15 +59,22 @@ def memory_budget(cfg: RunConfig, device: torch.device) -> tuple[int, int]:
 
 class DiskImages:
     """One split's images, read from the prepared file when asked for: ``x[i:j]`` and ``x.gather(positions)``
-    give a (k, C, H, W) tensor of stored values, like the in-memory tensor they stand in for."""
+    give a (k, C, H, W) tensor of stored values, like the in-memory tensor they stand in for.
+
+    The unit of reading is a block: the split's images that lie in one HDF5 chunk, read (decompressed) once
+    and kept in a small cache of at most ``cache_images`` images."""
 
     def __init__(self, path: Path, rows: np.ndarray, shape: tuple[int, int, int], dtype: np.dtype,
-                 block: int | None = None, cache_blocks: int = 4):
+                 chunk_rows: int, window: int | None = None):
         self.path, self.rows = path, np.asarray(rows, dtype=np.int64)
         self.image_shape, self.np_dtype = shape, np.dtype(dtype)
-        self.block = max(1, block or BLOCK_ROWS)
-        self.cache_blocks = cache_blocks
+        chunk = self.rows // max(1, chunk_rows)
+        self.starts = np.flatnonzero(np.r_[True, chunk[1:] != chunk[:-1]]) if len(chunk) else np.zeros(0, np.int64)
+        self.ends = np.r_[self.starts[1:], len(self.rows)].astype(np.int64)
+        self.window = max(1, window or WINDOW_IMAGES)
+        self.cache_images = 2 * self.window
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._cached = 0
         self._lock = threading.Lock()
         self._file: Any = None
 
@@ -77,50 +85,57 @@ class DiskImages:
     def shape(self) -> tuple[int, ...]:
         return (len(self.rows),) + self.image_shape
 
-    @property
-    def block_bytes(self) -> int:
-        return self.block * int(np.prod(self.image_shape)) * self.np_dtype.itemsize
-
-    def _images(self) -> Any:
-        if self._file is None:
-            import h5py
-
-            # a chunk cache that holds a block's chunks, so that a block is decompressed once
-            self._file = h5py.File(self.path, "r", rdcc_nbytes=4 * self.block_bytes + (1 << 20))
-        return self._file["images"]
-
     def _load(self, b: int) -> np.ndarray:
-        """Block b: the split's images at positions [b·block, (b+1)·block), from one contiguous read."""
+        """Block b: the split's images at positions [starts[b], ends[b]), from one chunk."""
         if b in self._cache:
             self._cache.move_to_end(b)
             return self._cache[b]
-        rows = self.rows[b * self.block:(b + 1) * self.block]
-        span = self._images()[int(rows[0]):int(rows[-1]) + 1]
-        out = span[rows - rows[0]]
+        if self._file is None:
+            import h5py
+
+            self._file = h5py.File(self.path, "r")
+        rows = self.rows[self.starts[b]:self.ends[b]]
+        out = self._file["images"][int(rows[0]):int(rows[-1]) + 1][rows - rows[0]]
         self._cache[b] = out
-        while len(self._cache) > self.cache_blocks:
-            self._cache.popitem(last=False)
+        self._cached += len(out)
+        while self._cached > self.cache_images and len(self._cache) > 1:
+            self._cached -= len(self._cache.popitem(last=False)[1])
         return out
 
     def gather(self, positions: np.ndarray | torch.Tensor) -> torch.Tensor:
         """The images at these positions of the split, in the order given."""
         pos = positions.cpu().numpy() if isinstance(positions, torch.Tensor) else np.asarray(positions)
         out = np.empty((len(pos),) + self.image_shape, dtype=self.np_dtype)
-        blocks = pos // self.block
+        blocks = np.searchsorted(self.starts, pos, side="right") - 1
         with self._lock:
             for b in np.unique(blocks):
                 sel = blocks == b
-                out[sel] = self._load(int(b))[pos[sel] - b * self.block]
+                out[sel] = self._load(int(b))[pos[sel] - self.starts[b]]
         return torch.from_numpy(out)
 
     def __getitem__(self, key: slice) -> torch.Tensor:
         if not isinstance(key, slice):
             return self.gather(np.asarray(key))
-        return self.gather(np.arange(len(self.rows))[key])
+        pos = np.arange(len(self.rows))[key]
+        out = self.gather(pos)
+        if len(pos):  # slices are read in order (evaluation): blocks before this one are not needed again
+            first = int(np.searchsorted(self.starts, pos.min(), side="right") - 1)
+            self._drop(lambda b: b < first)
+        return out
+
+    def _drop(self, which: Any) -> None:
+        with self._lock:
+            for b in [b for b in self._cache if which(b)]:
+                self._cached -= len(self._cache.pop(b))
+
+    def drop_cache(self) -> None:
+        """Forget the blocks read so far (an epoch is over: the next one reads them in another order)."""
+        self._drop(lambda b: True)
 
     def close(self) -> None:
         with self._lock:
             self._cache.clear()
+            self._cached = 0
             if self._file is not None:
                 self._file.close()
                 self._file = None
@@ -132,23 +147,51 @@ class DiskImages:
 Images = torch.Tensor | DiskImages
 
 
-def block_order(y: torch.Tensor, sampler: str, gen: torch.Generator, block: int) -> torch.Tensor:
-    """An epoch's order for streamed images: blocks of ``block`` neighbouring images in random order, each
-    block's images in the order :func:`epoch_order` gives them (a permutation, or balanced draws)."""
+def block_order(y: torch.Tensor, sampler: str, gen: torch.Generator, starts: np.ndarray, ends: np.ndarray,
+                window: int) -> torch.Tensor:
+    """An epoch's order for streamed images: the blocks [starts[b], ends[b]) in random order, taken a window
+    (``window`` images or a little more) at a time, each window's images in the order :func:`epoch_order`
+    gives them (a permutation, or balanced draws). A split no larger than a window gets exactly the
+    in-memory order. Files often hold their images sorted (by class, by catalogue row): a window mixes
+    blocks from random places, so its batches are not runs of one class."""
     from astroclass.training.method import epoch_order
 
-    n = len(y)
-    count = (n + block - 1) // block
-    perm = torch.randperm(count, generator=gen).tolist() if count > 1 else [0]  # one block: as in memory
-    return torch.cat([epoch_order(y[b * block:(b + 1) * block], sampler, gen) + b * block for b in perm]) \
-        if n else torch.zeros(0, dtype=torch.long)
+    if len(y) <= window:
+        return epoch_order(y, sampler, gen)
+    out: list[torch.Tensor] = []
+    current: list[torch.Tensor] = []
+    size = 0
+
+    def flush() -> None:
+        pos = torch.cat(current)
+        out.append(pos[epoch_order(y[pos], sampler, gen)])
+
+    for b in torch.randperm(len(starts), generator=gen).tolist():
+        current.append(torch.arange(int(starts[b]), int(ends[b])))
+        size += int(ends[b] - starts[b])
+        if size >= window:
+            flush()
+            current, size = [], 0
+    if current:
+        flush()
+    return torch.cat(out)
+
+
+def stream_window(budget: int | None, image_bytes: int) -> int:
+    """Images a streamed epoch shuffles together: an eighth of the memory budget (the blocks of the window
+    being trained on and of the next one are cached, and batches are gathered from them), 256 to 16,384."""
+    if budget is None:
+        return WINDOW_IMAGES
+    return min(16384, max(256, budget // (8 * image_bytes)))
 
 
 def training_order(x: Images, y: torch.Tensor, sampler: str, gen: torch.Generator) -> torch.Tensor:
-    """The training images of one epoch, in order: fully shuffled in memory, block by block when streamed."""
+    """The training images of one epoch, in order: fully shuffled in memory, window by window when streamed."""
     from astroclass.training.method import epoch_order
 
-    return block_order(y, sampler, gen, x.block) if isinstance(x, DiskImages) else epoch_order(y, sampler, gen)
+    if isinstance(x, DiskImages):
+        return block_order(y, sampler, gen, x.starts, x.ends, x.window)
+    return epoch_order(y, sampler, gen)
 
 
 def batches(x: Images, indices: Sequence[torch.Tensor], pin: bool = False, depth: int = 3) -> Iterator[torch.Tensor]:
@@ -248,9 +291,11 @@ def load_run_data(cfg: RunConfig, budget: int | None = None) -> RunData:
         image_bytes = int(np.prod(ds.image_shape)) * ds.dtype.itemsize
         total = sum(len(r) for r in rows_of.values()) * image_bytes
         stream = budget is not None and total > budget
+        window = stream_window(budget, image_bytes)
+        chunk_rows = ds.chunk_rows
         splits: dict[str, tuple[Images, torch.Tensor, np.ndarray]] = {}
         for split, rows in rows_of.items():
-            x: Images = DiskImages(ds.path, rows, ds.image_shape, ds.dtype) if stream else \
+            x: Images = DiskImages(ds.path, rows, ds.image_shape, ds.dtype, chunk_rows, window) if stream else \
                 torch.from_numpy(ds.images(rows))
             splits[split] = (x, torch.from_numpy(labels[rows]), rows)
         return RunData(ds.path, ds.content_hash, names, ds.channels, ds.image_shape[-1], ds.dtype, ds.spec,
@@ -261,8 +306,9 @@ class DataCache:
     """A worker's datasets, kept between runs: by content hash (and class grouping, train fraction, memory
     budget), the splits and, on a GPU when they fit, the train and val tensors already on the device."""
 
-    def __init__(self, size: int = 2):
+    def __init__(self, size: int = 2, share: int = 1):
         self.size = size
+        self.share = share  # workers on this machine (their automatic memory budgets split the RAM)
         self._items: dict[tuple, tuple[RunData, dict[str, tuple[Images, torch.Tensor]]]] = {}
 
     def get(self, cfg: RunConfig, device: torch.device) -> tuple[RunData, dict[str, tuple[Images, torch.Tensor]]]:
@@ -276,7 +322,7 @@ class DataCache:
             return self._items[key]
         while len(self._items) >= self.size:  # before loading: the old data's memory is free for the new
             self._items.pop(next(iter(self._items)))[0].close()
-        host, on_gpu = memory_budget(cfg, device)
+        host, on_gpu = memory_budget(cfg, device, self.share)
         data = load_run_data(cfg, host)
         placed = {s: data.tensors(s) for s in ("train", "val")}
         image_bytes = data.channels * data.size ** 2 * np.dtype(data.dtype).itemsize

@@ -313,8 +313,8 @@ class GroupTrainer:
         for r in active:
             by_slot[r.slot] = r
         orders = {r.slot: training_order(x, y, r.cfg.sampler, r.gen) for r in active}
-        if isinstance(x, DiskImages):  # each run walks its own blocks: keep each one's current and next
-            x.cache_blocks = max(4, 2 * g + 2)
+        if isinstance(x, DiskImages):  # each run walks its own windows: keep each one's current and next
+            x.cache_images = 2 * x.window * g
         filler = active[0].slot  # idle slots (runs that have left) compute on a live run's batch
         lam = torch.tensor([r.cfg.l2 if r else 0.0 for r in by_slot], device=self.device)
         gammas = [r.cfg.maxnorm if r else 0.0 for r in by_slot]
@@ -354,6 +354,8 @@ class GroupTrainer:
             seen += b
             bar.advance()
         bar.close()
+        if isinstance(x, DiskImages):
+            x.drop_cache()
         mean_loss = (total_loss / max(seen, 1)).tolist()
         correct = total_correct.tolist()
         return {r.index: (mean_loss[r.slot], correct[r.slot] / max(seen, 1), seen) for r in active}
