@@ -4,7 +4,9 @@
    as an ImageFolder tree, unless it is already there.
 2. Imports them with `astroclass data import folder` in a child process.
 3. Trains one epoch of a small model (timm's test_resnet by default) twice in child processes: with the
-   default memory budget (the images in memory) and with `--max-memory 256MB` (streamed from the file).
+   default memory budget (the images in memory) and with `--max-memory 256MB` (streamed from the file);
+   then once on 2,000 of the images, which shows what the process takes with next to no data (Python,
+   torch, timm, the model's training and evaluation).
 
 For each child the benchmark samples, every 50 ms, the memory of the child and all its descendants (the
 decoding workers) and prints the peak of their summed RSS (shared pages counted in every process that
@@ -171,14 +173,26 @@ def main() -> None:
                "file_gb": h5.stat().st_size / 1e9}
         print(f"import: {secs:.1f} s = {args.n / secs:.0f} images/s; peak memory of all processes: RSS "
               f"{rss / 1e9:.2f} GB, PSS {pss / 1e9:.2f} GB; file {imp['file_gb']:.2f} GB")
+        # what a run takes with almost no data: the same model and code on 2,000 of the images, in memory
+        small_tree = folder / "small"
+        shutil.rmtree(small_tree, ignore_errors=True)
+        for label in ("round", "elongated"):
+            (small_tree / label).mkdir(parents=True)
+            for p in sorted((tree / label).iterdir())[:1000]:
+                (small_tree / label / p.name).symlink_to(p)
+        small = folder / "small.h5"
+        subprocess.run([sys.executable, "-m", "astroclass", "data", "import", "folder", str(small_tree), "-o",
+                        str(small), "--overwrite"], env=env, check=True, capture_output=True)
         train_rows = {}
-        for name, budget in (("memory", "auto"), ("stream", args.budget)):
-            secs, rss, pss, out = run_measured([sys.executable, "-c", TRAIN, str(h5), args.model, budget,
+        for name, data, budget in (("memory", h5, "auto"), ("stream", h5, args.budget),
+                                   ("baseline_2000_images", small, "auto")):
+            secs, rss, pss, out = run_measured([sys.executable, "-c", TRAIN, str(data), args.model, budget,
                                                 str(folder / f"run-{name}")], env)
             res = json.loads(out.strip().splitlines()[-1])
             train_rows[name] = {**res, "budget": budget, "seconds": secs, "peak_rss_gb": rss / 1e9,
                                 "peak_pss_gb": pss / 1e9}
-            print(f"train 1 epoch, max_memory {budget}: storage {res['storage']}, "
+            print(f"train 1 epoch{' (2,000 images)' if data == small else ''}, max_memory {budget}: "
+                  f"storage {res['storage']}, "
                   f"{res['train_images_per_s']:.0f} training images/s, val accuracy {res['val_accuracy']:.3f}; "
                   f"peak RSS {rss / 1e9:.2f} GB, PSS {pss / 1e9:.2f} GB ({secs:.0f} s with start-up and evaluation)")
         ratio = train_rows["stream"]["train_images_per_s"] / train_rows["memory"]["train_images_per_s"]
@@ -187,7 +201,8 @@ def main() -> None:
                                         "train": train_rows, "stream_vs_memory": ratio})
         print(f"saved {path}")
     finally:
-        for p in (folder / "scale.h5", folder / "run-memory", folder / "run-stream", folder / "mpl"):
+        for p in (folder / "scale.h5", folder / "small.h5", folder / "small", folder / "run-memory",
+                  folder / "run-stream", folder / "run-baseline_2000_images", folder / "mpl"):
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
         if not args.keep:
             shutil.rmtree(folder, ignore_errors=True)

@@ -260,11 +260,21 @@ def test_report_opens_in_headless_chromium(tiny_experiment, tmp_path):
         n_images = page.evaluate("document.images.length")
         decoded = page.evaluate("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
         heading = page.inner_text("h1")
+        # the first screen: the overview chart, shown whole, and the verdict sentence under it
+        chart = page.evaluate("""(() => { const i = document.querySelector('img[src*="base64"]');
+            const r = i.getBoundingClientRect();
+            return {alt: i.alt, top: r.top, bottom: r.bottom, width: r.width, natural: i.naturalWidth}; })()""")
+        first_h2 = page.inner_text("h2")
+        verdict = page.evaluate("document.querySelector('h2 ~ ul li').getBoundingClientRect().top")
+        verdict_text = page.inner_text("h2 ~ ul li")
         page.screenshot(path=str(tmp_path / "first_screen.png"))
         browser.close()
     assert errors == [] and failed_requests == []
     assert n_images >= 4 and decoded
     assert heading.startswith("astroclass report")
+    assert first_h2 == "Which model should I use?" and chart["alt"].startswith("Test accuracy of every trained")
+    assert 0 < chart["top"] < chart["bottom"] <= 900 and chart["width"] > 400 and chart["natural"] > 400
+    assert verdict < 900 and verdict_text.startswith("SG: use ") and "test accuracy" in verdict_text
     assert (tmp_path / "first_screen.png").stat().st_size > 10_000
 
 
@@ -288,3 +298,25 @@ def test_a_store_with_damaged_pages_is_named_with_the_way_to_recover(hand_store,
         assert "the results store is damaged" in err and ".recover" in err and "Traceback" not in out + err, err
     assert path.read_bytes() == before
     assert not (tmp_path / "e.csv").exists()
+
+
+def test_a_single_setting_grid_answers_first_and_folds_what_it_cannot_compare(tmp_path):
+    """A demo-like grid: one (λ, γ, optimiser) setting, two models from scratch, one also fine-tuned. The page
+    opens with the chart and one verdict per dataset; the all-zero difference tables are folded away with the
+    reason; the fine-tuned cells no spec asked for are not reported missing."""
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    s = Store(exp / "store.sqlite")
+    add_done(s, "SG", "vgg16", "scratch", 0.1, 0.0, "adam", 0.70, test=0.71)
+    add_done(s, "SG", "resnext50_32x4d", "scratch", 0.1, 0.0, "adam", 0.90, test=0.88)
+    add_done(s, "SG", "efficientnet_lite0", "pretrained", 0.1, 0.0, "adam", 0.85, test=0.86)
+    s.close()
+    page = build_report(exp, tmp_path / "r").read_text()
+    assert page.index("Which model should I use?") < page.index("<h2>Summary")
+    assert page.index("Which model should I use?") < page.index('src="data:image/png') < page.index("<h2>Summary")
+    assert "SG: use ResNext50 (scratch), test accuracy 0.880 [0.830, 0.930] (one seed)" in page
+    assert "not tested against the runner-up" in page  # no saved predictions to pair up
+    assert (tmp_path / "r" / "plots" / "overview.png").stat().st_size > 5_000
+    folded = re.findall(r"<details><summary>([^<]*)</summary>", page)
+    assert folded and all("single (λ, γ, optimiser) setting" in f for f in folded)
+    assert "What is missing" not in page

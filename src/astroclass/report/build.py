@@ -21,7 +21,14 @@ from astroclass.fileio import atomic_write_text
 from astroclass.models import display_name
 from astroclass.report import plots
 from astroclass.report.scaling import scaling_answer, scaling_curves
-from astroclass.report.stats import four_questions, load_predictions, ranked_cells, significance, summarise_choice
+from astroclass.report.stats import (
+    four_questions,
+    load_predictions,
+    ranked_cells,
+    significance,
+    summarise_choice,
+    verdict,
+)
 from astroclass.report.tables import (
     OPT_SHORT,
     RunRow,
@@ -122,15 +129,32 @@ def build_report(experiment: str | Path, output: str | Path) -> Path:
     curves = scaling_curves(done, tables.base_variant)
     answers = four_questions(tables, dataset_info, summaries, scaling_answer(curves) if curves else None)
 
-    # -- summary first ------------------------------------------------------------------------
-    page.h2("Summary")
-    rows = []
+    # -- the answer first: a picture and a sentence per dataset -------------------------------------
     several = len(groups) > 1
+    pdir = output / "plots"
+    chosen = {}  # dataset -> the best cell by validation accuracy over all option sets
+    panels: dict[str, list[tuple[str, float, float, float]]] = {}
     for d in dict.fromkeys(d for g in groups for d in g.datasets):
         best = [(g, *ranked[0]) for g in groups if (ranked := ranked_cells(g, d))]
-        if not best:
-            continue
-        g, m, s, ch = max(best, key=lambda b: (b[3].value, -groups.index(b[0])))
+        if best:
+            chosen[d] = max(best, key=lambda b: (b[3].value, -groups.index(b[0])))
+        panels[d] = [(f"{display_name(m)} {s}" + (f" [{_short(g.label)}]" if several else ""), sm["test_accuracy"],
+                      *sm["test_accuracy_ci95"])
+                     for gi, g in enumerate(groups) for m, s, _ in ranked_cells(g, d)
+                     if (sm := group_summaries[gi].get((d, m, s))) and math.isfinite(sm["test_accuracy"])]
+    page.h2("Which model should I use?")
+    page.img(plots.overview({d: r for d, r in panels.items() if r}, pdir / "overview.png"),
+             "Test accuracy of every trained model and setup" + (" and option set" if several else "") +
+             ", best first, with 95% intervals (Wilson's over the test images for one seed, Student-t over seeds "
+             "for several). Blue: the best on the test images.")
+    page.ul([verdict(d, group_summaries[groups.index(g)][(d, m, s)],
+                     f"{display_name(m)} ({s}" + (f", {g.label})" if several else ")"),
+                     sig.get(d) if g is tables else None) for d, (g, m, s, ch) in chosen.items()])
+
+    # -- summary ----------------------------------------------------------------------------------
+    page.h2("Summary")
+    rows = []
+    for d, (g, m, s, ch) in chosen.items():
         sm = group_summaries[groups.index(g)][(d, m, s)]
         lo, hi = sm["test_accuracy_ci95"]
         rows.append([d, display_name(m), s] + ([g.label] if several else []) +
@@ -154,7 +178,11 @@ def build_report(experiment: str | Path, output: str | Path) -> Path:
     page.ul([f"<b>{html.escape(q)}</b> {html.escape(a)}" for q, a in answers.items()], raw=True)
     page.h3("Is the best model significantly better than the runner-up?")
     page.ul([res["text"] for res in sig.values()])
-    missing = [f"{d} / {display_name(m)} / {s}" for d, m, s in tables.keys() if (d, m, s) not in summaries]
+    # cells the grid asked for (some run of theirs is in the store) with no finished run; a model × setup
+    # combination that no spec asked for (the demo fine-tunes one model only) is not missing
+    asked = {(r["dataset"], r["model"], r["setup"]) for r in all_runs}
+    missing = [f"{d} / {display_name(m)} / {s}" for d, m, s in tables.keys()
+               if (d, m, s) in asked and (d, m, s) not in summaries]
     if unfinished or failed or missing:
         page.h3("What is missing")
         items = []
@@ -175,7 +203,7 @@ def build_report(experiment: str | Path, output: str | Path) -> Path:
         page.p("Runs that differ from these only in train_fraction are drawn as data-scaling curves (Plots).")
     for t in all_tables.values():
         _save_table(output, t)
-        page.table_obj(t)
+        page.table_obj(t, _nothing_to_show(t, tables))
     if vs_paper:
         page.h2("Side by side with the paper")
         page.p("Where this experiment's dataset short names and models match the paper's (SG, MG, EF-2, EF-4, EF-15), "
@@ -199,7 +227,6 @@ def build_report(experiment: str | Path, output: str | Path) -> Path:
 
     # -- plots -----------------------------------------------------------------------------------
     page.h2("Plots")
-    pdir = output / "plots"
     for d, cs in curves.items():
         slug = _slug(d)
         page.img(plots.scaling(cs, f"{d}: data scaling", pdir / f"scaling_{slug}.png"),
@@ -249,6 +276,22 @@ def build_report(experiment: str | Path, output: str | Path) -> Path:
     atomic_write_text(html_path, page.render())
     store.close()
     return html_path
+
+
+def _nothing_to_show(t: Table, tables: Tables) -> str:
+    """Why a difference table shows only zeros (then it is folded away), or "" when it shows something."""
+    diffs = [r["difference"] for r in t.records if isinstance(r.get("difference"), float)
+             and math.isfinite(r["difference"])]
+    if not diffs or any(v != 0 for v in diffs):
+        return ""
+    settings = {r.setting for r in tables.runs}
+    why = "the grid has a single (λ, γ, optimiser) setting, so there is nothing to compare" if len(settings) == 1 \
+        else "the setting compared against was the best one in every cell"
+    return f"every difference is 0.000 because {why} (click to show the table)."
+
+
+def _short(text: str, width: int = 36) -> str:
+    return text if len(text) <= width else text[:width - 1] + "…"
 
 
 def _slug(name: str) -> str:
@@ -405,6 +448,7 @@ th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}
 th{background:#f3f3f3} td:first-child,th:first-child{text-align:left} caption{caption-side:top;text-align:left;
 font-size:13px;color:#444;padding:4px 0} figure{margin:12px 0} figcaption{font-size:13px;color:#444}
 img{max-width:100%;border:1px solid #eee} .scroll{overflow-x:auto}
+details>summary{cursor:pointer;color:#555;font-size:13px;margin:6px 0}
 """
 
 
@@ -439,9 +483,15 @@ class _Page:
         out.append("</table></div>")
         self.parts.append("".join(out))
 
-    def table_obj(self, t: Table) -> None:
+    def table_obj(self, t: Table, collapsed: str = "") -> None:
+        """A table; with ``collapsed``, folded away under that line (a table with nothing to show)."""
         header, rows = t.grid()
-        self.table(header, rows, f"{t.key.replace('table', 'Table ').replace('_vs_paper', ' vs paper')}: {t.caption()}")
+        name = t.key.replace("table", "Table ").replace("_vs_paper", " vs paper")
+        if collapsed:
+            self.parts.append(f"<details><summary>{html.escape(name)}: {html.escape(collapsed)}</summary>")
+        self.table(header, rows, f"{name}: {t.caption()}")
+        if collapsed:
+            self.parts.append("</details>")
 
     def img(self, path: Path, caption: str) -> None:
         data = base64.b64encode(Path(path).read_bytes()).decode()

@@ -116,6 +116,27 @@ def significance(tables: Tables, experiment: Path, alpha: float = 0.05) -> dict[
     return out
 
 
+def verdict(d: str, summary: dict[str, Any], name: str, sig: dict[str, Any] | None) -> str:
+    """One sentence for dataset d: which model to use and how sure that is."""
+    lo, hi = summary["test_accuracy_ci95"]
+    acc = f"test accuracy {summary['test_accuracy']:.3f} [{lo:.3f}, {hi:.3f}]"
+    seeds = summary["n_seeds"]
+    head = f"{d}: use {name}, {acc} ({'one seed' if seeds == 1 else f'{seeds} seeds'})"
+    if not sig or sig.get("runner_up") is None:
+        return f"{head}; it is the only model trained here, so nothing says another would not do better."
+    other = f"{display_name(sig['runner_up'][0])} ({sig['runner_up'][1]})"
+    if "p_value" not in sig:
+        return f"{head}; it was not tested against the runner-up {other} on the same images."
+    p = sig["p_value"]
+    if p < 0.05 and sig["a_only"] > sig["b_only"]:
+        return f"{head}; it is significantly better than the runner-up {other} (McNemar p = {p:.2g})."
+    if p < 0.05:
+        return (f"{head}, chosen on validation data, but the runner-up {other} is significantly better on the test "
+                f"images (McNemar p = {p:.2g}): prefer {other}.")
+    return (f"{head}; the runner-up {other} is not significantly different (McNemar p = {p:.2g}): either will do, "
+            f"and more test images or seeds would be needed to tell them apart.")
+
+
 def four_questions(tables: Tables, dataset_info: dict[str, dict], summaries: dict,
                    scaling: str | None = None) -> dict[str, str]:
     """The paper's four questions, answered from this experiment's numbers (``scaling``: the answer
