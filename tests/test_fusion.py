@@ -174,3 +174,21 @@ def test_max_norm_is_applied_in_training_to_each_run_with_its_own_gamma(tiny_h5,
     assert norms(tmp_path / "g0").max() > 2.5  # without the constraint the same training exceeds it
     train(RunConfig(**base, maxnorm=0.0), tmp_path / "alone0", progress=False)
     assert norms(tmp_path / "alone0").max() > 2.5
+
+
+def test_streamed_fused_runs_equal_the_same_streamed_runs_trained_alone(tiny_h5, tmp_path, monkeypatch):
+    """Over their memory budget, with windows smaller than the training split: each run of a fused group walks
+    its own windows of blocks (its own order), and gets what it gets alone."""
+    import astroclass.training.data as data_mod
+
+    monkeypatch.setattr(data_mod, "stream_window", lambda budget, image_bytes: 16)
+    configs = [RunConfig(dataset=str(tiny_h5), model="test_efficientnet", optimizer=o, seed=i, epochs=2, patience=2,
+                         batch_size=16, amp="off", max_memory="100KB") for i, o in enumerate(["adam", "sgd", "adam"])]
+    alone = [train(c, tmp_path / f"alone{i}", progress=False) for i, c in enumerate(configs)]
+    fused = train_group(configs, [tmp_path / f"fused{i}" for i in range(len(configs))], progress=False)
+    for i, (a, f) in enumerate(zip(alone, fused)):
+        assert a.storage == f.storage == "stream" and f.environment["speed"]["fused"] == len(configs)
+        for ra, rf in zip(_history(tmp_path / f"alone{i}"), _history(tmp_path / f"fused{i}")):
+            for key in ("train_loss", "val_loss"):
+                assert float(rf[key]) == pytest.approx(float(ra[key]), rel=1e-4), (i, ra, rf)
+        assert f.test["confusion_matrix"] == a.test["confusion_matrix"], i
