@@ -483,3 +483,41 @@ def test_a_ray_cluster_without_shared_storage_runs_a_grid_and_the_driver_gets_ev
     plots = {p.name for p in (driver / "report" / "plots").iterdir()}
     assert {"reliability_SG.png", "curves_SG.png", "confusion_SG.png"} <= plots
     assert "gallery_SG.png" in plots or "no misclassified test image" in page
+
+
+def test_a_shipped_dataset_is_verified_cached_once_and_the_drivers_copy_used_where_visible(tiny_h5, tmp_path,
+                                                                                           monkeypatch):
+    """The object store stood in by a dict: a node that cannot see the driver's path assembles the file from its
+    chunks into its cache, checks it against the driver's sha256, and re-uses it; a damaged transfer is refused
+    with the file named and leaves nothing in the cache."""
+    from astroclass.experiments import engines
+
+    class Store:
+        def __init__(self):
+            self.objects, self.gets = {}, 0
+
+        def put(self, value):
+            self.objects[len(self.objects)] = value
+            return len(self.objects) - 1
+
+        def get(self, ref):
+            self.gets += 1
+            return self.objects[ref]
+
+    store = Store()
+    monkeypatch.setattr(engines, "SHIP_CHUNK", 20_000)  # several chunks
+    monkeypatch.setenv("ASTROCLASS_CACHE", str(tmp_path / "node-cache"))
+    s = engines.ship_dataset(store, str(tiny_h5))
+    assert len(s.chunks) > 2 and s.size == tiny_h5.stat().st_size
+    assert engines.receive_dataset(store, s) == str(tiny_h5)  # this "node" sees the driver's file
+    assert store.gets == 0
+    elsewhere = engines.Shipment("data/not-here.h5", s.content_hash, s.sha256, s.size, s.chunks)
+    local = Path(engines.receive_dataset(store, elsewhere))
+    assert local.parent == tmp_path / "node-cache" / "datasets" and local.read_bytes() == tiny_h5.read_bytes()
+    gets = store.gets
+    assert engines.receive_dataset(store, elsewhere) == str(local) and store.gets == gets  # cached: no transfer
+    local.unlink()
+    store.objects[s.chunks[1]] = b"\0" * len(store.objects[s.chunks[1]])  # damaged on the way
+    with pytest.raises(AstroclassError, match=r"not-here\.h5: the copy received on this node differs"):
+        engines.receive_dataset(store, elsewhere)
+    assert [p.name for p in (tmp_path / "node-cache" / "datasets").iterdir() if p.suffix != ".lock"] == []

@@ -436,3 +436,18 @@ def test_memory_budgets_are_sizes_or_a_share_of_the_available_memory(monkeypatch
     assert parse_size("512MB") == 512 * 2**20 and parse_size("1.5G") == 3 * 2**29 and parse_size("100") == 100
     with pytest.raises(AstroclassError, match="max_memory: 'lots' is not a size"):
         RunConfig(dataset="d.h5", max_memory="lots").validate()
+
+
+def test_a_damaged_file_met_while_streaming_fails_the_run_with_the_file_named(aries_h5, tmp_path, cli):
+    """The file's metadata reads (the run starts), but the image chunks in its second half are garbage."""
+    bad = tmp_path / "damaged.h5"
+    data = bytearray(aries_h5.read_bytes())
+    half = len(data) // 2
+    data[half:half + len(data) // 4] = bytes((i * 31 + 7) % 256 for i in range(len(data) // 4))
+    bad.write_bytes(bytes(data))
+    cfg = RunConfig(dataset=str(bad), model="test_resnet", epochs=1, batch_size=64, max_memory="1MB")
+    with pytest.raises(AstroclassError, match=r"damaged\.h5: cannot read images .* while streaming"):
+        train(cfg, tmp_path / "run", progress=False)
+    code, _, err = cli("train", bad, "--model", "test_resnet", "--epochs", "1", "--max-memory", "1MB",
+                       "-o", tmp_path / "cli", "-q")
+    assert code == 1 and "damaged.h5: cannot read images" in err and "Traceback" not in err

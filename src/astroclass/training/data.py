@@ -90,12 +90,16 @@ class DiskImages:
         if b in self._cache:
             self._cache.move_to_end(b)
             return self._cache[b]
-        if self._file is None:
-            import h5py
-
-            self._file = h5py.File(self.path, "r")
         rows = self.rows[self.starts[b]:self.ends[b]]
-        out = self._file["images"][int(rows[0]):int(rows[-1]) + 1][rows - rows[0]]
+        try:
+            if self._file is None:
+                import h5py
+
+                self._file = h5py.File(self.path, "r")
+            out = self._file["images"][int(rows[0]):int(rows[-1]) + 1][rows - rows[0]]
+        except (OSError, KeyError, ValueError) as exc:
+            raise AstroclassError(f"{self.path}: cannot read images {rows[0]}-{rows[-1]} while streaming them "
+                                  f"({exc}); the file is damaged, or was changed or removed during the run") from None
         self._cache[b] = out
         self._cached += len(out)
         while self._cached > self.cache_images and len(self._cache) > 1:
