@@ -209,22 +209,24 @@ def batches(x: Images, indices: Sequence[torch.Tensor], pin: bool = False, depth
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
+    def hand_over(item: tuple) -> bool:
+        """Queue item unless the training loop has stopped listening; whether it was queued."""
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def read() -> None:
         try:
             for idx in indices:
                 xb = x.gather(idx)
-                if pin:
-                    xb = xb.pin_memory()
-                while not stop.is_set():
-                    try:
-                        q.put(("ok", xb), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not hand_over(("ok", xb.pin_memory() if pin else xb)):
                     return
         except BaseException as exc:  # handed to the training thread, which raises it
-            q.put(("error", exc))
+            hand_over(("error", exc))
 
     reader = threading.Thread(target=read, name="astroclass-prefetch", daemon=True)
     reader.start()
