@@ -198,8 +198,6 @@ def receive_dataset(ray: Any, s: Shipment) -> str:
     import fcntl
     import hashlib
 
-    from astroclass.fileio import atomic_output
-
     if Path(s.driver_path).is_file() and _declared_hash(Path(s.driver_path)) == s.content_hash:
         return s.driver_path
     cache = dataset_cache()

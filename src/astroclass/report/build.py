@@ -143,10 +143,11 @@ def build_report(experiment: str | Path, output: str | Path) -> Path:
                      for gi, g in enumerate(groups) for m, s, _ in ranked_cells(g, d)
                      if (sm := group_summaries[gi].get((d, m, s))) and math.isfinite(sm["test_accuracy"])]
     page.h2("Which model should I use?")
-    page.img(plots.overview({d: r for d, r in panels.items() if r}, pdir / "overview.png"),
-             "Test accuracy of every trained model and setup" + (" and option set" if several else "") +
-             ", best first, with 95% intervals (Wilson's over the test images for one seed, Student-t over seeds "
-             "for several). Blue: the best on the test images.")
+    if any(panels.values()):
+        page.img(plots.overview({d: r for d, r in panels.items() if r}, pdir / "overview.png"),
+                 "Test accuracy of every trained model and setup" + (" and option set" if several else "") +
+                 ", best first, with 95% intervals (Wilson's over the test images for one seed, Student-t over "
+                 "seeds for several). Blue: the best on the test images.")
     page.ul([verdict(d, group_summaries[groups.index(g)][(d, m, s)],
                      f"{display_name(m)} ({s}" + (f", {g.label})" if several else ")"),
                      sig.get(d) if g is tables else None) for d, (g, m, s, ch) in chosen.items()])

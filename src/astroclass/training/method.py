@@ -21,8 +21,9 @@ TF-Addons' RectifiedAdam), ``sgd`` (lr 0.01, no momentum). PyTorch's Adam adds �
 bias correction of √v while Keras adds it before; the two differ only while √v is near 1e-7.
 
 Batches: the split is held in memory as a uint8 (or float16) tensor, shuffled each epoch with
-a generator seeded by the run's seed; a last batch of a single image is dropped (batch-norm
-cannot train on it). The seed fixes initialisation, shuffling, augmentation and the head's dropout
+a generator seeded by the run's seed (a split larger than the run's memory budget streams from its
+file instead, shuffled window by window: :mod:`astroclass.training.data`); a last batch of a single
+image is dropped (batch-norm cannot train on it). The seed fixes initialisation, shuffling, augmentation and the head's dropout
 masks (drawn from a generator of the run's own, so a run gets the same masks whether it trains alone
 or fused with others), so the same config on the same CPU gives identical results.
 
