@@ -426,7 +426,7 @@ def test_memory_budgets_are_sizes_or_a_share_of_the_available_memory(monkeypatch
     import astroclass.training.data as data_mod
     from astroclass.runconfig import parse_size
 
-    monkeypatch.setattr(data_mod, "available_memory", lambda: 16 * 2**30)
+    monkeypatch.setattr(data_mod, "available_memory", lambda device: 16 * 2**30)
     cpu = torch.device("cpu")
     auto = RunConfig(dataset="d.h5")
     assert data_mod.memory_budget(auto, cpu) == (8 * 2**30, 8 * 2**30)

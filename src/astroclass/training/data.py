@@ -9,7 +9,6 @@ through the operating system's page cache, which every worker on the machine sha
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 from collections import OrderedDict
@@ -23,22 +22,11 @@ import torch
 
 from astroclass.errors import AstroclassError
 from astroclass.training.config import RunConfig
+from astroclass.training.speed import available_memory
 
 WINDOW_IMAGES = 4096
 """Images a streamed epoch shuffles together when no memory budget sets it: blocks (the split's images in
 one HDF5 chunk) from random places in the file, enough of them to hold this many images."""
-
-
-def available_memory() -> int:
-    """Bytes of RAM available to new allocations now (Linux MemAvailable; total RAM elsewhere)."""
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def memory_budget(cfg: RunConfig, device: torch.device, share: int = 1) -> tuple[int, int]:
@@ -50,11 +38,8 @@ def memory_budget(cfg: RunConfig, device: torch.device, share: int = 1) -> tuple
     if cfg.max_memory != "auto":
         size = parse_size(cfg.max_memory, "max_memory")
         return size, size
-    host = available_memory() // (2 * max(1, share))
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return host, free // 2
-    return host, host
+    host = available_memory(torch.device("cpu")) // (2 * max(1, share))
+    return host, available_memory(device) // 2 if device.type == "cuda" else host
 
 
 class DiskImages:

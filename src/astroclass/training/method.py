@@ -23,9 +23,10 @@ bias correction of âˆšv while Keras adds it before; the two differ only while âˆ
 Batches: the split is held in memory as a uint8 (or float16) tensor, shuffled each epoch with
 a generator seeded by the run's seed (a split larger than the run's memory budget streams from its
 file instead, shuffled window by window: :mod:`astroclass.training.data`); a last batch of a single
-image is dropped (batch-norm cannot train on it). The seed fixes initialisation, shuffling, augmentation and the head's dropout
-masks (drawn from a generator of the run's own, so a run gets the same masks whether it trains alone
-or fused with others), so the same config on the same CPU gives identical results.
+image is dropped (batch-norm cannot train on it). The seed fixes initialisation, shuffling,
+augmentation and the head's dropout masks (drawn from a generator of the run's own, so a run gets
+the same masks whether it trains alone or fused with others), so the same config on the same CPU
+gives identical results.
 
 Every function here works on G runs at once (G = 1 for a run trained alone): the loop in
 :mod:`astroclass.training.loop` is the same for both.
