@@ -75,6 +75,43 @@ def test_augmentation_applies_symmetries_of_the_square():
     assert len(seen) >= 6
 
 
+def test_sub_pixel_shifts_move_images_by_at_most_the_shift_and_keep_their_flux():
+    x = torch.zeros(400, 1, 21, 21)
+    x[:, :, 10, 10] = 1.0  # a point source in the centre
+    plain = augment_batch(x, torch.Generator().manual_seed(0))
+    shifted = augment_batch(x, torch.Generator().manual_seed(0), shift=0.8)
+    assert torch.equal(plain, x)  # a centred point is its own symmetry: only the shift moves it
+    yy, xx = torch.meshgrid(torch.arange(21.0), torch.arange(21.0), indexing="ij")
+    flux = shifted.sum((1, 2, 3))
+    cx = (shifted[:, 0] * xx).sum((1, 2)) / flux - 10
+    cy = (shifted[:, 0] * yy).sum((1, 2)) / flux - 10
+    assert torch.allclose(flux, torch.ones(400), atol=1e-5)  # bilinear: the light is moved, not lost
+    assert cx.abs().max() <= 0.8 + 1e-5 and cy.abs().max() <= 0.8 + 1e-5
+    assert cx.abs().max() > 0.6 and (cx.abs() > 1e-3).float().mean() > 0.9 and (cx > 0).any() and (cx < 0).any()
+    assert (shifted.flatten(1).max(1).values < 1).float().mean() > 0.9  # sub-pixel: the point is spread
+    with pytest.raises(AstroclassError, match="augment_shift must be a number of pixels"):
+        RunConfig(dataset="d.h5", augment_shift=-1).validate()
+
+
+def test_a_run_with_tta_reports_the_mean_over_the_8_symmetries(tiny_h5, tmp_path):
+    import astroclass
+    from astroclass.data import PreparedDataset
+    from astroclass.training.method import dihedral
+
+    cfg = RunConfig(dataset=str(tiny_h5), model="test_resnet", epochs=2, batch_size=16, seed=1, amp="off", tta=True,
+                    augment=True, augment_shift=0.5)
+    res = train(cfg, tmp_path / "run", progress=False)
+    saved = np.load(tmp_path / "run" / "predictions.npz")
+    clf = astroclass.load(tmp_path / "run" / "checkpoint.pt")
+    with PreparedDataset(tiny_h5) as ds:
+        x = torch.from_numpy(ds.images(saved["test_index"]))
+    np.testing.assert_allclose(clf.predict_tensor(x, tta=True), saved["test_probs"], atol=1e-5)
+    assert not np.allclose(clf.predict_tensor(x), saved["test_probs"], atol=1e-4)  # not the plain prediction
+    for k in (1, 5):  # and so the same for any symmetry of the images
+        np.testing.assert_allclose(clf.predict_tensor(dihedral(x, k), tta=True), saved["test_probs"], atol=1e-5)
+    assert res.status == "done" and res.config["tta"] is True
+
+
 def _val_loss_of_checkpoint(run_dir, dataset, l2):
     from astroclass.data import PreparedDataset
     from astroclass.models import build_model

@@ -86,6 +86,12 @@ class RunConfig:
     device: str = option("auto", "auto, cpu, cuda, cuda:1 ...", "speed")
     augment: bool = option(False, "Random flips and 90° rotations (off in the paper).", "method",
                            "--augment/--no-augment")
+    augment_shift: float = option(0.0, "With augment: also shift each training image by a random offset of up to "
+                                  "this many pixels in x and y (bilinear, so sub-pixel; edge pixels repeat).",
+                                  "method")
+    tta: bool = option(False, "Evaluate (validation every epoch, and the final val and test metrics) on the mean "
+                       "softmax over the 8 symmetries of the square (8x the evaluation time).", "method",
+                       "--tta/--no-tta")
     lr: float | None = option(None, "Learning rate of the run's optimiser (default: its Keras default).", "method")
     head_epochs: int = option(10, "Pretrained setup: head-only epochs.", "method")
     unfreeze: str = option("7", 'Pretrained setup, phase 2: which backbone layers train. "keras:N": the last N '
@@ -182,6 +188,8 @@ class RunConfig:
             raise AstroclassError(f"frozen_bn must be one of {FROZEN_BN}, got {self.frozen_bn!r}")
         if self.amp not in AMP_MODES:
             raise AstroclassError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
+        if not 0 <= self.augment_shift < 8:
+            raise AstroclassError(f"augment_shift must be a number of pixels in [0, 8), got {self.augment_shift}")
         if self.max_memory != "auto":
             parse_size(self.max_memory, "max_memory")
         if self.compile not in COMPILE_MODES:

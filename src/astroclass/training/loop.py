@@ -48,7 +48,8 @@ from astroclass.training.outputs import environment, evaluate, save_checkpoint, 
 from astroclass.training.speed import compiled, resolve_device
 
 PER_RUN_OPTIONS = frozenset({"l2", "maxnorm", "optimizer", "seed", "lr", "class_weights", "sampler", "monitor",
-                             "augment", "epochs", "patience", "finetune_lr", "finetune_momentum", "fuse"})
+                             "augment", "augment_shift", "epochs", "patience", "finetune_lr", "finetune_momentum",
+                             "fuse"})
 """Options in which the runs of one fused group may differ; every other option they share."""
 
 
@@ -334,7 +335,8 @@ class GroupTrainer:
             b = len(idx) // g
             xb = to_float(xs.to(self.device, non_blocking=True))
             if any(augment):
-                xb = torch.cat([augment_batch(xb[i * b:(i + 1) * b], cast(_Run, by_slot[i]).gen) if augment[i]
+                xb = torch.cat([augment_batch(xb[i * b:(i + 1) * b], cast(_Run, by_slot[i]).gen,
+                                              cast(_Run, by_slot[i]).cfg.augment_shift) if augment[i]
                                 else xb[i * b:(i + 1) * b] for i in range(g)])
             if self.fast["channels_last"]:
                 xb = xb.contiguous(memory_format=torch.channels_last)
@@ -363,7 +365,7 @@ class GroupTrainer:
     def _val(self, active: list[_Run], x: Images, y: torch.Tensor) -> dict[int, tuple[float, float, float]]:
         g = self.slots.runs
         probs = predict_probs(self.model, x, self.device, self.configs[0].eval_batch_size, self.fast["channels_last"],
-                              self.fast["amp"], runs=g)
+                              self.fast["amp"], tta=self.configs[0].tta, runs=g)
         if g == 1:
             probs = probs[None]
         penalty = self.model.l2_penalty().tolist()

@@ -111,14 +111,25 @@ def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
     return y.flip(3) if k >= 4 else y
 
 
-def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Each image gets one of the 8 symmetries of the square (rotations by 90°, with or without a flip)."""
+def augment_batch(x: torch.Tensor, generator: torch.Generator, shift: float = 0.0) -> torch.Tensor:
+    """Each image gets one of the 8 symmetries of the square (rotations by 90°, with or without a flip);
+    with ``shift`` > 0, then a translation by a random offset of up to ``shift`` pixels in x and in y
+    (bilinear, so sub-pixel; the edge pixels repeat). ``x``: float images (N, C, H, W)."""
     k = torch.randint(0, 8, (x.shape[0],), generator=generator, device="cpu").to(x.device)
     out = x.clone()
     for t in range(1, 8):
         sel = k == t
         if sel.any():
             out[sel] = dihedral(x[sel], t)
+    if shift > 0 and len(x):
+        n, _, h, w = out.shape
+        d = (torch.rand((n, 2), generator=generator, device="cpu") * 2 - 1) * shift  # pixels (dx, dy)
+        theta = torch.zeros(n, 2, 3)
+        theta[:, 0, 0] = theta[:, 1, 1] = 1.0
+        theta[:, 0, 2] = -2 * d[:, 0] / w  # sampling at x - dx moves the image by +dx
+        theta[:, 1, 2] = -2 * d[:, 1] / h
+        grid = F.affine_grid(theta.to(out.device, out.dtype), list(out.shape), align_corners=False)
+        out = F.grid_sample(out, grid, mode="bilinear", padding_mode="border", align_corners=False)
     return out
 
 

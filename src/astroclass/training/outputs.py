@@ -57,7 +57,7 @@ def evaluate(model: torch.nn.Module, data: RunData, cfg: RunConfig, device: torc
     for split in ("val", "test"):
         x, y = data.tensors(split)
         t0 = time.perf_counter()
-        probs = predict_probs(model, x, device, cfg.eval_batch_size, fast["channels_last"], fast["amp"])
+        probs = predict_probs(model, x, device, cfg.eval_batch_size, fast["channels_last"], fast["amp"], tta=cfg.tta)
         dt = time.perf_counter() - t0
         if split == "test":
             result.eval_images_per_s = len(x) / dt if dt > 0 else 0.0
