@@ -46,6 +46,9 @@ def test_every_fused_run_equals_the_same_run_trained_alone(tiny_h5, tmp_path, va
     configs.append(RunConfig(dataset=str(tiny_h5), model="test_efficientnet", setup=setup, optimizer="adam", l2=0.1,
                              seed=7, epochs=2, patience=1, batch_size=16, amp="off", class_weights="balanced",
                              augment=True, augment_shift=0.5, **extra))
+    configs.append(RunConfig(dataset=str(tiny_h5), model="test_efficientnet", setup=setup, optimizer="adamw", seed=9,
+                             epochs=3, patience=3, batch_size=16, amp="off", schedule="cosine", warmup_epochs=1,
+                             label_smoothing=0.1, **extra))
     alone = [train(c, tmp_path / f"alone{i}", progress=False) for i, c in enumerate(configs)]
     finished, sizes = [], []
     build = GroupTrainer._model

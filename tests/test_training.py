@@ -93,6 +93,27 @@ def test_sub_pixel_shifts_move_images_by_at_most_the_shift_and_keep_their_flux()
         RunConfig(dataset="d.h5", augment_shift=-1).validate()
 
 
+def test_label_smoothing_adamw_and_a_warmed_up_cosine_schedule(tiny_h5, tmp_path):
+    from astroclass.training.method import run_losses
+
+    torch.manual_seed(0)
+    logits, y = torch.randn(2 * 8, 3), torch.randint(0, 3, (16,))
+    got = run_losses(logits, y, torch.ones(2, 3), torch.tensor([0.0, 0.2]))
+    assert got[0] == pytest.approx(float(F.cross_entropy(logits[:8], y[:8])), rel=1e-6)
+    assert got[1] == pytest.approx(float(F.cross_entropy(logits[8:], y[8:], label_smoothing=0.2)), rel=1e-6)
+    opt = make_optimizer("adamw", [torch.nn.Parameter(torch.zeros(2))])
+    assert isinstance(opt, torch.optim.AdamW) and opt.defaults["weight_decay"] == 0.05
+    cfg = RunConfig(dataset=str(tiny_h5), model="test_resnet", optimizer="adamw", schedule="cosine", warmup_epochs=1,
+                    label_smoothing=0.1, epochs=4, patience=4, batch_size=16, seed=2)
+    res = train(cfg, tmp_path / "run", progress=False)
+    lrs = [float(r["lr"]) for r in csv.DictReader(open(tmp_path / "run" / "history.csv"))]
+    assert res.status == "done" and len(lrs) == 4
+    assert lrs[0] == pytest.approx(1e-3)  # the end of the warm-up: the optimiser's own rate
+    assert lrs[0] > lrs[1] > lrs[2] > lrs[3] and lrs[3] < 0.05 * lrs[0]  # then a cosine down to about 0
+    with pytest.raises(AstroclassError, match="schedule must be one of"):
+        RunConfig(dataset="d.h5", schedule="step").validate()
+
+
 def test_a_run_with_tta_reports_the_mean_over_the_8_symmetries(tiny_h5, tmp_path):
     import astroclass
     from astroclass.data import PreparedDataset

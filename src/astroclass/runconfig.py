@@ -22,7 +22,8 @@ SAMPLERS = ("none", "balanced")
 MONITORS = ("val_loss", "balanced_accuracy", "macro_f1")
 AMP_MODES = ("auto", "bf16", "off")
 COMPILE_MODES = ("auto", "off", "default", "reduce-overhead", "max-autotune")
-OPTIMIZERS = ("rmsprop", "adam", "radam", "sgd")
+OPTIMIZERS = ("rmsprop", "adam", "radam", "sgd", "adamw")
+SCHEDULES = ("constant", "cosine")
 FROZEN_BN = ("auto", "batch", "moving")
 LEGACY = {"unfreeze_layers": ("unfreeze", lambda n: f"params:{int(n)}")}
 """Options of earlier versions, read as today's: unfreeze_layers: N counted parameterised modules."""
@@ -77,7 +78,8 @@ class RunConfig:
                         "unfreeze layers with SGD).", "method")
     l2: float = option(0.0, "L2 λ on the 2048-unit layer, added to the loss (Keras kernel_regularizer).", "method")
     maxnorm: float = option(0.0, "Max-norm γ on the 2048-unit layer after every step (0 = off).", "method")
-    optimizer: str = option("adam", "rmsprop, adam, radam (Keras defaults) or sgd.", "method")
+    optimizer: str = option("adam", "rmsprop, adam, radam (Keras defaults), sgd, or adamw (Adam with decoupled weight "
+                            "decay 0.05 on every weight; not in the paper).", "method")
     seed: int = option(0, "Fixes initialisation, shuffling, augmentation and dropout.", "method")
     epochs: int = option(200, "Most epochs (early stopping on the monitored value).", "method")
     patience: int = option(10, "Early-stopping patience in epochs.", "method")
@@ -92,6 +94,11 @@ class RunConfig:
     tta: bool = option(False, "Evaluate (validation every epoch, and the final val and test metrics) on the mean "
                        "softmax over the 8 symmetries of the square (8x the evaluation time).", "method",
                        "--tta/--no-tta")
+    schedule: str = option("constant", "Learning rate over the early-stopped phase: constant (the paper) or cosine "
+                           "(decays to 0 at the last of epochs).", "method")
+    warmup_epochs: int = option(0, "Raise the learning rate linearly from 0 over this many epochs first.", "method")
+    label_smoothing: float = option(0.0, "Train on targets (1 - ε) one-hot + ε uniform (validation loss stays the "
+                                    "plain cross-entropy).", "method")
     lr: float | None = option(None, "Learning rate of the run's optimiser (default: its Keras default).", "method")
     head_epochs: int = option(10, "Pretrained setup: head-only epochs.", "method")
     unfreeze: str = option("7", 'Pretrained setup, phase 2: which backbone layers train. "keras:N": the last N '
@@ -188,6 +195,11 @@ class RunConfig:
             raise AstroclassError(f"frozen_bn must be one of {FROZEN_BN}, got {self.frozen_bn!r}")
         if self.amp not in AMP_MODES:
             raise AstroclassError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
+        if self.schedule not in SCHEDULES:
+            raise AstroclassError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.warmup_epochs < 0 or not 0 <= self.label_smoothing < 1:
+            raise AstroclassError(f"warmup_epochs must be >= 0 and label_smoothing in [0, 1), got "
+                                  f"{self.warmup_epochs} and {self.label_smoothing}")
         if not 0 <= self.augment_shift < 8:
             raise AstroclassError(f"augment_shift must be a number of pixels in [0, 8), got {self.augment_shift}")
         if self.max_memory != "auto":

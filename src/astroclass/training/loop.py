@@ -38,6 +38,7 @@ from astroclass.training.method import (
     dropout_generator,
     dropout_masks,
     finetune_optimizer,
+    lr_factor,
     make_optimizer,
     predict_probs,
     run_losses,
@@ -49,7 +50,7 @@ from astroclass.training.speed import compiled, resolve_device
 
 PER_RUN_OPTIONS = frozenset({"l2", "maxnorm", "optimizer", "seed", "lr", "class_weights", "sampler", "monitor",
                              "augment", "augment_shift", "epochs", "patience", "finetune_lr", "finetune_momentum",
-                             "fuse"})
+                             "fuse", "schedule", "warmup_epochs", "label_smoothing"})
 """Options in which the runs of one fused group may differ; every other option they share."""
 
 
@@ -141,6 +142,7 @@ class GroupTrainer:
         self.cache = cache or WorkerCache(ModelCache(1), DataCache(1))
         self.setup_seconds = 0.0
         self.model_reused: bool | None = None
+        self.scheduled, self.phase_steps = False, 0
 
     # -- set-up ----------------------------------------------------------------------------
     def _build_runs(self, data: RunData) -> tuple[list[_Run], list[dict], AstroNet]:
@@ -239,6 +241,7 @@ class GroupTrainer:
                 for r in self._live():
                     r.phase_over = False
                     r.stopper = EarlyStopping(r.cfg.patience) if early else None
+                self.scheduled, self.phase_steps = early, 0  # warm-up and schedule: the early-stopped phase
                 self._make_optimizers()
                 self._phase(phase, fixed_epochs, dev, last=phase == phases[-1][0])
         finally:
@@ -254,14 +257,21 @@ class GroupTrainer:
         groups: dict[tuple, list[_Run]] = {}
         for r in self._live():
             c = r.cfg
-            key = ("finetune", c.finetune_lr, c.finetune_momentum) if self.phase == "finetune" else (c.optimizer, c.lr)
+            key: tuple = ("finetune", c.finetune_lr, c.finetune_momentum) if self.phase == "finetune" else \
+                (c.optimizer, c.lr)
+            if self.scheduled:  # runs sharing an optimiser share its learning rate at every step
+                key += (c.schedule, c.warmup_epochs, c.epochs)
             groups.setdefault(key, []).append(r)
         self.optimizers = []
+        self.schedule_of: dict[int, RunConfig] = {}
         for key, members in groups.items():
             params = [p for r in members for p in self.slots.parameters(r.slot, self.names)]
             opt = finetune_optimizer(members[0].cfg, params, fused) if self.phase == "finetune" else \
                 make_optimizer(key[0], params, key[1], fused)
+            for pg in opt.param_groups:
+                pg["initial_lr"] = pg["lr"]
             self.optimizers.append(opt)
+            self.schedule_of[id(opt)] = members[0].cfg
             for r in members:
                 r.opt = opt
 
@@ -320,6 +330,8 @@ class GroupTrainer:
         lam = torch.tensor([r.cfg.l2 if r else 0.0 for r in by_slot], device=self.device)
         gammas = [r.cfg.maxnorm if r else 0.0 for r in by_slot]
         weights = torch.stack([r.weights if r else active[0].weights for r in by_slot])
+        smoothing = torch.tensor([r.cfg.label_smoothing if r else 0.0 for r in by_slot], device=self.device) \
+            if any(r.cfg.label_smoothing for r in active) else None
         live_idx = torch.tensor([r.slot for r in active], device=self.device)
         augment = [r is not None and r.cfg.augment for r in by_slot]
         n = len(y)
@@ -344,10 +356,16 @@ class GroupTrainer:
             masks = dropout_masks([r.dgen if r else None for r in by_slot], b, self.device)
             with torch.autocast(self.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
                 logits = self.forward(xb, masks)
-            losses = run_losses(logits, yb, weights) + lam * model.l2_penalty()
+            losses = run_losses(logits, yb, weights, smoothing) + lam * model.l2_penalty()
             slots.zero_grads()
             losses.index_select(0, live_idx).sum().backward()
             slots.bind_grads(self.names)
+            if self.scheduled:
+                for opt in self.optimizers:
+                    f = lr_factor(self.schedule_of[id(opt)], self.phase_steps, len(starts))
+                    for pg in opt.param_groups:
+                        pg["lr"] = pg["initial_lr"] * f
+                self.phase_steps += 1
             for opt in self.optimizers:  # runs that have left step too, harmlessly, until the group is rebuilt
                 opt.step()
             model.apply_max_norm(gammas)

@@ -52,6 +52,7 @@ KERAS_DEFAULTS: dict[str, dict[str, Any]] = {
     "adam": {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-7, "amsgrad": False},
     "radam": {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-7},
     "sgd": {"lr": 1e-2, "momentum": 0.0, "nesterov": False},
+    "adamw": {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-7, "weight_decay": 0.05},  # not Keras 2: current practice
 }
 
 
@@ -66,10 +67,10 @@ def make_optimizer(name: str, params, lr: float | None = None, fused: bool = Fal
     kw = dict(KERAS_DEFAULTS[name])
     if lr is not None:
         kw["lr"] = lr
-    if fused and name in ("adam", "sgd"):
+    if fused and name in ("adam", "sgd", "adamw"):
         kw["fused"] = True
     cls = {"rmsprop": torch.optim.RMSprop, "adam": torch.optim.Adam, "radam": torch.optim.RAdam,
-           "sgd": torch.optim.SGD}[name]
+           "sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}[name]
     return cls(params, **kw)
 
 
@@ -184,15 +185,35 @@ def dropout_masks(generators: list[torch.Generator | None], batch: int, device: 
     return torch.cat(masks)
 
 
-def run_losses(logits: torch.Tensor, y: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def run_losses(logits: torch.Tensor, y: torch.Tensor, weights: torch.Tensor,
+               smoothing: torch.Tensor | None = None) -> torch.Tensor:
     """Each run's training loss before L2: its (class-weighted) mean cross-entropy over its batch.
 
     logits (G·B, K) run-major, y (G·B,), weights (G, K) (ones for an unweighted run) → (G,). Equal to
-    ``F.cross_entropy(logits_r, y_r, weight=w_r)`` for every run r."""
+    ``F.cross_entropy(logits_r, y_r, weight=w_r)`` for every run r. ``smoothing`` (G,): run r's label
+    smoothing ε_r, each image's loss being (1 - ε) · its cross-entropy + ε · the mean over classes of
+    -log p (``F.cross_entropy(..., label_smoothing=ε)`` for an unweighted run), weighted by its class."""
     g = weights.shape[0]
-    nll = F.cross_entropy(logits.float(), y, reduction="none").view(g, -1)
+    if smoothing is None:
+        nll = F.cross_entropy(logits.float(), y, reduction="none").view(g, -1)
+    else:
+        logp = F.log_softmax(logits.float(), dim=1)
+        eps = smoothing.view(g, 1)
+        nll = (1 - eps) * -logp.gather(1, y.view(-1, 1)).view(g, -1) - eps * logp.mean(1).view(g, -1)
     w = weights.gather(1, y.view(g, -1))
     return (nll * w).sum(1) / w.sum(1)
+
+
+def lr_factor(cfg: RunConfig, step: int, steps_per_epoch: int) -> float:
+    """The learning rate at ``step`` of the early-stopped phase, as a fraction of the optimiser's own: linear
+    warm-up over ``warmup_epochs``, then constant or a cosine decay to 0 at the end of ``epochs``."""
+    warm = cfg.warmup_epochs * steps_per_epoch
+    if step < warm:
+        return (step + 1) / warm
+    if cfg.schedule == "constant":
+        return 1.0
+    total = max(1, cfg.epochs * steps_per_epoch - warm)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / total)))
 
 
 def val_scores(probs: np.ndarray, y: np.ndarray, l2_term: float, monitor: str) -> tuple[float, float, float]:
