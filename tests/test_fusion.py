@@ -195,3 +195,18 @@ def test_streamed_fused_runs_equal_the_same_streamed_runs_trained_alone(tiny_h5,
             for key in ("train_loss", "val_loss"):
                 assert float(rf[key]) == pytest.approx(float(ra[key]), rel=1e-4), (i, ra, rf)
         assert f.test["confusion_matrix"] == a.test["confusion_matrix"], i
+
+
+def test_fused_runs_with_an_averaged_model_equal_the_same_runs_alone(tiny_h5, tmp_path):
+    """ema in a fused group: each run's average is its own, also after runs leave and the group is rebuilt."""
+    configs = [RunConfig(dataset=str(tiny_h5), model="test_efficientnet", optimizer=o, seed=i, epochs=e, patience=e,
+                         batch_size=16, amp="off", ema=0.8) for i, (o, e) in enumerate([("adam", 2), ("sgd", 4),
+                                                                                          ("adam", 4), ("rmsprop", 2)])]
+    alone = [train(c, tmp_path / f"alone{i}", progress=False) for i, c in enumerate(configs)]
+    fused = train_group(configs, [tmp_path / f"fused{i}" for i in range(len(configs))], progress=False)
+    for i, (a, f) in enumerate(zip(alone, fused)):
+        assert f.environment["speed"]["fused"] == len(configs) and f.best_epoch == a.best_epoch
+        for ra, rf in zip(_history(tmp_path / f"alone{i}"), _history(tmp_path / f"fused{i}")):
+            for key in ("train_loss", "val_loss"):
+                assert float(rf[key]) == pytest.approx(float(ra[key]), rel=1e-4), (i, ra, rf)
+        assert f.test["confusion_matrix"] == a.test["confusion_matrix"], i

@@ -53,7 +53,7 @@ def test_paper_spec_expands_to_600_runs_per_seed_with_stable_ids(tmp_path):
 
 @pytest.mark.parametrize("change, message", [
     ({"optimisers": ["adam"]}, "unknown key(s) ['optimisers']"),
-    ({"optimizers": ["adamw"]}, "'adamw' is not one of ['rmsprop', 'adam', 'radam', 'sgd']"),
+    ({"optimizers": ["lamb"]}, "'lamb' is not one of ['rmsprop', 'adam', 'radam', 'sgd', 'adamw']"),
     ({"setups": ["finetune"]}, "'finetune' is not one of ['scratch', 'pretrained']"),
     ({"train": {"epoch": 3}}, "unknown train option(s) ['epoch']"),
     ({"l2": ["none"]}, "l2: 'none' is not a number"),

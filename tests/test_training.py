@@ -114,6 +114,25 @@ def test_label_smoothing_adamw_and_a_warmed_up_cosine_schedule(tiny_h5, tmp_path
         RunConfig(dataset="d.h5", schedule="step").validate()
 
 
+def test_an_averaged_model_is_validated_and_kept_while_training_goes_on_unchanged(tiny_h5, tmp_path):
+    """ema: the average does not touch training (same training losses as without it), validation and the
+    checkpoint use it (other validation losses; the checkpoint's recomputed loss is the best epoch's)."""
+    base = dict(dataset=str(tiny_h5), model="test_resnet", epochs=5, patience=5, batch_size=16, seed=4, amp="off",
+                l2=0.1)
+    plain = train(RunConfig(**base), tmp_path / "plain", progress=False)
+    avg = train(RunConfig(**base, ema=0.9), tmp_path / "ema", progress=False)
+    hp = list(csv.DictReader(open(tmp_path / "plain" / "history.csv")))
+    he = list(csv.DictReader(open(tmp_path / "ema" / "history.csv")))
+    assert [r["train_loss"] for r in hp] == [r["train_loss"] for r in he]
+    assert [r["val_loss"] for r in hp] != [r["val_loss"] for r in he]
+    val_losses = [float(r["val_loss"]) for r in he]
+    assert avg.best_epoch == int(np.argmin(val_losses)) + 1 and plain.status == avg.status == "done"
+    assert _val_loss_of_checkpoint(tmp_path / "ema", tiny_h5, 0.1) == pytest.approx(val_losses[avg.best_epoch - 1],
+                                                                                    rel=1e-4)
+    with pytest.raises(AstroclassError, match="ema must be a decay"):
+        RunConfig(dataset="d.h5", ema=1.0).validate()
+
+
 def test_a_run_with_tta_reports_the_mean_over_the_8_symmetries(tiny_h5, tmp_path):
     import astroclass
     from astroclass.data import PreparedDataset

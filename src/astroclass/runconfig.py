@@ -99,6 +99,10 @@ class RunConfig:
     warmup_epochs: int = option(0, "Raise the learning rate linearly from 0 over this many epochs first.", "method")
     label_smoothing: float = option(0.0, "Train on targets (1 - ε) one-hot + ε uniform (validation loss stays the "
                                     "plain cross-entropy).", "method")
+    ema: float = option(0.0, "Keep an exponential moving average of the weights (and batch-norm statistics) with "
+                        "this decay per step, e.g. 0.999 (early on min(decay, (1 + n) / (10 + n)) after n steps); "
+                        "validation, early stopping and the checkpoint use the average. 0: off (the paper).",
+                        "method")
     lr: float | None = option(None, "Learning rate of the run's optimiser (default: its Keras default).", "method")
     head_epochs: int = option(10, "Pretrained setup: head-only epochs.", "method")
     unfreeze: str = option("7", 'Pretrained setup, phase 2: which backbone layers train. "keras:N": the last N '
@@ -200,6 +204,8 @@ class RunConfig:
         if self.warmup_epochs < 0 or not 0 <= self.label_smoothing < 1:
             raise AstroclassError(f"warmup_epochs must be >= 0 and label_smoothing in [0, 1), got "
                                   f"{self.warmup_epochs} and {self.label_smoothing}")
+        if not 0 <= self.ema < 1:
+            raise AstroclassError(f"ema must be a decay in [0, 1), got {self.ema}")
         if not 0 <= self.augment_shift < 8:
             raise AstroclassError(f"augment_shift must be a number of pixels in [0, 8), got {self.augment_shift}")
         if self.max_memory != "auto":

@@ -11,6 +11,7 @@ evaluated and written at once, and when half the slots are idle the group is reb
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -143,6 +144,9 @@ class GroupTrainer:
         self.setup_seconds = 0.0
         self.model_reused: bool | None = None
         self.scheduled, self.phase_steps = False, 0
+        self.ema: list[torch.Tensor] | None = None
+        self.ema_src: list[torch.Tensor] = []
+        self.ema_steps = 0
 
     # -- set-up ----------------------------------------------------------------------------
     def _build_runs(self, data: RunData) -> tuple[list[_Run], list[dict], AstroNet]:
@@ -243,6 +247,7 @@ class GroupTrainer:
                     r.stopper = EarlyStopping(r.cfg.patience) if early else None
                 self.scheduled, self.phase_steps = early, 0  # warm-up and schedule: the early-stopped phase
                 self._make_optimizers()
+                self._ema_track()  # each phase's average starts from the weights it starts from
                 self._phase(phase, fixed_epochs, dev, last=phase == phases[-1][0])
         finally:
             for p in self.model.parameters():  # a kept model holds no gradients between groups
@@ -292,27 +297,33 @@ class GroupTrainer:
             stats = self._train_epoch(active, xt, yt, phase, epoch)
             train_time = time.perf_counter() - t0
             self.train_time += train_time
-            val = self._val(active, xv, yv)
-            seconds = time.perf_counter() - t0
-            for r in active:
-                tl, ta, seen = stats[r.index]
-                r.train_images += seen
-                if not math.isfinite(tl):
-                    self._record(r, phase, epoch, math.nan, math.nan, math.nan, math.nan, seconds)
-                    self._fail(r, f"loss became {tl} in {phase} epoch {epoch}")
-                    continue
-                vl, va, monitored = val[r.index]
-                self._record(r, phase, epoch, tl, ta, vl, va, seconds)
-                if not math.isfinite(vl):
-                    self._fail(r, f"validation loss became {vl} in {phase} epoch {epoch}")
-                    continue
-                stop = r.stopper is not None and r.stopper.step(monitored, epoch, functools.partial(self._state_of, r))
-                limit = fixed_epochs if fixed_epochs is not None else r.cfg.epochs
-                if stop or epoch >= limit:
-                    r.phase_over = True
-                    if last:
-                        self._finish(r, stopped=stop)
+            with self._ema_weights():  # validated, kept as best and finished: the averaged weights
+                self._after_epoch(active, stats, phase, epoch, t0, fixed_epochs, last, xv, yv)
             self._compact()
+
+    def _after_epoch(self, active: list[_Run], stats: dict, phase: str, epoch: int, t0: float,
+                     fixed_epochs: int | None, last: bool, xv: Images, yv: torch.Tensor) -> None:
+        """Validate the epoch's weights; record, stop, fail or finish each run."""
+        val = self._val(active, xv, yv)
+        seconds = time.perf_counter() - t0
+        for r in active:
+            tl, ta, seen = stats[r.index]
+            r.train_images += seen
+            if not math.isfinite(tl):
+                self._record(r, phase, epoch, math.nan, math.nan, math.nan, math.nan, seconds)
+                self._fail(r, f"loss became {tl} in {phase} epoch {epoch}")
+                continue
+            vl, va, monitored = val[r.index]
+            self._record(r, phase, epoch, tl, ta, vl, va, seconds)
+            if not math.isfinite(vl):
+                self._fail(r, f"validation loss became {vl} in {phase} epoch {epoch}")
+                continue
+            stop = r.stopper is not None and r.stopper.step(monitored, epoch, functools.partial(self._state_of, r))
+            limit = fixed_epochs if fixed_epochs is not None else r.cfg.epochs
+            if stop or epoch >= limit:
+                r.phase_over = True
+                if last:
+                    self._finish(r, stopped=stop)
 
     def _train_epoch(self, active: list[_Run], x: Images, y: torch.Tensor, phase: str,
                      epoch: int) -> dict[int, tuple[float, float, int]]:
@@ -369,6 +380,8 @@ class GroupTrainer:
             for opt in self.optimizers:  # runs that have left step too, harmlessly, until the group is rebuilt
                 opt.step()
             model.apply_max_norm(gammas)
+            if self.ema is not None:
+                self._ema_update()
             total_loss += losses.detach() * b
             total_correct += (logits.detach().argmax(1) == yb).view(g, b).sum(1)
             seen += b
@@ -390,6 +403,40 @@ class GroupTrainer:
         yt = y.cpu().numpy()
         return {r.index: val_scores(probs[r.slot], yt, r.cfg.l2 * penalty[r.slot] if r.cfg.l2 > 0 else 0.0,
                                     r.cfg.monitor) for r in active}
+
+    # -- the moving average of the weights (ema) ------------------------------------------------
+    def _ema_track(self) -> None:
+        """Start averaging the current model's floating-point tensors (parameters and batch-norm statistics;
+        of all runs at once: the average of a fused tensor is the runs' averages side by side)."""
+        decay = self.configs[0].ema
+        if decay <= 0:
+            self.ema = None
+            return
+        self.ema_src = [t for t in self.model.state_dict().values() if t.is_floating_point()]
+        self.ema = [t.detach().clone() for t in self.ema_src]
+        self.ema_steps = 0
+
+    @torch.no_grad()
+    def _ema_update(self) -> None:
+        assert self.ema is not None
+        self.ema_steps += 1
+        decay = min(self.configs[0].ema, (1 + self.ema_steps) / (10 + self.ema_steps))
+        torch._foreach_lerp_(self.ema, self.ema_src, 1.0 - decay)
+
+    @contextlib.contextmanager
+    def _ema_weights(self):
+        """The averaged weights in the model while the block runs (the trained ones back afterwards)."""
+        if self.ema is None:
+            yield
+            return
+        with torch.no_grad():
+            trained = [t.clone() for t in self.ema_src]
+            torch._foreach_copy_(self.ema_src, self.ema)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_(self.ema_src, trained)
 
     def _state_of(self, r: _Run) -> dict[str, torch.Tensor]:
         """Run r's weights now (its slot read when called: groups are compacted between epochs)."""
@@ -454,10 +501,20 @@ class GroupTrainer:
         if g == 1 or not live or len(live) > g // 2:
             return
         states = [self.slots.state(r.slot) for r in live]
+        with self._ema_weights():
+            averaged = [self.slots.state(r.slot) for r in live] if self.ema is not None else []
         moments = [(r.opt, self.slots.parameters(r.slot, self.names)) for r in live]
         for p in self.model.parameters():
             p.grad = None
         self.model, self.forward, self.slots = self._model(self.evaluator, states, self.data)
+        if averaged:  # the live runs' averages, side by side in the new group's tensors
+            steps = self.ema_steps
+            for slot, state in enumerate(averaged):
+                self.slots.load(slot, state)
+            self._ema_track()
+            self.ema_steps = steps
+            for slot, state in enumerate(states):
+                self.slots.load(slot, state)
         set_trainable(self.model, self.trainable)
         self.slots.refresh()
         for slot, r in enumerate(live):
