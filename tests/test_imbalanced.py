@@ -19,6 +19,10 @@ def test_balanced_class_weights_are_inverse_frequency():
     assert w.tolist() == pytest.approx([100 / (2 * 90), 100 / (2 * 10)])
     assert class_weight_tensor(RunConfig(dataset="x"), y, 2) is None
     assert class_weight_tensor(RunConfig(dataset="x", class_weights="1,7.5"), y, 2).tolist() == [1.0, 7.5]
+    auto = RunConfig(dataset="x", class_weights="auto").validate()  # balanced only beyond 3 : 1
+    assert class_weight_tensor(auto, y, 2).tolist() == pytest.approx([100 / (2 * 90), 100 / (2 * 10)])
+    assert class_weight_tensor(auto, torch.tensor([0] * 75 + [1] * 25), 2) is None  # exactly 3 : 1
+    assert class_weight_tensor(auto, torch.tensor([0] * 76 + [1] * 24), 2) is not None
     with pytest.raises(AstroclassError, match="2 weights for 3 classes"):
         class_weight_tensor(RunConfig(dataset="x", class_weights="1,2"), torch.tensor([0, 1, 2]), 3)
     with pytest.raises(AstroclassError, match="class_weights must be"):

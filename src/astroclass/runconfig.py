@@ -121,7 +121,8 @@ class RunConfig:
                                  "efficientnet_lite0, hub otherwise.", "method")
     pooling: str = option("avg", "avg (global average pooling) or flatten.", "method")
     class_weights: str = option("none", "Loss weights per class: none, balanced (n / (K n_c) over the training "
-                                "split) or numbers like 1,20.", "data")
+                                "split), auto (balanced when the largest class outnumbers the smallest by more "
+                                "than 3 : 1, else none) or numbers like 1,20.", "data")
     sampler: str = option("none", "none, or balanced: each epoch draws training images with probability ∝ 1 / "
                           "(size of their class).", "data")
     monitor: str = option("val_loss", "Early stopping (and best weights) on val_loss (the paper), "
@@ -183,11 +184,11 @@ class RunConfig:
             raise AstroclassError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
         if self.monitor not in MONITORS:
             raise AstroclassError(f"monitor must be one of {MONITORS}, got {self.monitor!r}")
-        if self.class_weights not in ("none", "balanced"):
+        if self.class_weights not in ("none", "balanced", "auto"):
             try:
                 w = [float(v) for v in str(self.class_weights).split(",")]
             except ValueError:
-                raise AstroclassError(f"class_weights must be none, balanced or numbers like 1,10; got "
+                raise AstroclassError(f"class_weights must be none, balanced, auto or numbers like 1,10; got "
                                       f"{self.class_weights!r}") from None
             if any(v < 0 for v in w):
                 raise AstroclassError(f"class_weights must be non-negative, got {self.class_weights!r}")

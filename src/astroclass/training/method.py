@@ -139,12 +139,19 @@ def to_float(x: torch.Tensor) -> torch.Tensor:
     return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
 
 
+AUTO_BALANCE_RATIO = 3.0
+"""class_weights auto: balanced when the largest training class outnumbers the smallest by more than this."""
+
+
 def class_weight_tensor(cfg: RunConfig, y: torch.Tensor, k: int) -> torch.Tensor | None:
-    """Loss weights: None, balanced n / (K n_c) (scikit-learn's formula), or the given numbers."""
+    """Loss weights: None, balanced n / (K n_c) (scikit-learn's formula), auto (balanced when the largest
+    class outnumbers the smallest by more than 3 : 1, else none), or the given numbers."""
     if cfg.class_weights == "none":
         return None
-    if cfg.class_weights == "balanced":
+    if cfg.class_weights in ("balanced", "auto"):
         counts = torch.bincount(y, minlength=k).double()
+        if cfg.class_weights == "auto" and counts.max() <= AUTO_BALANCE_RATIO * counts.min():
+            return None
         return (len(y) / (k * counts)).float()
     w = [float(v) for v in cfg.class_weights.split(",")]
     if len(w) != k:
