@@ -41,7 +41,8 @@ def upgrade_legacy(d: dict[str, Any], axes: bool = False) -> dict[str, Any]:
     return out
 
 
-SECTIONS = {"method": "The paper's method", "data": "Data selection and imbalance", "speed": "Speed and numerics"}
+SECTIONS = {"method": "The paper's method", "beyond": "Beyond the paper: current training practice",
+            "data": "Data selection and imbalance", "speed": "Speed and numerics"}
 """The run options' sections, as the CLI's --help groups them."""
 
 
@@ -90,19 +91,19 @@ class RunConfig:
                            "--augment/--no-augment")
     augment_shift: float = option(0.0, "With augment: also shift each training image by a random offset of up to "
                                   "this many pixels in x and y (bilinear, so sub-pixel; edge pixels repeat).",
-                                  "method")
+                                  "beyond")
     tta: bool = option(False, "Evaluate (validation every epoch, and the final val and test metrics) on the mean "
-                       "softmax over the 8 symmetries of the square (8x the evaluation time).", "method",
+                       "softmax over the 8 symmetries of the square (8x the evaluation time).", "beyond",
                        "--tta/--no-tta")
     schedule: str = option("constant", "Learning rate over the early-stopped phase: constant (the paper) or cosine "
-                           "(decays to 0 at the last of epochs).", "method")
-    warmup_epochs: int = option(0, "Raise the learning rate linearly from 0 over this many epochs first.", "method")
+                           "(decays to 0 at the last of epochs).", "beyond")
+    warmup_epochs: int = option(0, "Raise the learning rate linearly from 0 over this many epochs first.", "beyond")
     label_smoothing: float = option(0.0, "Train on targets (1 - ε) one-hot + ε uniform (validation loss stays the "
-                                    "plain cross-entropy).", "method")
+                                    "plain cross-entropy).", "beyond")
     ema: float = option(0.0, "Keep an exponential moving average of the weights (and batch-norm statistics) with "
                         "this decay per step, e.g. 0.999 (early on min(decay, (1 + n) / (10 + n)) after n steps); "
                         "validation, early stopping and the checkpoint use the average. 0: off (the paper).",
-                        "method")
+                        "beyond")
     lr: float | None = option(None, "Learning rate of the run's optimiser (default: its Keras default).", "method")
     head_epochs: int = option(10, "Pretrained setup: head-only epochs.", "method")
     unfreeze: str = option("7", 'Pretrained setup, phase 2: which backbone layers train. "keras:N": the last N '
@@ -151,7 +152,7 @@ class RunConfig:
 
     def speed(self, device: Any) -> dict[str, Any]:
         """The speed options in force on ``device``: channels_last, autocast dtype (or None), compile mode,
-        1x1 convolutions as matrix products, fused optimiser kernels (Adam and SGD), and for fused runs
+        1x1 convolutions as matrix products, fused optimiser kernels (Adam, AdamW and SGD), and for fused runs
         grouped kernels (one launch for all runs: GPUs) or per-run kernels (bit for bit each run alone: CPUs)."""
         if self.paper_exact:
             return {"channels_last": False, "amp": None, "compile": None, "matmul_1x1": False, "fused_optimizer": False,

@@ -195,6 +195,26 @@ def write_prepared(path: str | Path, *, images: np.ndarray, labels: np.ndarray, 
                         options=options, band_names=band_names, split_seed=split_seed, columns=columns)
 
 
+def _open(path: Path) -> h5py.File:
+    """The prepared-dataset file at ``path``, open for reading, or an error that says what is wrong with it."""
+    if not path.is_file():
+        raise AstroclassError(f"{path}: prepared dataset not found")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise AstroclassError(f"{path}: not a readable HDF5 file ({exc})") from None
+    if f.attrs.get("format") != FORMAT:
+        f.close()
+        raise AstroclassError(f"{path}: not an astroclass prepared dataset (missing format attribute)")
+    return f
+
+
+def read_content_hash(path: str | Path) -> str:
+    """A prepared dataset's content hash, from its attributes alone (cheap whatever the dataset's size)."""
+    with _open(Path(path)) as f:
+        return str(f.attrs["content_hash"])
+
+
 class PreparedDataset:
     """Read access to a prepared-dataset file.
 
@@ -204,16 +224,7 @@ class PreparedDataset:
 
     def __init__(self, path: str | Path, in_memory: bool = False):
         self.path = Path(path)
-        if not self.path.is_file():
-            raise AstroclassError(f"{self.path}: prepared dataset not found")
-        try:
-            self._file = h5py.File(self.path, "r")
-        except OSError as exc:
-            raise AstroclassError(f"{self.path}: not a readable HDF5 file ({exc})") from None
-        f = self._file
-        if f.attrs.get("format") != FORMAT:
-            self._file.close()
-            raise AstroclassError(f"{self.path}: not an astroclass prepared dataset (missing format attribute)")
+        self._file = f = _open(self.path)
         version = int(f.attrs.get("format_version", 0))
         if version > FORMAT_VERSION:
             self._file.close()

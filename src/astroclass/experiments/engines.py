@@ -166,11 +166,10 @@ def dataset_cache() -> Path:
 
 
 def _declared_hash(path: Path) -> str | None:
-    from astroclass.data.prepared import PreparedDataset
+    from astroclass.data.prepared import read_content_hash
 
     try:
-        with PreparedDataset(path) as ds:
-            return ds.content_hash
+        return read_content_hash(path)
     except AstroclassError:
         return None
 

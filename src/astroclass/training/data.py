@@ -304,10 +304,10 @@ class DataCache:
 
     def get(self, cfg: RunConfig, device: torch.device) -> tuple[RunData, dict[str, tuple[Images, torch.Tensor]]]:
         """(the run's data, its train and val images and labels where the run reads them)."""
-        from astroclass.data.prepared import PreparedDataset
+        from astroclass.data.prepared import read_content_hash
 
-        with PreparedDataset(cfg.dataset) as ds:
-            key = (ds.content_hash, cfg.classes, cfg.train_fraction, cfg.subset_seed, str(device), cfg.max_memory)
+        key = (read_content_hash(cfg.dataset), cfg.classes, cfg.train_fraction, cfg.subset_seed, str(device),
+               cfg.max_memory)
         if key in self._items:
             self._items[key] = self._items.pop(key)  # most recently used last
             return self._items[key]

@@ -57,9 +57,9 @@ KERAS_DEFAULTS: dict[str, dict[str, Any]] = {
 
 
 def make_optimizer(name: str, params, lr: float | None = None, fused: bool = False) -> torch.optim.Optimizer:
-    """One of the paper's optimisers with Keras' default hyperparameters (lr overridable).
+    """One of the paper's optimisers with Keras' default hyperparameters, or AdamW (lr overridable).
 
-    ``fused``: Adam and SGD use PyTorch's fused single-kernel update (same update rule; Adam's step is
+    ``fused``: Adam, AdamW and SGD use PyTorch's fused single-kernel update (same update rule; Adam's step is
     2-4x faster on CPU, benchmarks/bench_kernels.py); RMSprop and RAdam have no fused kernel and keep
     the multi-tensor one."""
     if name not in KERAS_DEFAULTS:
