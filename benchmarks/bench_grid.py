@@ -76,7 +76,12 @@ def standin_weights(model: str, folder: Path) -> Path:
     return path
 
 
-def run_grid_cli(spec: dict, folder: Path, fuse: str, workers: int, per_gpu: int) -> tuple[float, list[dict]]:
+class StepFailed(RuntimeError):
+    """A grid run of the benchmark failed or ran past the deadline."""
+
+
+def run_grid_cli(spec: dict, folder: Path, fuse: str, workers: int, per_gpu: int,
+                 timeout: float | None = None) -> tuple[float, list[dict]]:
     """``astroclass grid run`` in a subprocess; (wall seconds, the store's runs with their histories)."""
     from astroclass.experiments import Store
 
@@ -88,15 +93,29 @@ def run_grid_cli(spec: dict, folder: Path, fuse: str, workers: int, per_gpu: int
     cmd = [sys.executable, "-m", "astroclass.cli", "grid", "run", str(path), "-e", str(exp), "-q", "--fuse", fuse,
            "--per-gpu", str(per_gpu), "--workers", str(workers)]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:  # the driver is killed; its workers die with it
+        raise StepFailed(f"grid run cut at the deadline after {time.perf_counter() - t0:.0f} s: {' '.join(cmd)}") \
+            from None
     wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        sys.exit(f"grid run failed ({' '.join(cmd)}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    store = Store(exp / "store.sqlite")
-    runs = store.runs()
-    for r in runs:
-        r["history"] = store.history(r["id"])
-    store.close()
+    failed: list[str] = []
+    runs: list[dict] = []
+    if (exp / "store.sqlite").exists():
+        store = Store(exp / "store.sqlite")
+        runs = store.runs(status="done")
+        failed = [f"{r['config']['optimizer']} l2={r['config']['l2']} maxnorm={r['config']['maxnorm']} "
+                  f"{r['setup']}: {(r['error'] or '').strip().splitlines()[-1:]}" for r in store.runs(status="failed")]
+        for r in runs:
+            r["history"] = store.history(r["id"])
+        store.close()
+    if proc.returncode != 0 and not runs:
+        raise StepFailed(f"grid run failed ({' '.join(cmd)}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}\n"
+                         + "\n".join(failed))
+    for f in failed:  # measured on the runs that finished; the failures are said and saved
+        print(f"  failed run: {f}", flush=True)
+    if runs:
+        runs[0]["failed_runs"] = failed
     return wall, runs
 
 
@@ -163,9 +182,12 @@ def main(argv: list[str] | None = None, defaults: dict | None = None) -> dict:
     ap.add_argument("--name", default=d["name"], help="results file name (benchmarks/results/NAME.json)")
     ap.add_argument("--skip-cell24", action="store_true", help="skip the 24-run cell ratio")
     ap.add_argument("--budget", type=float, default=d["budget"],
-                    help="seconds; 0 = none. Steps run in the order: fused grids, 24-run cells, fuse-off grids; a "
-                         "step that would start after the budget is skipped and said so (results are saved after "
-                         "every step)")
+                    help="seconds; 0 = none. Steps run in the order: the fused grids of all models, then per model "
+                         "its fuse-off grid and its 24-run cell; a step that would start after the budget is skipped "
+                         "and said so (results are saved after every step)")
+    ap.add_argument("--deadline", type=float, default=d.get("deadline", 0),
+                    help="seconds; 0 = none. A grid still running then is stopped (its step is recorded as cut) "
+                         "and the script ends with what it measured")
     args = ap.parse_args(argv)
     import torch
 
@@ -174,10 +196,11 @@ def main(argv: list[str] | None = None, defaults: dict | None = None) -> dict:
     workers_off = args.per_gpu * torch.cuda.device_count() if gpu else args.workers
     fused_flag = "auto" if gpu else "24"  # auto on a CPU is one run at a time: measure fusion there explicitly
     models = args.models.split(",")
-    out: dict = {"settings": vars(args), "models": {m: {} for m in models}, "skipped": []}
+    out: dict = {"settings": vars(args), "models": {m: {} for m in models}, "skipped": [], "failed": []}
 
     def in_budget(step: str) -> bool:
-        if args.budget and time.perf_counter() - t_start > args.budget:
+        spent = time.perf_counter() - t_start
+        if (args.budget and spent > args.budget) or (args.deadline and spent > args.deadline - 5):
             out["skipped"].append(step)
             print(f"skipped (time budget): {step}", flush=True)
             return False
@@ -197,11 +220,15 @@ def main(argv: list[str] | None = None, defaults: dict | None = None) -> dict:
             specs[model] = {"name": model, "datasets": {"SG": str(data)}, "models": [model], "seeds": [0],
                             **PAPER_SETTINGS, "train": {"epochs": args.epochs, "patience": args.epochs,
                                                         "head_epochs": 1, "weights": str(weights)}}
-        steps = [("fused", m) for m in models] + ([] if args.skip_cell24 else [("cell24", m) for m in models]) \
-            + [("off", m) for m in models]
-        for kind, model in steps:
-            if not in_budget(f"{kind} {model}"):
-                continue
+        # fused grids first (the projection needs every model), then per model today's path and the 24-run cell;
+        # the fuse-off grid compiles the model into the on-disk cache that the cell's single run then finds
+        steps = [("fused", m) for m in models] + [(k, m) for m in models
+                                                  for k in (("off",) if args.skip_cell24 else ("off", "cell24"))]
+
+        def left() -> float | None:
+            return max(1.0, args.deadline - (time.perf_counter() - t_start)) if args.deadline else None
+
+        def measure_step(kind: str, model: str) -> None:
             row = out["models"][model]
             if kind == "cell24":
                 cell = {"name": f"{model}-cell24", "datasets": {"SG": str(data)}, "models": [model],
@@ -210,28 +237,40 @@ def main(argv: list[str] | None = None, defaults: dict | None = None) -> dict:
                         "train": {"epochs": max(3, args.epochs), "patience": max(3, args.epochs)}}  # steady: epochs ≥ 2
                 one = {**cell, "name": f"{model}-single", "l2": [0.1], "maxnorm": [0.0], "optimizers": ["adam"],
                        "seeds": [0]}
-                _, single = run_grid_cli(one, folder, "off", 1, 1)
-                _, cell_runs = run_grid_cli(cell, folder, "24", 1, 1)
+                _, single = run_grid_cli(one, folder, "off", 1, 1, left())
+                _, cell_runs = run_grid_cli(cell, folder, "24", 1, 1, left())
                 r1, r24 = steady_rate(single, n_train), steady_rate(cell_runs, n_train)
                 row["cell24"] = {"single_images_per_s": r1, "fused24_images_per_s": r24, "ratio": r24 / r1}
                 print(f"{model:>20} 24-run cell fused: {r24:8.0f} train images/s vs one unfused run {r1:8.0f}: "
                       f"{r24 / r1:.2f}x", flush=True)
-            else:
-                fuse, workers = ("off", workers_off) if kind == "off" else (fused_flag, 1 if gpu else args.workers)
-                wall, runs = run_grid_cli(specs[model], folder, fuse, workers, args.per_gpu if fuse == "off" else 1)
-                s = summarise(runs, wall, n_train, workers)
-                s["paper_grid_hours"] = project_paper_hours(model, s, workers)
-                row[kind] = s
-                print(f"{model:>20} fuse {fuse:>4}: {s['runs']} runs in {s['groups']} groups, wall {wall:7.1f} s, "
-                      f"{s['aggregate_images_per_s']:8.0f} train images/s end to end, start-up per run "
-                      f"first {s['startup_per_run_first_s'] or 0:.2f} s / later "
-                      f"{s['startup_per_run_later_s'] or 0:.2f} s, "
-                      f"peak GPU {s['peak_gpu_memory_gib']:.1f} GiB" + (f"; paper grid ≈ {s['paper_grid_hours']:.2f} h"
-                                                              if s["paper_grid_hours"] is not None else ""),
-                      flush=True)
-                if "off" in row and "fused" in row:
-                    row["wall_ratio"] = row["off"]["wall_s"] / row["fused"]["wall_s"]
-                    print(f"{model:>20} grid wall time off/fused: {row['wall_ratio']:.2f}x", flush=True)
+                return
+            fuse, workers = ("off", workers_off) if kind == "off" else (fused_flag, 1 if gpu else args.workers)
+            wall, runs = run_grid_cli(specs[model], folder, fuse, workers, args.per_gpu if fuse == "off" else 1,
+                                      left())
+            s = summarise(runs, wall, n_train, workers)
+            s["failed_runs"] = runs[0].get("failed_runs", [])
+            s["paper_grid_hours"] = project_paper_hours(model, s, workers)
+            row[kind] = s
+            print(f"{model:>20} fuse {fuse:>4}: {s['runs']} runs in {s['groups']} groups, wall {wall:7.1f} s, "
+                  f"{s['aggregate_images_per_s']:8.0f} train images/s end to end, start-up per run "
+                  f"first {s['startup_per_run_first_s'] or 0:.2f} s / later {s['startup_per_run_later_s'] or 0:.2f} s, "
+                  f"peak GPU {s['peak_gpu_memory_gib']:.1f} GiB" + (f"; paper grid ≈ {s['paper_grid_hours']:.2f} h"
+                                                          if s["paper_grid_hours"] is not None else ""), flush=True)
+            if "off" in row and "fused" in row:
+                row["wall_ratio"] = row["off"]["wall_s"] / row["fused"]["wall_s"]
+                print(f"{model:>20} grid wall time off/fused: {row['wall_ratio']:.2f}x", flush=True)
+
+        for kind, model in steps:
+            if not in_budget(f"{kind} {model}"):
+                continue
+            try:
+                measure_step(kind, model)
+            except StepFailed as e:
+                out["failed"].append({"step": f"{kind} {model}", "error": str(e)[-4000:]})
+                print(f"FAILED {kind} {model}: {e}", flush=True)
+                if kind == "fused" and model == models[0]:
+                    save(args.name, out)
+                    sys.exit(1)  # the first step: nothing later would work either; end now, saying why
             save(args.name, out)  # after each step: a run cut short by a time limit keeps what it measured
     paper = [m for m in models if m in PAPER_NAMES]
     for f in ("fused", "off"):

@@ -10,8 +10,10 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
-RESULTS = Path(__file__).resolve().parent / "results"
+# ../shared/data beside the repository, or $ASTROCLASS_BENCH_DATA (a copy carried to a machine without it);
+# results go to benchmarks/results, or to $ASTROCLASS_BENCH_RESULTS (e.g. a folder that comes back from a GPU machine)
+DATA = Path(os.environ.get("ASTROCLASS_BENCH_DATA", REPO.parent / "shared" / "data"))
+RESULTS = Path(os.environ.get("ASTROCLASS_BENCH_RESULTS", Path(__file__).resolve().parent / "results"))
 
 
 def machine() -> dict:
@@ -28,7 +30,7 @@ def machine() -> dict:
 
 
 def save(name: str, payload: dict) -> Path:
-    RESULTS.mkdir(exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps({"machine": machine(), **payload}, indent=2) + "\n")
     return path

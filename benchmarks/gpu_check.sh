@@ -1,13 +1,24 @@
 #!/usr/bin/env bash
-# GPU check, sized for one H100/H200 (torch, timm, h5py, scikit-learn, PyYAML; nothing downloaded).
-# From the repository root, with ../shared/data beside it:  bash benchmarks/gpu_check.sh
-set -euo pipefail
+# GPU check, sized for one H100/H200 (torch, timm, h5py, scikit-learn, PyYAML; nothing downloaded) and a lease
+# of minutes. From the repository root, with ../shared/data beside it (or ASTROCLASS_BENCH_DATA naming a copy of
+# its aries_star_galaxy folder's parent):  bash benchmarks/gpu_check.sh [--all]
+# Results go to benchmarks/results (or ASTROCLASS_BENCH_RESULTS); each step saves what it measured as it goes.
+#   default: the grid, --fuse off vs fused (gpu_grid.py: results/grid_gpu.json), about 7.5 minutes
+#   --all:   then the per-backbone throughput, a real run fast vs --paper-exact, bf16 vs fp32 and streaming
+#            from disk (about 15 more minutes)
+set -uo pipefail
 cd "$(dirname "$0")/.."
-export PYTHONPATH=src
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
-timeout 400 python benchmarks/gpu_grid.py          # the grid: --fuse off vs fused (results/grid_gpu.json)
-timeout 300 python benchmarks/bench_train.py --steps 20 --pack 4
-timeout 120 python benchmarks/gpu_train_check.py --model resnext50_32x4d --epochs 3
-timeout 240 python benchmarks/compare_precision.py --model resnext50_32x4d --setup scratch --epochs 6 --seeds 0 1 2 || true
-# streaming from disk on a GPU: pinned buffers and asynchronous copies vs images kept on the device
-timeout 180 python benchmarks/bench_scale.py --n 20000 --folder /tmp/astroclass-scale || true
+export PYTHONPATH=src PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+python -c "import sys, torch, timm; print('python', sys.version.split()[0], 'torch', torch.__version__, 'timm',
+timm.__version__, 'cuda', torch.cuda.is_available())" || exit 1
+timeout 470 python benchmarks/gpu_grid.py
+status=$?
+if [[ "${1:-}" == "--all" ]]; then
+  timeout 300 python benchmarks/bench_train.py --steps 20 --pack 4
+  timeout 120 python benchmarks/gpu_train_check.py --model resnext50_32x4d --epochs 3
+  timeout 240 python benchmarks/compare_precision.py --model resnext50_32x4d --setup scratch --epochs 6 --seeds 0 1 2
+  # streaming from disk on a GPU: pinned buffers and asynchronous copies vs images kept on the device
+  timeout 180 python benchmarks/bench_scale.py --n 20000 --folder /tmp/astroclass-scale
+fi
+exit $status

@@ -206,8 +206,9 @@ class GroupTrainer:
         self.device = resolve_device(c0.device)
         self.fast = c0.speed(self.device)
         if len(self.configs) > 1 and c0.compile == "auto":
-            # a fused step already launches each kernel once for all G runs (what CUDA graphs buy a single run),
-            # so fused groups run eager and skip the compile start-up; compile: reduce-overhead asks for both
+            # fused groups run eager: compiling and capturing CUDA graphs of a fused model is not yet measured on
+            # a GPU (an eager fused step there is launch-bound: benchmarks/README.md, "The grid on a GPU");
+            # compile: reduce-overhead asks for both
             self.fast["compile"] = None
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
