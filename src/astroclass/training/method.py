@@ -75,7 +75,10 @@ def make_optimizer(name: str, params, lr: float | None = None, fused: bool = Fal
 
 
 def finetune_optimizer(cfg: RunConfig, params, fused: bool) -> torch.optim.Optimizer:
-    """The fine-tune phase's optimiser: SGD with the paper's lr 1e-3 and momentum 0.9."""
+    """The fine-tune phase's optimiser: SGD with the paper's lr 1e-3 and momentum 0.9, or (``finetune_optimizer:
+    adamw``) AdamW at ``finetune_lr`` with the modern recipe's other AdamW hyperparameters."""
+    if cfg.finetune_optimizer == "adamw":
+        return make_optimizer("adamw", params, cfg.finetune_lr, fused)
     return torch.optim.SGD(params, lr=cfg.finetune_lr, momentum=cfg.finetune_momentum, fused=fused or None)
 
 
@@ -211,15 +214,16 @@ def run_losses(logits: torch.Tensor, y: torch.Tensor, weights: torch.Tensor,
     return (nll * w).sum(1) / w.sum(1)
 
 
-def lr_factor(cfg: RunConfig, step: int, steps_per_epoch: int) -> float:
+def lr_factor(cfg: RunConfig, step: int, steps_per_epoch: int, epochs: int | None = None) -> float:
     """The learning rate at ``step`` of the early-stopped phase, as a fraction of the optimiser's own: linear
-    warm-up over ``warmup_epochs``, then constant or a cosine decay to 0 at the end of ``epochs``."""
+    warm-up over ``warmup_epochs``, then constant or a cosine decay to 0 at the end of ``epochs`` (the run's,
+    or fewer where a budget sized them)."""
     warm = cfg.warmup_epochs * steps_per_epoch
     if step < warm:
         return (step + 1) / warm
     if cfg.schedule == "constant":
         return 1.0
-    total = max(1, cfg.epochs * steps_per_epoch - warm)
+    total = max(1, (cfg.epochs if epochs is None else epochs) * steps_per_epoch - warm)
     return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / total)))
 
 

@@ -1,0 +1,119 @@
+"""Recipes (paper, modern) and wall-clock budgets."""
+
+from __future__ import annotations
+
+import csv
+import time
+
+import pytest
+import torch
+
+from astroclass.errors import AstroclassError
+from astroclass.experiments.spec import GridSpec
+from astroclass.runconfig import RECIPES, RunConfig, apply_recipe, parse_duration
+from astroclass.training import train
+
+
+def test_the_modern_recipe_fills_what_a_run_does_not_set_itself():
+    modern = RunConfig.from_dict({"dataset": "d.h5", "recipe": "modern"})
+    for key, value in RECIPES["modern"].items():
+        assert getattr(modern, key) == value, key
+    # no model named: efficientnet_lite0, whose ImageNet weights install with the package, fine-tuned
+    assert (modern.model, modern.setup, modern.resolved_weights()) == ("efficientnet_lite0", "pretrained", "package")
+    # explicit options win; a backbone whose weights would need a download trains from scratch
+    mine = RunConfig.from_dict({"dataset": "d.h5", "recipe": "modern", "optimizer": "adam", "model": "resnet18",
+                                "augment": False})
+    assert (mine.optimizer, mine.augment, mine.setup, mine.schedule) == ("adam", False, "scratch", "cosine")
+    assert RunConfig.from_dict({"dataset": "d.h5", "recipe": "modern", "model": "resnet18",
+                                "weights": "w.safetensors"}).setup == "pretrained"
+    # the paper recipe is every default; a saved config (every option written) reads back as it was
+    assert RunConfig.from_dict({"dataset": "d.h5"}).to_dict() == RunConfig(dataset="d.h5").to_dict()
+    assert RunConfig.from_dict(modern.to_dict()) == modern
+    assert apply_recipe({"recipe": "paper", "l2": 0.1}) == {"recipe": "paper", "l2": 0.1}
+    with pytest.raises(AstroclassError, match="run config: recipe must be one of"):
+        RunConfig.from_dict({"dataset": "d.h5", "recipe": "fancy"})
+
+
+def test_a_grid_crosses_recipes_each_with_its_own_optimiser_unless_the_spec_names_one(tmp_path):
+    spec = GridSpec.from_dict({"datasets": {"SG": "sg.h5"}, "models": ["test_resnet"],
+                               "axes": {"recipe": ["paper", "modern"]}}, "t.yaml", tmp_path)
+    by_recipe = {r.config["recipe"]: r.config for r in spec.expand()}
+    assert (by_recipe["paper"]["optimizer"], by_recipe["paper"]["l2"]) == ("adam", 0.1)  # the paper preset
+    assert by_recipe["paper"]["augment"] is False and by_recipe["paper"]["ema"] == 0.0
+    m = by_recipe["modern"]
+    assert (m["optimizer"], m["l2"], m["augment"], m["ema"], m["tta"]) == ("adamw", 0.0, True, 0.998, True)
+    assert m["setup"] == "scratch"  # the grid's setups axis (default: scratch) is the grid's to say
+    named = GridSpec.from_dict({"datasets": {"SG": "sg.h5"}, "models": ["test_resnet"], "optimizers": ["radam"],
+                                "l2": [0.0], "axes": {"recipe": ["paper", "modern"]}}, "t.yaml", tmp_path)
+    assert {(r.config["recipe"], r.config["optimizer"], r.config["l2"]) for r in named.expand()} == \
+        {("paper", "radam", 0.0), ("modern", "radam", 0.0)}
+    # a spec that leaves the axes to the recipe saves without them, and reads back to the same runs
+    again = GridSpec.from_dict(__import__("yaml").safe_load(spec.to_yaml()), "again", tmp_path)
+    assert [r.id for r in again.expand()] == [r.id for r in spec.expand()]
+
+
+def test_durations_are_read_in_seconds_minutes_or_hours():
+    assert [parse_duration(t) for t in ("90", "90s", "10m", "1.5h")] == [90, 90, 600, 5400]
+    for bad in ("10 minutes", "-5m", "0", "m"):
+        with pytest.raises(AstroclassError, match="is not a duration"):
+            parse_duration(bad)
+    with pytest.raises(AstroclassError, match="budget: 'soon' is not a duration"):
+        RunConfig(dataset="d.h5", budget="soon").validate()
+
+
+def test_a_budget_sizes_the_epochs_after_the_first_and_the_run_ends_within_it(tiny_h5, tmp_path):
+    """500 epochs asked for, 12 s of budget: the first epoch is timed, the epochs are sized to what fits (the
+    cosine schedule with them, down to about 0), and the run, its final evaluation included, ends in time."""
+    cfg = RunConfig(dataset=str(tiny_h5), model="test_resnet", epochs=500, patience=500, batch_size=16, seed=0,
+                    budget="12s", schedule="cosine")
+    t0 = time.perf_counter()
+    res = train(cfg, tmp_path / "b", progress=False)
+    wall = time.perf_counter() - t0
+    sized = res.environment["budget"]
+    assert sized["seconds"] == 12 and 1 < sized["epochs"] < 500 and sized["first_epoch_seconds"] > 0
+    assert res.epochs_run == sized["epochs"] and not res.stopped_early
+    lrs = [float(r["lr"]) for r in csv.DictReader(open(tmp_path / "b" / "history.csv"))]
+    assert lrs[0] == pytest.approx(1e-3, rel=1e-2) and lrs[-1] < 0.2 * lrs[0]  # the cosine ends with the budget
+    assert wall < 12 + 8  # set-up before the first epoch is counted in; slack for a loaded machine
+    assert 0 < sized["seconds_used"] <= wall
+
+
+def test_the_modern_recipe_fine_tunes_the_whole_backbone_with_adamw(tiny_h5, tmp_path):
+    from astroclass.models import build_model
+
+    cfg = RunConfig.from_dict({"dataset": str(tiny_h5), "recipe": "modern", "epochs": 2, "patience": 2,
+                               "head_epochs": 1, "batch_size": 16, "tta": False})
+    res = train(cfg, tmp_path / "m", progress=False)
+    rows = list(csv.DictReader(open(tmp_path / "m" / "history.csv")))
+    assert [r["phase"] for r in rows] == ["head", "finetune", "finetune"] and res.status == "done"
+    assert float(rows[1]["lr"]) == pytest.approx(3e-4)  # AdamW at the fine-tuning rate, after 1 warm-up epoch
+    ref = build_model("efficientnet_lite0", 2, input_size=32, weights="package").state_dict()
+    trained = torch.load(tmp_path / "m" / "checkpoint.pt", weights_only=True)["state_dict"]
+    first_conv = next(k for k in ref if k.startswith("backbone.") and k.endswith("weight"))
+    assert not torch.equal(ref[first_conv], trained[first_conv])  # the first layer trained too
+
+
+def test_train_cli_takes_a_recipe_and_refuses_a_bad_budget(cli, tiny_h5, tmp_path):
+    code, _, err = cli("train", str(tiny_h5), "--budget", "soon", "-o", str(tmp_path / "x"))
+    assert code == 1 and "budget: 'soon' is not a duration" in err
+    assert not (tmp_path / "x").exists()
+    code, text, err = cli("train", str(tiny_h5), "--recipe", "modern", "--model", "test_resnet", "--epochs", "2",
+                          "--batch-size", "16", "--budget", "1s", "-q", "-o", str(tmp_path / "r"))
+    assert code == 0, err
+    assert "note: the budget (1s) was shorter than the least this run could do" in text
+    saved = RunConfig.from_yaml(tmp_path / "r" / "config.yaml")
+    assert (saved.recipe, saved.optimizer, saved.augment, saved.setup) == ("modern", "adamw", True, "scratch")
+
+
+def test_report_labels_name_a_recipe_and_only_what_a_run_changed_of_it():
+    from astroclass.report.tables import differing_keys, variant_of, variant_text
+
+    def variant(**kw):
+        return variant_of(RunConfig.from_dict({"dataset": "x", "head_epochs": 1, **kw}).to_dict())
+
+    runs = [variant(recipe="paper"), variant(recipe="modern", model="resnet18"),
+            variant(recipe="modern", model="resnet18", ema=0.9)]
+    keys = differing_keys(runs)
+    assert {"augment", "ema", "tta", "recipe"} <= set(keys)
+    assert [variant_text(v, keys) for v in runs] == ["recipe=paper", "recipe=modern", "ema=0.9, recipe=modern"]
+    assert len(set(runs)) == 3  # the runs still pool only with runs of exactly their options
