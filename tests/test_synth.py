@@ -95,9 +95,19 @@ def test_small_demo_is_genuinely_better_than_chance(tmp_path):
 
     res = run_demo(tmp_path / "demo", n=400, epochs=3, models=["test_resnet"], pretrained=["efficientnet_lite0"],
                    progress=False)
-    assert res["counts"]["done"] == 2 and res["report"].exists()
+    assert res["counts"]["done"] == 4 and res["report"].exists()  # each model with each recipe
+    from astroclass.experiments import Store
+
+    store = Store(res["experiment"] / "store.sqlite", create=False)
+    ran = {(r["model"], r["setup"], r["config"]["recipe"], r["config"]["optimizer"]) for r in store.runs()}
+    store.close()
+    assert ran == {("test_resnet", "scratch", "paper", "adam"), ("test_resnet", "scratch", "modern", "adamw"),
+                   ("efficientnet_lite0", "pretrained", "paper", "adam"),
+                   ("efficientnet_lite0", "pretrained", "modern", "adamw")}
     best = res["best"]["metrics"]["test"]
     majority = max(v["support"] for v in best["per_class"].values()) / best["n"]
     assert best["accuracy"] >= majority + 0.15, (best["accuracy"], majority)
     page = res["report"].read_text()
     assert "against the true S/N of the objects" in page
+    # the first screen names each option set by its recipe and tests the best against the best other cell
+    assert "recipe=modern" in page and "recipe=paper" in page and "the runner-up" in page

@@ -264,8 +264,9 @@ def test_configs_of_earlier_versions_still_load(tmp_path):
     assert run_id(scratch) == run_id({k: scratch[k] for k in axes})  # scratch ids unchanged
     pre = RunConfig(dataset="SG", model="vgg16", setup="pretrained").to_dict()
     assert run_id(pre) != run_id({k: pre[k] for k in axes})  # a pretrained run of an earlier version is not today's
-    with pytest.raises(AstroclassError, match="unfreeze must be N, keras:N or params:N"):
+    with pytest.raises(AstroclassError, match=r"unfreeze must be N, keras:N, params:N \(N >= 0 layers\) or all"):
         RunConfig(dataset="x", unfreeze="last:7").validate()
+    assert RunConfig(dataset="x", unfreeze="all").validate().unfreeze == "all"
     (tmp_path / "bad.yaml").write_text("datasets: {SG: sg.h5}\nmodels: [test_resnet]\nsetups: [pretrained]\n"
                                        "train: {unfreeze: keras:7}\n")
     with pytest.raises(AstroclassError, match="bad.yaml: unfreeze keras:7: Keras layer lists ship"):

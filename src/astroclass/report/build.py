@@ -11,6 +11,7 @@ import base64
 import html
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -24,6 +25,7 @@ from astroclass.report.scaling import scaling_answer, scaling_curves
 from astroclass.report.stats import (
     four_questions,
     load_predictions,
+    paired_test,
     ranked_cells,
     significance,
     summarise_choice,
@@ -75,7 +77,8 @@ def _finetuning(done: list) -> str:
     if not kinds:
         return ""
     bn = {"batch": "batch statistics (Keras 2.2, as in the paper)", "moving": "their moving statistics"}
-    count = {"keras": "the last layers as Keras counts them", "params": "the last modules with weights"}
+    count = {"keras": "the last layers as Keras counts them", "params": "the last modules with weights",
+             "all": "the whole backbone"}
     parts = "; ".join(f"{n} run(s) unfroze {u} ({count[u.split(':')[0]]}), frozen batch norms on {bn.get(b, b)}"
                       for (u, b), n in sorted(kinds.items()))
     return f"Fine-tuning: {parts}."
@@ -150,7 +153,8 @@ def build_report(experiment: str | Path, output: str | Path) -> Path:
                  "seeds for several). Blue: the best on the test images.")
     page.ul([verdict(d, group_summaries[groups.index(g)][(d, m, s)],
                      f"{display_name(m)} ({s}" + (f", {g.label})" if several else ")"),
-                     sig.get(d) if g is tables else None) for d, (g, m, s, ch) in chosen.items()])
+                     _runner_up_test(experiment, d, chosen[d], groups) if several else sig.get(d))
+             for d, (g, m, s, ch) in chosen.items()])
 
     # -- summary ----------------------------------------------------------------------------------
     page.h2("Summary")
@@ -318,6 +322,19 @@ def _beyond_table(tables: Tables, summaries: dict) -> Table:
               "class: the rarer in training) and balanced accuracy at the threshold chosen on validation.", records,
               sum(s["n_seeds"] for s in summaries.values()), list(records[0]) if records else [], wide=_beyond_wide)
     return tables.label_table(t)
+
+
+def _runner_up_test(experiment: Path, d: str, chosen: tuple, groups: list[Tables]) -> dict[str, Any]:
+    """With several option sets: the chosen cell against the best other cell of any option set (the same model
+    with other options counts), by validation accuracy, with the McNemar test on the same test images."""
+    g, m, s, ch = chosen
+    others = [(g2, m2, s2, ch2) for g2 in groups for m2, s2, ch2 in ranked_cells(g2, d) if (g2, m2, s2) != (g, m, s)]
+    if not others:
+        return {"runner_up": None}
+    g2, m2, s2, ch2 = max(others, key=lambda c: (c[3].value, -groups.index(c[0])))
+    name_b = f"{display_name(m2)} ({s2}, {g2.label})"
+    return {"runner_up": (m2, s2), "runner_up_name": name_b,
+            **paired_test(experiment, d, ch.runs, ch2.runs, f"{display_name(m)} ({s}, {g.label})", name_b)}
 
 
 def _variants(done: list[RunRow], datasets: list[str]) -> list[Tables]:

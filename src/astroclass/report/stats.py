@@ -89,31 +89,34 @@ def significance(tables: Tables, experiment: Path, alpha: float = 0.05) -> dict[
             res["text"] = f"{d}: only {display_name(best[0])} was trained; nothing to compare."
             out[d] = res
             continue
-        seeds_b = {r.seed: r for r in best[2].runs}
-        pair = next(((seeds_b[r.seed], r) for r in sorted(runner[2].runs, key=lambda r: r.seed) if r.seed in seeds_b),
-                    None)
-        preds = [load_predictions(experiment, r.id) for r in pair] if pair else [None, None]
-        name_a = f"{display_name(best[0])} ({best[1]})"
-        name_b = f"{display_name(runner[0])} ({runner[1]})"
-        if pair is None or preds[0] is None or preds[1] is None:
-            res["text"] = f"{d}: {name_a} vs {name_b} not tested (no shared seed with saved test predictions)."
-        elif not np.array_equal(preds[0]["test_index"], preds[1]["test_index"]):
-            res["text"] = f"{d}: {name_a} vs {name_b} not tested (their test sets differ)."
-        else:
-            y = preds[0]["test_labels"]
-            ca, cb = preds[0]["test_probs"].argmax(1) == y, preds[1]["test_probs"].argmax(1) == y
-            t = mcnemar(ca, cb)
-            res.update(t)
-            acc_a, acc_b = float(ca.mean()), float(cb.mean())
-            verdict = "significantly better than" if t["p_value"] < alpha and acc_a > acc_b else \
-                "significantly worse than" if t["p_value"] < alpha else "not significantly different from"
-            res["text"] = (f"{d}: the best model by validation accuracy, {name_a}, test accuracy {acc_a:.3f}, is "
-                           f"{verdict} "
-                           f"the runner-up {name_b}, {acc_b:.3f} (exact McNemar test on the same {len(y)} test images, "
-                           f"seed {pair[0].seed}: {t['a_only']} images right only by the first, {t['b_only']} only by "
-                           f"the second, p = {t['p_value']:.3g}).")
+        res.update(paired_test(experiment, d, best[2].runs, runner[2].runs, f"{display_name(best[0])} ({best[1]})",
+                               f"{display_name(runner[0])} ({runner[1]})", alpha))
         out[d] = res
     return out
+
+
+def paired_test(experiment: Path, d: str, runs_a: list, runs_b: list, name_a: str, name_b: str,
+                alpha: float = 0.05) -> dict[str, Any]:
+    """The exact McNemar test of two cells' runs on the same test images (the first seed both have), with a
+    sentence saying what it found (``text``); without ``p_value`` where no such pair of predictions exists."""
+    seeds_a = {r.seed: r for r in runs_a}
+    pair = next(((seeds_a[r.seed], r) for r in sorted(runs_b, key=lambda r: r.seed) if r.seed in seeds_a), None)
+    preds = [load_predictions(experiment, r.id) for r in pair] if pair else [None, None]
+    if pair is None or preds[0] is None or preds[1] is None:
+        return {"text": f"{d}: {name_a} vs {name_b} not tested (no shared seed with saved test predictions)."}
+    if not np.array_equal(preds[0]["test_index"], preds[1]["test_index"]):
+        return {"text": f"{d}: {name_a} vs {name_b} not tested (their test sets differ)."}
+    y = preds[0]["test_labels"]
+    ca, cb = preds[0]["test_probs"].argmax(1) == y, preds[1]["test_probs"].argmax(1) == y
+    res: dict[str, Any] = dict(mcnemar(ca, cb))
+    acc_a, acc_b = float(ca.mean()), float(cb.mean())
+    found = "significantly better than" if res["p_value"] < alpha and acc_a > acc_b else \
+        "significantly worse than" if res["p_value"] < alpha else "not significantly different from"
+    res["text"] = (f"{d}: the best model by validation accuracy, {name_a}, test accuracy {acc_a:.3f}, is {found} "
+                   f"the runner-up {name_b}, {acc_b:.3f} (exact McNemar test on the same {len(y)} test images, "
+                   f"seed {pair[0].seed}: {res['a_only']} images right only by the first, {res['b_only']} only by "
+                   f"the second, p = {res['p_value']:.3g}).")
+    return res
 
 
 def verdict(d: str, summary: dict[str, Any], name: str, sig: dict[str, Any] | None) -> str:
@@ -124,7 +127,7 @@ def verdict(d: str, summary: dict[str, Any], name: str, sig: dict[str, Any] | No
     head = f"{d}: use {name}, {acc} ({'one seed' if seeds == 1 else f'{seeds} seeds'})"
     if not sig or sig.get("runner_up") is None:
         return f"{head}; it is the only model trained here, so nothing says another would not do better."
-    other = f"{display_name(sig['runner_up'][0])} ({sig['runner_up'][1]})"
+    other = sig.get("runner_up_name") or f"{display_name(sig['runner_up'][0])} ({sig['runner_up'][1]})"
     if "p_value" not in sig:
         return f"{head}; it was not tested against the runner-up {other} on the same images."
     p = sig["p_value"]

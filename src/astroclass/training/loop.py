@@ -517,7 +517,7 @@ class GroupTrainer:
         r.result.stopped_early = stopped
         evaluate(self.evaluator, self.data, r.cfg, self.device, self.fast, r.result, r.out_dir)
         if "budget" in r.result.environment:  # how much of it the run used, its final evaluation included
-            r.result.environment["budget"]["seconds_used"] = round(time.perf_counter() - self.t_start, 1)
+            r.result.environment["budget"]["seconds_used"] = round(time.perf_counter() - self.t_start, 3)
         r.result.status = "done"
         save_checkpoint(self.evaluator, self.data, r.cfg, r.result, r.out_dir)
         write_result(r.out_dir, r.result)
