@@ -143,7 +143,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--name", default=None, help="results file name (default accuracy_<device>)")
     ap.add_argument("--merge", action="store_true", help="add to the results file's runs (same budget) instead of "
-                                                         "starting a new one; a method run again replaces its runs")
+                                                         "starting a new one; a (method, seed) run again replaces "
+                                                         "its earlier run")
     args = ap.parse_args()
     import torch
 
@@ -168,8 +169,8 @@ def main() -> None:
             source, classes = SETS[set_name]
             h5 = import_real(source, folder)
             rows = out["sets"].setdefault(set_name, {"classes": classes or "as imported", "runs": {}, "mean": {}})
-            for method in args.methods.split(","):
-                rows["runs"].pop(method, None)
+            for method in args.methods.split(","):  # runs of these seeds replace earlier ones; other seeds stay
+                rows["runs"][method] = [x for x in rows["runs"].get(method, []) if x["seed"] not in args.seeds]
                 for seed in args.seeds:
                     if method in ("small_cnn", "resnet18"):
                         r = train_baseline(method, h5, classes, budget, seed)
