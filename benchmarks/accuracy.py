@@ -26,6 +26,7 @@ Usage: PYTHONPATH=src python benchmarks/accuracy.py [--sets aries,galaxy10] [--m
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -33,7 +34,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import import_real, save  # noqa: E402
+from common import RESULTS, import_real, save  # noqa: E402
 
 SETS = {  # name → (folder in ../shared/data, class grouping)
     "aries": ("aries_star_galaxy", None),
@@ -155,10 +156,6 @@ def main() -> None:
     name = args.name or f"accuracy_{device}"
     out: dict = {"budget_s": budget, "split": "import's stratified 80/10/10, seed 0", "sets": {}}
     if args.merge:  # add these runs to an earlier call's, measured under the same budget
-        import json
-
-        from common import RESULTS
-
         earlier = json.loads((RESULTS / f"{name}.json").read_text())
         if earlier["budget_s"] != budget:
             sys.exit(f"--merge: {name}.json was measured with a {earlier['budget_s']:g} s budget, not {budget:g} s")

@@ -81,8 +81,9 @@ class StepFailed(RuntimeError):
 
 
 def run_grid_cli(spec: dict, folder: Path, fuse: str, workers: int, per_gpu: int,
-                 timeout: float | None = None) -> tuple[float, list[dict]]:
-    """``astroclass grid run`` in a subprocess; (wall seconds, the store's runs with their histories)."""
+                 timeout: float | None = None) -> tuple[float, list[dict], list[str]]:
+    """``astroclass grid run`` in a subprocess; (wall seconds, the store's done runs with their histories, a
+    line per failed run)."""
     from astroclass.experiments import Store
 
     name = f"{spec['name']}-{fuse}"
@@ -114,9 +115,7 @@ def run_grid_cli(spec: dict, folder: Path, fuse: str, workers: int, per_gpu: int
                          + "\n".join(failed))
     for f in failed:  # measured on the runs that finished; the failures are said and saved
         print(f"  failed run: {f}", flush=True)
-    if runs:
-        runs[0]["failed_runs"] = failed
-    return wall, runs
+    return wall, runs, failed
 
 
 def summarise(runs: list[dict], wall: float, n_train: int, workers: int) -> dict:
@@ -237,18 +236,18 @@ def main(argv: list[str] | None = None, defaults: dict | None = None) -> dict:
                         "train": {"epochs": max(3, args.epochs), "patience": max(3, args.epochs)}}  # steady: epochs ≥ 2
                 one = {**cell, "name": f"{model}-single", "l2": [0.1], "maxnorm": [0.0], "optimizers": ["adam"],
                        "seeds": [0]}
-                _, single = run_grid_cli(one, folder, "off", 1, 1, left())
-                _, cell_runs = run_grid_cli(cell, folder, "24", 1, 1, left())
+                _, single, _ = run_grid_cli(one, folder, "off", 1, 1, left())
+                _, cell_runs, _ = run_grid_cli(cell, folder, "24", 1, 1, left())
                 r1, r24 = steady_rate(single, n_train), steady_rate(cell_runs, n_train)
                 row["cell24"] = {"single_images_per_s": r1, "fused24_images_per_s": r24, "ratio": r24 / r1}
                 print(f"{model:>20} 24-run cell fused: {r24:8.0f} train images/s vs one unfused run {r1:8.0f}: "
                       f"{r24 / r1:.2f}x", flush=True)
                 return
             fuse, workers = ("off", workers_off) if kind == "off" else (fused_flag, 1 if gpu else args.workers)
-            wall, runs = run_grid_cli(specs[model], folder, fuse, workers, args.per_gpu if fuse == "off" else 1,
-                                      left())
+            wall, runs, failed = run_grid_cli(specs[model], folder, fuse, workers,
+                                              args.per_gpu if fuse == "off" else 1, left())
             s = summarise(runs, wall, n_train, workers)
-            s["failed_runs"] = runs[0].get("failed_runs", [])
+            s["failed_runs"] = failed
             s["paper_grid_hours"] = project_paper_hours(model, s, workers)
             row[kind] = s
             print(f"{model:>20} fuse {fuse:>4}: {s['runs']} runs in {s['groups']} groups, wall {wall:7.1f} s, "

@@ -214,7 +214,7 @@ def run_losses(logits: torch.Tensor, y: torch.Tensor, weights: torch.Tensor,
     return (nll * w).sum(1) / w.sum(1)
 
 
-def lr_factor(cfg: RunConfig, step: int, steps_per_epoch: int, epochs: int | None = None) -> float:
+def lr_factor(cfg: RunConfig, step: int, steps_per_epoch: int, epochs: int) -> float:
     """The learning rate at ``step`` of the early-stopped phase, as a fraction of the optimiser's own: linear
     warm-up over ``warmup_epochs``, then constant or a cosine decay to 0 at the end of ``epochs`` (the run's,
     or fewer where a budget sized them)."""
@@ -223,7 +223,7 @@ def lr_factor(cfg: RunConfig, step: int, steps_per_epoch: int, epochs: int | Non
         return (step + 1) / warm
     if cfg.schedule == "constant":
         return 1.0
-    total = max(1, (cfg.epochs if epochs is None else epochs) * steps_per_epoch - warm)
+    total = max(1, epochs * steps_per_epoch - warm)
     return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / total)))
 
 
