@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -78,7 +79,7 @@ def test_a_budget_sizes_the_epochs_after_the_first_and_the_run_ends_within_it(ti
     assert 0 < sized["seconds_used"] <= wall
 
 
-def test_the_modern_recipe_fine_tunes_the_whole_backbone_with_adamw(tiny_h5, tmp_path):
+def test_the_modern_recipe_fine_tunes_the_whole_backbone_with_adamw_and_its_batch_norms_frozen(tiny_h5, tmp_path):
     from astroclass.models import build_model
 
     cfg = RunConfig.from_dict({"dataset": str(tiny_h5), "recipe": "modern", "epochs": 2, "patience": 2,
@@ -91,6 +92,35 @@ def test_the_modern_recipe_fine_tunes_the_whole_backbone_with_adamw(tiny_h5, tmp
     trained = torch.load(tmp_path / "m" / "checkpoint.pt", weights_only=True)["state_dict"]
     first_conv = next(k for k in ref if k.startswith("backbone.") and k.endswith("weight"))
     assert not torch.equal(ref[first_conv], trained[first_conv])  # the first layer trained too
+    # every batch norm (scale, shift and statistics) exactly as the ImageNet weights left it; every conv moved
+    model = build_model("efficientnet_lite0", 2, input_size=32)
+    bn = {f"backbone.{n}" for n, m in model.backbone.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    conv = {f"backbone.{n}" for n, m in model.backbone.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    assert len(bn) > 40 and len(conv) > 40
+    for k, v in ref.items():
+        layer = k.rsplit(".", 1)[0]
+        if layer in bn and v.is_floating_point():
+            assert torch.equal(v, trained[k]), k
+        elif layer in conv:
+            assert not torch.equal(v, trained[k]), k
+    assert res.environment["finetune"]["finetune_bn"] == "frozen"
+
+
+def test_tta_final_only_validates_each_epoch_plainly_and_evaluates_the_kept_weights_with_tta(tiny_h5, tmp_path):
+    base = {"dataset": str(tiny_h5), "model": "test_resnet", "epochs": 2, "batch_size": 16, "seed": 3}
+    plain = train(RunConfig(**base), tmp_path / "plain", progress=False)
+    final = train(RunConfig(**base, tta=True, tta_each_epoch=False), tmp_path / "final", progress=False)
+    train(RunConfig(**base, tta=True), tmp_path / "every", progress=False)
+
+    def history(name):
+        return [{k: r[k] for k in ("train_loss", "val_loss", "val_accuracy")}
+                for r in csv.DictReader(open(tmp_path / name / "history.csv"))]
+
+    assert history("final") == history("plain") != history("every")  # the same epochs, validated without TTA
+    assert final.best_epoch == plain.best_epoch  # kept by the plain validation
+    tta_probs = dict(np.load(tmp_path / "final" / "predictions.npz"))["test_probs"]
+    plain_probs = dict(np.load(tmp_path / "plain" / "predictions.npz"))["test_probs"]
+    assert not np.allclose(tta_probs, plain_probs, atol=1e-4)  # the final metrics with TTA
 
 
 def test_train_cli_takes_a_recipe_and_refuses_a_bad_budget(cli, tiny_h5, tmp_path):
@@ -103,6 +133,37 @@ def test_train_cli_takes_a_recipe_and_refuses_a_bad_budget(cli, tiny_h5, tmp_pat
     assert "note: the budget (0.01s) was shorter than the least this run could do" in text
     saved = RunConfig.from_yaml(tmp_path / "r" / "config.yaml")
     assert (saved.recipe, saved.optimizer, saved.augment, saved.setup) == ("modern", "adamw", True, "scratch")
+
+
+def test_a_budget_with_no_model_named_picks_the_largest_backbone_that_fits_it(cli, tiny_h5, tmp_path, monkeypatch):
+    """Candidates timed on this machine, largest first: one whose weights cannot be had is passed over and
+    said so; one that fits MIN_EPOCHS in the budget is taken; with too short a budget the smallest."""
+    import timm
+
+    from astroclass.training import pick
+
+    weights = tmp_path / "resnet18.pth"
+    torch.save(timm.create_model("resnet18", num_classes=0).state_dict(), weights)
+    candidates = (("resnet34", str(tmp_path / "missing.pth")), ("resnet18", str(weights)),
+                  ("efficientnet_lite0", "package"))
+    options = {"dataset": str(tiny_h5), "recipe": "modern", "batch_size": 16}
+    roomy = pick.pick_backbone(options, 1e6, candidates)
+    assert (roomy.model, roomy.weights) == ("resnet18", str(weights))
+    assert "resnet34: passed over" in roomy.lines[0] and "missing.pth" in roomy.lines[0]
+    assert roomy.lines[1].startswith("resnet18: about ") and roomy.lines[1].endswith("chosen")
+    tight = pick.pick_backbone(options, 0.5, candidates)
+    assert (tight.model, tight.weights) == ("efficientnet_lite0", "package")
+    assert "(fewer than 10)" in tight.lines[1]
+    assert tight.lines[2] == "efficientnet_lite0: chosen (the smallest candidate)"
+    # the CLI: the pick trains, fine-tuned from its weights, with what is left of the budget
+    monkeypatch.setattr(pick, "CANDIDATES", candidates)
+    code, text, err = cli("train", str(tiny_h5), "--recipe", "modern", "--budget", "1h", "--epochs", "1",
+                          "--head-epochs", "1", "--batch-size", "16", "--no-tta", "-q", "-o", str(tmp_path / "r"))
+    assert code == 0, err
+    assert "recipe modern, budget 1h: timing backbones on this machine" in text and "resnet18: about" in text
+    saved = RunConfig.from_yaml(tmp_path / "r" / "config.yaml")
+    assert (saved.model, saved.setup, saved.weights) == ("resnet18", "pretrained", str(weights))
+    assert 3500 < parse_duration(saved.budget) < 3600
 
 
 def test_report_labels_name_a_recipe_and_only_what_a_run_changed_of_it():

@@ -234,10 +234,12 @@ def test_pretrained_setup_has_head_and_finetune_phases(tiny_h5, tmp_path):
     moved = {k.removeprefix("backbone.").rsplit(".", 1)[0] for k, v in ref.state_dict().items()
              if k.startswith("backbone.") and v.dtype.is_floating_point and not torch.equal(v, trained[k])}
     assert moved == unfrozen, (moved, unfrozen)
-    assert res.environment["finetune"] == {"unfreeze": "params:2", "frozen_bn": "moving"}
+    assert res.environment["finetune"] == {"unfreeze": "params:2", "frozen_bn": "moving",
+                                          "finetune_bn": "train"}
     # Keras 2.2's frozen batch norms (the paper's): batch statistics while training, running statistics kept
     res_b = train(RunConfig(**{**cfg.to_dict(), "frozen_bn": "batch"}), tmp_path / "b", progress=False)
-    assert res_b.environment["finetune"] == {"unfreeze": "params:2", "frozen_bn": "batch"}
+    assert res_b.environment["finetune"] == {"unfreeze": "params:2", "frozen_bn": "batch",
+                                            "finetune_bn": "train"}
     trained_b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["state_dict"]
     moved_b = {k.removeprefix("backbone.").rsplit(".", 1)[0] for k, v in ref.state_dict().items()
                if k.startswith("backbone.") and v.dtype.is_floating_point and not torch.equal(v, trained_b[k])}

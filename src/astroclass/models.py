@@ -221,8 +221,18 @@ def resolve_unfreeze(model: str, unfreeze: str) -> str:
     return f"{kind}:{int(count)}"
 
 
-def unfreeze_parameters(model: str, backbone: nn.Module, unfreeze: str) -> list[str]:
-    """The backbone parameter names that phase 2 trains under ``unfreeze`` ("keras:N", "params:N" or "all")."""
+def unfreeze_parameters(model: str, backbone: nn.Module, unfreeze: str, batch_norm: str = "train") -> list[str]:
+    """The backbone parameter names that phase 2 trains under ``unfreeze`` ("keras:N", "params:N" or "all");
+    with ``batch_norm`` "frozen", less those of batch-norm layers."""
+    names = _unfrozen(model, backbone, unfreeze)
+    if batch_norm == "frozen":
+        bn = {f"{n}.{p}" if n else p for n, m in backbone.named_modules()
+              if isinstance(m, nn.modules.batchnorm._NormBase) for p, _ in m.named_parameters(recurse=False)}
+        names = [n for n in names if n not in bn]
+    return names
+
+
+def _unfrozen(model: str, backbone: nn.Module, unfreeze: str) -> list[str]:
     resolved = resolve_unfreeze(model, unfreeze)
     if resolved == "all":
         return [n for n, _ in backbone.named_parameters()]

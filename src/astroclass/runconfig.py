@@ -53,10 +53,13 @@ RECIPES: dict[str, dict[str, Any]] = {
         "ema": 0.998,
         # class weights where the largest class outnumbers the smallest by more than 3 : 1
         "class_weights": "auto",
-        # the mean softmax over the 8 symmetries when evaluating
-        "tta": True,
+        # the mean softmax over the 8 symmetries for the final val and test metrics (each epoch's validation
+        # without: as good on validation data, and 30-50% cheaper epochs on a CPU)
+        "tta": True, "tta_each_epoch": False,
         # with ImageNet weights: 2 head epochs, then the whole backbone with AdamW at a fine-tuning rate
         "head_epochs": 2, "unfreeze": "all", "finetune_optimizer": "adamw", "finetune_lr": 3e-4,
+        # ... keeping the ImageNet batch-norm statistics and affine parameters (see finetune_bn)
+        "finetune_bn": "frozen",
     },
 }
 """Recipes: option values a run takes unless it sets them itself. ``paper`` is the paper's method (every
@@ -148,6 +151,10 @@ class RunConfig:
     tta: bool = option(False, "Evaluate (validation every epoch, and the final val and test metrics) on the mean "
                        "softmax over the 8 symmetries of the square (8x the evaluation time).", "beyond",
                        "--tta/--no-tta")
+    tta_each_epoch: bool = option(True, "With tta: also the validation after every epoch (which picks the best epoch "
+                                  "and stops early); --tta-final-only: only the final val and test metrics, "
+                                  "for cheaper epochs (more of them in a budget).", "beyond",
+                                  "--tta-each-epoch/--tta-final-only")
     schedule: str = option("constant", "Learning rate over the early-stopped phase: constant (the paper) or cosine "
                            "(decays to 0 at the last of epochs).", "beyond")
     warmup_epochs: int = option(0, "Raise the learning rate linearly from 0 over this many epochs first.", "beyond")
@@ -164,7 +171,9 @@ class RunConfig:
                          "named). Options given explicitly override the recipe's.", "beyond")
     budget: str | None = option(None, "Wall-clock budget for the whole run, e.g. 10m or 1.5h: the epochs are sized "
                                 "to fit after timing the first one, and the run stops before the budget would be "
-                                "passed (best weights kept). None: epochs and patience alone.", "beyond")
+                                "passed (best weights kept). With recipe modern and no model, astroclass train "
+                                "also picks the largest backbone whose epoch fits it. None: epochs and patience "
+                                "alone.", "beyond")
     lr: float | None = option(None, "Learning rate of the run's optimiser (default: its Keras default).", "method")
     head_epochs: int = option(10, "Pretrained setup: head-only epochs.", "method")
     unfreeze: str = option("7", 'Pretrained setup, phase 2: which backbone layers train. "keras:N": the last N '
@@ -173,6 +182,12 @@ class RunConfig:
                            'the five paper backbones); "params:N": the last N leaf modules with parameters of their '
                            'own; "N": keras:N where a Keras layer list is shipped, else params:N; "all": the whole '
                            "backbone.", "method")
+    finetune_bn: str = option("train", "Pretrained setup, phase 2: the batch norms of the unfrozen layers train "
+                              "(train: scale, shift and statistics, as in the paper) or stay as the ImageNet "
+                              "weights left them (frozen: normalising as frozen_bn says). Sky images' batch "
+                              "statistics are far from ImageNet's: switching to them undoes what the head learnt "
+                              "(validation accuracy fell 0.83 to 0.69 on ARIES; benchmarks/recipe_sweep.py).",
+                              "method")
     frozen_bn: str = option("auto", "Pretrained setup: how frozen batch norms normalise while training: moving "
                             "(their stored statistics; TF 2 Keras, PyTorch practice), batch (the mini-batch's, "
                             "stored ones unchanged; Keras 2.2, which the paper used) or auto (batch with "
@@ -262,6 +277,8 @@ class RunConfig:
         if self.unfreeze != "all" and (kind not in ("", "keras", "params") or not count.isdigit()):
             raise AstroclassError(f"unfreeze must be N, keras:N, params:N (N >= 0 layers) or all, got "
                                   f"{self.unfreeze!r}")
+        if self.finetune_bn not in ("train", "frozen"):
+            raise AstroclassError(f"finetune_bn must be train or frozen, got {self.finetune_bn!r}")
         if self.frozen_bn not in FROZEN_BN:
             raise AstroclassError(f"frozen_bn must be one of {FROZEN_BN}, got {self.frozen_bn!r}")
         if self.amp not in AMP_MODES:

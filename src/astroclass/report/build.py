@@ -65,7 +65,7 @@ def _finetuning(done: list) -> str:
     norms normalised (runs of versions before these options: params:N, moving statistics)."""
     from collections import Counter
 
-    kinds: Counter[tuple[str, str]] = Counter()
+    kinds: Counter[tuple[str, str, str]] = Counter()
     for r in done:
         if r.setup != "pretrained":
             continue
@@ -73,14 +73,15 @@ def _finetuning(done: list) -> str:
         if ft is None:
             n = r.config.get("unfreeze_layers", 7)
             ft = {"unfreeze": f"params:{n}", "frozen_bn": "moving"}
-        kinds[(ft["unfreeze"], ft["frozen_bn"])] += 1
+        kinds[(ft["unfreeze"], ft["frozen_bn"], ft.get("finetune_bn", "train"))] += 1
     if not kinds:
         return ""
     bn = {"batch": "batch statistics (Keras 2.2, as in the paper)", "moving": "their moving statistics"}
     count = {"keras": "the last layers as Keras counts them", "params": "the last modules with weights",
              "all": "the whole backbone"}
-    parts = "; ".join(f"{n} run(s) unfroze {u} ({count[u.split(':')[0]]}), frozen batch norms on {bn.get(b, b)}"
-                      for (u, b), n in sorted(kinds.items()))
+    parts = "; ".join(f"{n} run(s) unfroze {u} ({count[u.split(':')[0]]})"
+                      + (" except its batch norms, which normalised on " if f == "frozen" else
+                         ", frozen batch norms on ") + bn.get(b, b) for (u, b, f), n in sorted(kinds.items()))
     return f"Fine-tuning: {parts}."
 
 

@@ -179,7 +179,8 @@ class GroupTrainer:
                 from astroclass.models import resolve_unfreeze
 
                 result.environment["finetune"] = {"unfreeze": resolve_unfreeze(cfg.model, cfg.unfreeze),
-                                                  "frozen_bn": cfg.resolved_frozen_bn()}
+                                                  "frozen_bn": cfg.resolved_frozen_bn(),
+                                                  "finetune_bn": cfg.finetune_bn}
             runs.append(_Run(i, cfg, out, result, gen, dropout_generator(cfg.seed, self.device), slot=i))
         assert template is not None
         return runs, states, template
@@ -239,7 +240,8 @@ class GroupTrainer:
             from astroclass.models import unfreeze_parameters
 
             phases = [("head", [], c0.head_epochs, False),
-                      ("finetune", unfreeze_parameters(c0.model, self.model.backbone, c0.unfreeze), None, True)]
+                      ("finetune", unfreeze_parameters(c0.model, self.model.backbone, c0.unfreeze, c0.finetune_bn),
+                       None, True)]
         self.runs = runs
         try:
             for phase, trainable, fixed_epochs, early in phases:
@@ -343,9 +345,12 @@ class GroupTrainer:
         """Size the last phase's epochs to the budget after its first epoch (training and validation timed), and
         after every later one lower them if epochs got slower; never raise them (a cosine schedule sized to them
         would rise again). What is left must also hold the final evaluation on val and test (about two
-        validations) and writing the outputs."""
+        validations, each 8 times one of these where only the final evaluation uses TTA) and writing the
+        outputs."""
         assert self.budget is not None
-        left = self.budget - (time.perf_counter() - self.t_start) - 2 * val_seconds - 2.0
+        c0 = self.configs[0]
+        final_eval = 2 * val_seconds * (8 if c0.tta and not c0.tta_each_epoch else 1)
+        left = self.budget - (time.perf_counter() - self.t_start) - final_eval - 2.0
         fit = epoch + max(0, math.floor(left / max(epoch_seconds, 1e-6)))
         if self.epoch_limit is None or fit < self.epoch_limit:
             self.epoch_limit = fit
@@ -427,7 +432,7 @@ class GroupTrainer:
     def _val(self, active: list[_Run], x: Images, y: torch.Tensor) -> dict[int, tuple[float, float, float]]:
         g = self.slots.runs
         probs = predict_probs(self.model, x, self.device, self.configs[0].eval_batch_size, self.fast["channels_last"],
-                              self.fast["amp"], tta=self.configs[0].tta, runs=g)
+                              self.fast["amp"], tta=self.configs[0].tta and self.configs[0].tta_each_epoch, runs=g)
         if g == 1:
             probs = probs[None]
         penalty = self.model.l2_penalty().tolist()
