@@ -24,7 +24,7 @@ def demo_cmd(output: Annotated[Path, typer.Option("--output", "-o", help="Folder
              quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False):
     """Render a synthetic star/galaxy set (GalSim), train efficientnet_lite0 from scratch and fine-tuned from
     ImageNet weights, each with the paper's method and with the modern recipe, and write the HTML report, whose
-    first screen compares them. About 3 minutes on 2 cores (measured 3.0 minutes on a 2-vCPU AMD EPYC, which
+    first screen compares them. About 3 minutes on 2 cores (measured 2.6 minutes on a 2-vCPU AMD EPYC, which
     trains in fp32)."""
     from astroclass.demo import run_demo
     from astroclass.models import display_name
