@@ -33,6 +33,8 @@ def test_the_modern_recipe_fills_what_a_run_does_not_set_itself():
     assert apply_recipe({"recipe": "paper", "l2": 0.1}) == {"recipe": "paper", "l2": 0.1}
     with pytest.raises(AstroclassError, match="run config: recipe must be one of"):
         RunConfig.from_dict({"dataset": "d.h5", "recipe": "fancy"})
+    with pytest.raises(AstroclassError, match="finetune_bn must be train or frozen, got 'sometimes'"):
+        RunConfig.from_dict({"dataset": "d.h5", "finetune_bn": "sometimes"})
 
 
 def test_a_grid_crosses_recipes_each_with_its_own_optimiser_unless_the_spec_names_one(tmp_path):
@@ -104,6 +106,14 @@ def test_the_modern_recipe_fine_tunes_the_whole_backbone_with_adamw_and_its_batc
         elif layer in conv:
             assert not torch.equal(v, trained[k]), k
     assert res.environment["finetune"]["finetune_bn"] == "frozen"
+    # the report says so
+    from types import SimpleNamespace
+
+    from astroclass.report.build import _finetuning
+
+    done = SimpleNamespace(setup="pretrained", metrics={"environment": res.environment}, config=res.config)
+    assert _finetuning([done]) == ("Fine-tuning: 1 run(s) unfroze all (the whole backbone) except its batch norms, "
+                                   "which normalised on their moving statistics.")
 
 
 def test_tta_final_only_validates_each_epoch_plainly_and_evaluates_the_kept_weights_with_tta(tiny_h5, tmp_path):

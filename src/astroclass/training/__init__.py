@@ -9,6 +9,7 @@
 | :mod:`~astroclass.training.data` | a run's dataset in memory (class grouping, train fraction) |
 | :mod:`~astroclass.training.speed` | device, precision and compile choices |
 | :mod:`~astroclass.training.outputs` | history, predictions, checkpoint and result of a run |
+| :mod:`~astroclass.training.pick` | the modern recipe's backbone for a wall-clock budget |
 """
 
 from astroclass.training.config import (

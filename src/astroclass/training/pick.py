@@ -31,8 +31,9 @@ MIN_EPOCHS = 10
 """Fine-tuning epochs a candidate must fit in the budget (the head epochs come on top)."""
 
 VAL_SHARE = 0.35
-"""An epoch's validation (8-fold TTA on a tenth of the images) as a share of its training time, measured on
-efficientnet_lite0 on ARIES (0.2–0.4 of the training time on this project's CPUs)."""
+"""Validation and the run's final evaluation, as a share of an epoch's training time: a margin (with 8-fold
+TTA on every epoch's validation, efficientnet_lite0 on ARIES measured 0.2–0.4 on this project's CPUs; the
+modern recipe's plain per-epoch validation costs less)."""
 
 
 @dataclass
@@ -89,7 +90,6 @@ def pick_backbone(options: dict[str, Any], budget_s: float, candidates: tuple[tu
     from astroclass.runconfig import RECIPES
 
     candidates = candidates or CANDIDATES
-
     head = int(options.get("head_epochs", RECIPES["modern"]["head_epochs"]))
     lines: list[str] = []
     for model, weights in candidates[:-1]:
@@ -111,10 +111,10 @@ def pick_backbone(options: dict[str, Any], budget_s: float, candidates: tuple[tu
 
 
 def picks_backbone(options: dict[str, Any]) -> bool:
-    """Whether run options leave the backbone to :func:`pick_backbone`: the modern recipe, a budget, no model,
-    and fine-tuning (the setup not given, or pretrained)."""
-    return options.get("recipe") == "modern" and "model" not in options and bool(options.get("budget")) and \
-        options.get("setup", "pretrained") == "pretrained"
+    """Whether run options leave the backbone to :func:`pick_backbone`: the modern recipe, a budget, neither
+    model nor weights named, and fine-tuning (the setup not given, or pretrained)."""
+    return options.get("recipe") == "modern" and "model" not in options and "weights" not in options and \
+        bool(options.get("budget")) and options.get("setup", "pretrained") == "pretrained"
 
 
 def with_picked_backbone(options: dict[str, Any], say: Callable[[str], Any] = print) -> dict[str, Any]:
@@ -129,5 +129,5 @@ def with_picked_backbone(options: dict[str, Any], say: Callable[[str], Any] = pr
     for line in pick.lines:
         say(f"  {line}")
     left = budget - (time.perf_counter() - t0)
-    weights = options.get("weights", None if pick.weights == "package" else pick.weights)
-    return {**options, "model": pick.model, "setup": "pretrained", "weights": weights, "budget": f"{max(left, 1):.0f}s"}
+    return {**options, "model": pick.model, "setup": "pretrained",
+            "weights": None if pick.weights == "package" else pick.weights, "budget": f"{max(left, 1):.0f}s"}
