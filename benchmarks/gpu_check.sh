@@ -6,12 +6,20 @@
 #   default: the grid, --fuse off vs fused (gpu_grid.py: results/grid_gpu.json), about 7.5 minutes
 #   --all:   then the per-backbone throughput, a real run fast vs --paper-exact, bf16 vs fp32 and streaming
 #            from disk (about 15 more minutes)
+#   --accuracy: instead of the grid, accuracy.py on aries and galaxy10 (what fits a 64 MiB carry) with a
+#            30 s budget per run, about 5 minutes; LITE0_WEIGHTS names efficientnet_lite0's weights file where
+#            its package is not installed (accuracy.py --export-lite0 FILE writes one)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=src PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 python -c "import sys, torch, timm; print('python', sys.version.split()[0], 'torch', torch.__version__, 'timm',
 timm.__version__, 'cuda', torch.cuda.is_available())" || exit 1
+if [[ "${1:-}" == "--accuracy" ]]; then
+  timeout 420 python benchmarks/accuracy.py --sets aries,galaxy10 --methods modern,paper_lite0,resnet18,small_cnn \
+    --budget 30s ${LITE0_WEIGHTS:+--lite0-weights "$LITE0_WEIGHTS"}
+  exit $?
+fi
 timeout 470 python benchmarks/gpu_grid.py
 status=$?
 if [[ "${1:-}" == "--all" ]]; then
