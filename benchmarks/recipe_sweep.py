@@ -34,7 +34,8 @@ VARIANTS: dict[str, dict] = {
     "lr_1e-3": {"finetune_lr": 1e-3},
     "lr_1e-4": {"finetune_lr": 1e-4},
     "no_tta": {"tta": False},                          # cheaper epochs: more of them in the budget
-    "tta_final": {"tta_each_epoch": False},           # TTA for the final metrics only: cheaper epochs too
+    "tta_final": {"tta_each_epoch": False},           # TTA for the final metrics only (the recipe's since)
+    "tta_every_epoch": {"tta_each_epoch": True},      # TTA on every epoch's validation too
     "monitor_bal": {"monitor": "balanced_accuracy"},  # best epoch by balanced accuracy, not loss
     "paper_layers": {"unfreeze": "7"},                # phase 2 trains the last 7 layers only
     "no_shift": {"augment_shift": 0.0},
@@ -51,8 +52,8 @@ def run_variant(h5: Path, classes: str | None, overrides: dict, budget: float, s
     t0 = time.perf_counter()
     r = train(cfg, folder, progress=False)
     return {"seed": seed, "val_accuracy": r.val["accuracy"], "val_balanced_accuracy": r.val["balanced_accuracy"],
-            "val_images": r.val["n"],
-            "epochs": r.epochs_run, "best_epoch": r.best_epoch, "seconds": round(time.perf_counter() - t0, 1)}
+            "val_images": r.val["n"], "epochs": r.epochs_run, "best_epoch": r.best_epoch,
+            "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def main() -> None:
@@ -77,6 +78,9 @@ def main() -> None:
         earlier = json.loads((RESULTS / f"{name}.json").read_text())
         if (earlier["budget_s"], earlier["seed"]) != (budget, args.seed):
             sys.exit(f"--merge: {name}.json was measured with another budget or seed")
+        if earlier["modern"] != json.loads(json.dumps(RECIPES["modern"])):
+            sys.exit(f"--merge: {name}.json was measured against another version of the recipe (its 'modern'); "
+                     f"start a new file (--name)")
         out["sets"] = earlier["sets"]
     with tempfile.TemporaryDirectory(prefix="astroclass-sweep-") as tmp:
         for set_name in args.sets.split(","):
