@@ -51,10 +51,11 @@ def run_demo(output: str | Path = "demo-output", n: int = 1000, epochs: int = 5,
     train = {"epochs": epochs, "patience": epochs, "batch_size": 32, "head_epochs": 1, "seed": seed}
     exp = out / "experiment"
     opts = GridOptions(workers=workers, keep="best")
+    blocks = ([{"models": models, "setups": ["scratch"]}] if models else []) + \
+        ([{"models": pretrained, "setups": ["pretrained"]}] if pretrained else [])
     for recipe in recipes or DEMO_RECIPES:
         # λ, γ and the optimiser are each recipe's own: the paper's preset, or the modern recipe's AdamW
-        for block in ([{"models": models, "setups": ["scratch"]}] if models else []) + \
-                ([{"models": pretrained, "setups": ["pretrained"]}] if pretrained else []):
+        for block in blocks:
             spec = GridSpec.from_dict({"name": "demo", "datasets": {"SG": str(data.resolve())}, "maxnorm": [0.0],
                                        "seeds": [seed], "train": {**train, "recipe": recipe}, **block},
                                       "demo grid", Path.cwd())

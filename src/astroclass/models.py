@@ -33,6 +33,7 @@ from __future__ import annotations
 import difflib
 import functools
 import math
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -226,10 +227,15 @@ def unfreeze_parameters(model: str, backbone: nn.Module, unfreeze: str, batch_no
     with ``batch_norm`` "frozen", less those of batch-norm layers."""
     names = _unfrozen(model, backbone, unfreeze)
     if batch_norm == "frozen":
-        bn = {f"{n}.{p}" if n else p for n, m in backbone.named_modules()
-              if isinstance(m, nn.modules.batchnorm._NormBase) for p, _ in m.named_parameters(recurse=False)}
+        bn = set(_own_parameter_names((n, m) for n, m in backbone.named_modules()
+                                      if isinstance(m, nn.modules.batchnorm._NormBase)))
         names = [n for n in names if n not in bn]
     return names
+
+
+def _own_parameter_names(modules: Iterable[tuple[str, nn.Module]]) -> list[str]:
+    """The full names of the parameters that (name, module) pairs hold themselves (not their children's)."""
+    return [f"{n}.{p}" if n else p for n, m in modules for p, _ in m.named_parameters(recurse=False)]
 
 
 def _unfrozen(model: str, backbone: nn.Module, unfreeze: str) -> list[str]:
@@ -239,8 +245,7 @@ def _unfrozen(model: str, backbone: nn.Module, unfreeze: str) -> list[str]:
     kind, count = resolved.split(":")
     k = int(count)
     if kind == "params":
-        chosen = layers(backbone)[-k:] if k > 0 else []
-        return [f"{n}.{p}" if n else p for n, m in chosen for p, _ in m.named_parameters(recurse=False)]
+        return _own_parameter_names(layers(backbone)[-k:] if k > 0 else [])
     names = [t for e in keras_tails()[timm_name(model)]["tail"][-k:] for t in e["timm"]] if k > 0 else []
     own = dict(backbone.named_parameters())
     missing = [n for n in names if n not in own]

@@ -321,6 +321,11 @@ class RunConfig:
         differ from these)."""
         return MappingProxyType(RunConfig(dataset="").to_dict())
 
+    @property
+    def epoch_tta(self) -> bool:
+        """Whether each epoch's validation uses TTA (``tta`` and ``tta_each_epoch``)."""
+        return self.tta and self.tta_each_epoch
+
     def resolved_frozen_bn(self) -> str:
         return ("batch" if self.paper_exact else "moving") if self.frozen_bn == "auto" else self.frozen_bn
 

@@ -33,6 +33,7 @@ from astroclass.training.config import RunConfig, RunResult, TrainingFailed
 from astroclass.training.data import DataCache, DiskImages, Images, RunData, batches, training_order
 from astroclass.training.fusion import Slots, fuse
 from astroclass.training.method import (
+    TTA_VIEWS,
     EarlyStopping,
     augment_batch,
     batch_starts,
@@ -349,7 +350,7 @@ class GroupTrainer:
         outputs."""
         assert self.budget is not None
         c0 = self.configs[0]
-        final_eval = 2 * val_seconds * (8 if c0.tta and not c0.tta_each_epoch else 1)
+        final_eval = 2 * val_seconds * (TTA_VIEWS if c0.tta and not c0.epoch_tta else 1)
         left = self.budget - (time.perf_counter() - self.t_start) - final_eval - 2.0
         fit = epoch + max(0, math.floor(left / max(epoch_seconds, 1e-6)))
         if self.epoch_limit is None or fit < self.epoch_limit:
@@ -432,7 +433,7 @@ class GroupTrainer:
     def _val(self, active: list[_Run], x: Images, y: torch.Tensor) -> dict[int, tuple[float, float, float]]:
         g = self.slots.runs
         probs = predict_probs(self.model, x, self.device, self.configs[0].eval_batch_size, self.fast["channels_last"],
-                              self.fast["amp"], tta=self.configs[0].tta and self.configs[0].tta_each_epoch, runs=g)
+                              self.fast["amp"], tta=self.configs[0].epoch_tta, runs=g)
         if g == 1:
             probs = probs[None]
         penalty = self.model.l2_penalty().tolist()

@@ -142,6 +142,9 @@ def to_float(x: torch.Tensor) -> torch.Tensor:
     return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
 
 
+TTA_VIEWS = 8
+"""Test-time augmentation averages over the 8 symmetries of the square."""
+
 AUTO_BALANCE_RATIO = 3.0
 """class_weights auto: balanced when the largest training class outnumbers the smallest by more than this."""
 
@@ -253,7 +256,7 @@ def predict_probs(model: torch.nn.Module, x: Any, device: torch.device, batch_si
     model.eval()
     out = []
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    views = range(8) if tta else range(1)
+    views = range(TTA_VIEWS) if tta else range(1)
     for i in range(0, len(x), batch_size):
         xb = to_float(x[i:i + batch_size].to(device, non_blocking=True))
         if runs > 1:
