@@ -77,6 +77,27 @@ def test_vgg16_drops_fc6_fc7():
     assert sum(p.numel() for p in m.backbone.parameters()) == 14_714_688
 
 
+@pytest.mark.parametrize("name", ["vgg11", "vgg11_bn"])
+def test_scratch_vgg_is_initialised_as_timm_initialises_it(name):
+    """fc6/fc7 are never built; every layer left gets timm's VGG initialisation: convolutions Kaiming-normal
+    (fan out), zero biases, batch norms 1/0 with fresh running statistics."""
+    torch.manual_seed(0)
+    m = build_model(name, num_classes=2, input_size=32)
+    convs = [c for c in m.backbone.features if isinstance(c, torch.nn.Conv2d)]
+    assert len(convs) == 8 and not any(t.is_meta for t in m.state_dict().values())
+    for c in convs:
+        fan_out = c.out_channels * c.kernel_size[0] * c.kernel_size[1]
+        assert c.weight.std().item() == pytest.approx((2 / fan_out) ** 0.5, rel=0.1)
+        assert c.bias.abs().max().item() == 0
+    for bn in [b for b in m.backbone.features if isinstance(b, torch.nn.BatchNorm2d)]:
+        assert bn.weight.eq(1).all() and bn.bias.eq(0).all()
+        assert bn.running_mean.eq(0).all() and bn.running_var.eq(1).all() and bn.num_batches_tracked == 0
+    torch.manual_seed(0)
+    again = build_model(name, num_classes=2, input_size=32)
+    for k, v in m.state_dict().items():  # the seed fixes every tensor
+        assert torch.equal(v, again.state_dict()[k]), k
+
+
 def test_l2_penalty_is_sum_of_squares_of_hidden_kernel():
     m = build_model("test_resnet", num_classes=2, input_size=76)
     with torch.no_grad():

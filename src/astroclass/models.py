@@ -300,6 +300,8 @@ def build_model(name: str, num_classes: int, in_chans: int = 3, input_size: int 
     kwargs: dict[str, Any] = dict(num_classes=0, global_pool="", in_chans=in_chans)
     if weights == "hub":
         backbone = _hub_backbone(tname, kwargs)
+    elif weights is None and _vgg(tname):
+        backbone = _vgg_without_fc(tname, kwargs)
     else:
         backbone = timm.create_model(tname, pretrained=False, **kwargs)
         if weights == "package":
@@ -353,6 +355,31 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return True
     except OSError:
         return False
+
+
+def _vgg(tname: str) -> bool:
+    import timm.models
+
+    return timm.models.model_entrypoint(tname).__module__ == "timm.models.vgg"
+
+
+def _vgg_without_fc(tname: str, kwargs: dict) -> nn.Module:
+    """A randomly initialised timm VGG whose fc6/fc7 (``pre_logits``: 120 of VGG16's 134 M parameters, which
+    ``build_model`` drops) are never allocated: built on the meta device, the two layers replaced, the rest
+    then initialised as timm's constructor does (each layer's default initialisation, then VGG's own)."""
+    import timm
+
+    with torch.device("meta"):
+        backbone = timm.create_model(tname, pretrained=False, **kwargs)
+    backbone.pre_logits = nn.Identity()
+    backbone.to_empty(device="cpu")
+    for m in backbone.modules():
+        reset: Any = getattr(m, "reset_parameters", None)
+        if callable(reset):
+            reset()
+    init: Any = backbone._initialize_weights
+    init()
+    return backbone
 
 
 def _hub_backbone(tname: str, kwargs: dict) -> nn.Module:
