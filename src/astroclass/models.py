@@ -143,16 +143,19 @@ class AstroNet(nn.Module):
         """Keras ``MaxNorm(gamma)`` on the hidden layer: each unit's incoming weights to norm ≤ γ.
 
         Keras: ``w * clip(‖w‖, 0, γ) / (ε + ‖w‖)`` with ε = 1e-7, norms over the input axis. ``gamma``:
-        one number, or one per run (γ = 0: off for that run).
+        one number, or one per run (a list, or a (G,) tensor on the weights' device: no copy to the device
+        per call); γ = 0: off for that run (its weights multiplied by exactly 1). All runs in one pass.
         """
-        gammas = [float(gamma)] * self.runs if isinstance(gamma, (int, float)) else [float(g) for g in gamma]
-        if not any(g > 0 for g in gammas):
-            return
+        if isinstance(gamma, torch.Tensor):
+            g = gamma.view(self.runs, 1, 1)
+        else:
+            gammas = [float(gamma)] * self.runs if isinstance(gamma, (int, float)) else [float(x) for x in gamma]
+            if not any(x > 0 for x in gammas):
+                return
+            g = torch.tensor(gammas, device=self.hidden.weight.device).view(self.runs, 1, 1)
         w = self.hidden.weight.view(self.runs, HIDDEN_UNITS, -1)  # one row per hidden unit, per run
         norms = w.norm(dim=2, keepdim=True)
-        for r, g in enumerate(gammas):
-            if g > 0:
-                w[r].mul_(norms[r].clamp(0, g) / (eps + norms[r]))
+        w.mul_(torch.where(g > 0, norms.clamp(min=torch.zeros_like(g), max=g) / (eps + norms), 1.0))
 
 
 class Conv1x1AsMatmul(nn.Conv2d):

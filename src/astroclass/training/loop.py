@@ -376,6 +376,7 @@ class GroupTrainer:
         filler = active[0].slot  # idle slots (runs that have left) compute on a live run's batch
         lam = torch.tensor([r.cfg.l2 if r else 0.0 for r in by_slot], device=self.device)
         gammas = [r.cfg.maxnorm if r else 0.0 for r in by_slot]
+        gamma = torch.tensor(gammas, device=self.device) if any(gammas) else None  # once per epoch: no copy per step
         weights = torch.stack([r.weights if r else active[0].weights for r in by_slot])
         smoothing = torch.tensor([r.cfg.label_smoothing if r else 0.0 for r in by_slot], device=self.device) \
             if any(r.cfg.label_smoothing for r in active) else None
@@ -416,7 +417,8 @@ class GroupTrainer:
                 self.phase_steps += 1
             for opt in self.optimizers:  # runs that have left step too, harmlessly, until the group is rebuilt
                 opt.step()
-            model.apply_max_norm(gammas)
+            if gamma is not None:
+                model.apply_max_norm(gamma)
             if self.ema is not None:
                 self._ema_update()
             total_loss += losses.detach() * b
