@@ -6,6 +6,10 @@
 #   default: the grid, --fuse off vs fused (gpu_grid.py: results/grid_gpu.json), about 7.5 minutes
 #   --all:   then the per-backbone throughput, a real run fast vs --paper-exact, bf16 vs fp32 and streaming
 #            from disk (about 15 more minutes)
+#   --fusion: instead of the grid, where a fused group's time goes (about 6 minutes): bench_regions.py (grouped
+#            regions against regrouping at every layer, one step) and gpu_fusion_profile.py on vgg16 and
+#            resnext50_32x4d: 12 fused runs eager with and without regions and under CUDA graphs, one run eager and
+#            under CUDA graphs
 #   --accuracy: instead of the grid, accuracy.py on aries and galaxy10 (what fits a 64 MiB carry) with a
 #            30 s budget per run, about 5 minutes; LITE0_WEIGHTS names efficientnet_lite0's weights file where
 #            its package is not installed (accuracy.py --export-lite0 FILE writes one)
@@ -15,6 +19,12 @@ export PYTHONPATH=src PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 python -c "import sys, torch, timm; print('python', sys.version.split()[0], 'torch', torch.__version__, 'timm',
 timm.__version__, 'cuda', torch.cuda.is_available())" || exit 1
+if [[ "${1:-}" == "--fusion" ]]; then
+  timeout 90 python benchmarks/bench_regions.py --batch 32 --repeats 5 --models vgg16,resnext50_32x4d,densenet121
+  timeout 300 python benchmarks/gpu_fusion_profile.py --models vgg16,resnext50_32x4d --nan-check '' --no-profile \
+    --variants fused_grouped_nhwc,fused_grouped_nhwc_per_layer,single_cudagraphs,fused_grouped_nhwc_cudagraphs,single_eager
+  exit $?
+fi
 if [[ "${1:-}" == "--accuracy" ]]; then
   timeout 420 python benchmarks/accuracy.py --sets aries,galaxy10 --methods modern,paper_lite0,resnet18,small_cnn \
     --budget 30s ${LITE0_WEIGHTS:+--lite0-weights "$LITE0_WEIGHTS"}

@@ -3,8 +3,9 @@ backbone on ARIES cutouts at 76 px (half the training split), trained by ``train
 fast path, against one run alone; then one epoch of the default variant under ``torch.profiler``: the
 GPU's busy time against the wall time, and the kernels and operators that take it.
 
-Variants: grouped kernels + channels-last, eager (the default on a GPU), the same under CUDA graphs
-(``compile: reduce-overhead``), grouped + NCHW, per-run kernels + channels-last, and one run alone, eager and
+Variants: grouped kernels + channels-last, eager (the default on a GPU), the same with every layer regrouping its
+own input and output (no grouped regions), the same under CUDA graphs (``compile: reduce-overhead``), grouped +
+NCHW, per-run kernels + channels-last, and one run alone, eager and
 under CUDA graphs (a single run's default on a GPU).
 
 A micro-benchmark times one convolution of each backbone's kind, forward and backward, bf16: 12 runs as one
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import statistics
 import sys
 import tempfile
@@ -30,8 +32,9 @@ from common import import_real, save  # noqa: E402
 
 FRACTION = 0.5  # of the training split: epochs of 1355 images (42 steps) keep the call short
 SETTINGS = [(l2, mn, opt) for l2 in (0.0, 0.1) for mn in (0.0, 2.0) for opt in ("rmsprop", "adam", "radam")]
-VARIANTS = [  # (label, what differs from 12 fused runs, grouped kernels, channels-last, eager)
-    ("fused_grouped_nhwc", {}), ("fused_grouped_nhwc_cudagraphs", {"compile": "reduce-overhead"}),
+VARIANTS = [  # (label, what differs from 12 fused runs, grouped kernels, grouped regions, channels-last, eager)
+    ("fused_grouped_nhwc", {}), ("fused_grouped_nhwc_per_layer", {"regions": False}),
+    ("fused_grouped_nhwc_cudagraphs", {"compile": "reduce-overhead"}),
     ("fused_grouped_nchw", {"channels_last": False}), ("fused_per_run_nhwc", {"grouped": False}),
     ("single_eager", {"runs": 1}), ("single_cudagraphs", {"runs": 1, "compile": "reduce-overhead"})]
 CONVS = {  # (in, out, kernel, groups, pixels): one typical layer of each backbone at 76 px
@@ -46,9 +49,10 @@ def steady_epoch_seconds(folder: Path) -> float:
     return statistics.median(float(r["seconds"]) for r in rows)
 
 
-def run_variant(h5: Path, model: str, runs: int, epochs: int, tmp: Path, grouped: bool = True, **kw) -> dict:
+def run_variant(h5: Path, model: str, runs: int, epochs: int, tmp: Path, grouped: bool = True, regions: bool = True,
+                **kw) -> dict:
     from astroclass.runconfig import RunConfig
-    from astroclass.training import train_group
+    from astroclass.training import fusion, loop, train_group
 
     speed = RunConfig.speed
 
@@ -60,17 +64,19 @@ def run_variant(h5: Path, model: str, runs: int, epochs: int, tmp: Path, grouped
                       optimizer=opt, **kw) for i, (l2, mn, opt) in enumerate(SETTINGS[:runs])]
     dirs = [tmp / f"{model}-{runs}-{grouped}-{kw}-{i}" for i in range(runs)]
     RunConfig.speed = patched  # type: ignore[method-assign]
+    loop.fuse = functools.partial(fusion.fuse, grouped_regions=regions)  # type: ignore[assignment]
     try:
         t0 = time.perf_counter()
         results = train_group(cfgs, dirs, progress=False)
         wall = time.perf_counter() - t0
     finally:
         RunConfig.speed = speed  # type: ignore[method-assign]
+        loop.fuse = fusion.fuse
     n_train = sum(results[0].train_counts.values())
     done = [d for d, r in zip(dirs, results) if r.status == "done"]
     failed = [r.error for r in results if r.status != "done"]
     sec = steady_epoch_seconds(done[0]) if done else float("nan")
-    return {"runs": runs, "grouped": grouped, **kw, "wall_s": wall, "epoch_s": sec,
+    return {"runs": runs, "grouped": grouped, "regions": regions, **kw, "wall_s": wall, "epoch_s": sec,
             "aggregate_images_per_s": runs * n_train / sec, "failed": failed}
 
 
@@ -170,10 +176,16 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--nan-check", default="inception_v3", help="a backbone whose fused 12-run group is trained "
                                                                 "once to show any failed run's error ('' = none)")
+    ap.add_argument("--no-profile", action="store_true", help="skip the profiled epoch of the first backbone")
     args = ap.parse_args()
     import torch
 
     torch.backends.cudnn.benchmark = True
+    known = dict(VARIANTS)
+    unknown = [v for v in args.variants.split(",") if v not in known]
+    if unknown:
+        sys.exit(f"unknown variants {unknown}; known: {', '.join(known)}")
+    chosen = [(v, known[v]) for v in args.variants.split(",")]
     name = "fusion_profile_" + ("gpu" if torch.cuda.is_available() else "cpu")
     out: dict = {"name": name, "models": {}}
     with tempfile.TemporaryDirectory() as t:
@@ -185,7 +197,7 @@ def main() -> None:
             row = out["models"][model] = {}
             if torch.cuda.is_available():
                 row["conv"] = conv_bench(model)
-            for label, kw in [v for v in VARIANTS if v[0] in args.variants.split(",")]:
+            for label, kw in chosen:
                 kw = {"compile": "off", **kw}
                 runs = kw.pop("runs", 12)
                 r = run_variant(h5, model, runs, args.epochs, tmp, **kw)
@@ -194,7 +206,7 @@ def main() -> None:
                       f"train images/s (all runs), wall {r['wall_s']:6.1f} s"
                       + (f", FAILED: {r['failed']}" if r["failed"] else ""), flush=True)
                 save(name, out)
-            if torch.cuda.is_available() and i == 0:
+            if torch.cuda.is_available() and i == 0 and not args.no_profile:
                 row["profile"] = profile_epoch(h5, model, tmp)
                 save(name, out)
     print(f"saved {save(name, out)}")

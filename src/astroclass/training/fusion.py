@@ -14,7 +14,11 @@ replaced, keeping their names and places:
   statistics, running statistics and affine parameters;
 * a linear layer (the paper's head) becomes one batched matrix product.
 
-That is the *grouped* mode, for GPUs: one kernel launch serves all G runs. In the *per-run* mode (CPUs)
+That is the *grouped* mode, for GPUs: one kernel launch serves all G runs. Regrouping copies the
+activations, so where a whole block computes per image and per channel only (a ``Sequential`` of
+convolutions, batch norms, activations and pooling, such as VGG's features; timm's conv-norm-act blocks,
+ResNet blocks and DenseNet layers), the block is a *grouped region*: its input is regrouped once, its layers
+pass the ``(B, G·C, H, W)`` layout to each other, and its output is regrouped back once. In the *per-run* mode (CPUs)
 the same layers call the unfused kernel once per run on that run's slice of the batch, so each run is
 computed bit for bit as alone, and everything between those layers still runs once for all G.
 
@@ -29,7 +33,7 @@ from __future__ import annotations
 
 import copy
 import functools
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -69,10 +73,12 @@ def from_grouped(y: torch.Tensor, runs: int) -> torch.Tensor:
 class _FusedLayer:
     """What every fused layer has: ``runs`` (G), and ``grouped``: True computes the G runs with one grouped
     kernel (one launch: the GPU path), False with G calls of the unfused kernel on each run's slice of
-    the batch (bit for bit what each run computes alone; on a small CPU also the faster of the two)."""
+    the batch (bit for bit what each run computes alone; on a small CPU also the faster of the two).
+    ``in_region``: the layer sits in a grouped region, so it takes and gives the ``(B, G·C, H, W)`` layout."""
 
     runs: int
     grouped: bool
+    in_region: bool = False
 
     def _per_run(self, x: torch.Tensor, fn, *tensors: torch.Tensor | None) -> torch.Tensor:
         """``fn(x_r, *tensors_r)`` for every run r, concatenated: the batch and each tensor split into the runs'
@@ -108,6 +114,9 @@ class FusedConv2d(_FusedLayer, nn.Conv2d):
         if not self.grouped:
             return self._per_run(x, self._one, self.weight, self.bias)
         g = self.runs
+        if self.in_region:
+            return F.conv2d(self._pad(x), self.weight, self.bias, self.stride, self._padding(), self.dilation,
+                            self.run_groups * g)
         if self.kind == "matmul":  # no regrouping copies: one batched product over channels-last pixels
             gb, c, h, w = x.shape
             xb = x.permute(0, 2, 3, 1).reshape(g, -1, c)
@@ -147,7 +156,9 @@ class _FusedNorm(_FusedLayer):
         def norm(xr, mean, var, w, b):
             return F.batch_norm(xr, mean if track else None, var if track else None, w, b, use_batch, factor, self.eps)
 
-        if self.grouped:
+        if self.in_region:
+            y = norm(x, self.running_mean, self.running_var, self.weight, self.bias)
+        elif self.grouped:
             y = from_grouped(norm(to_grouped(x, self.runs), self.running_mean, self.running_var, self.weight,
                                   self.bias), self.runs)
         else:
@@ -201,6 +212,97 @@ def _fused_module(module: nn.Module, runs: int, grouped: bool) -> nn.Module:
     return m
 
 
+class _Region:
+    """Mixed into a block whose computation is per image and per channel only (see :func:`_region_kind`): the
+    block runs in the grouped layout, its input and output regrouped once."""
+
+    runs: int
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return from_grouped(super().forward(to_grouped(x, self.runs)), self.runs)  # type: ignore[misc]
+
+
+class _DenseLayerRegion:
+    """timm's DenseLayer (concatenate its inputs, norm, 1x1 conv, norm, 3x3 conv) as a grouped region: the
+    concatenation in the run-major layout, the rest grouped."""
+
+    runs: int
+    norm1: nn.Module
+    conv1: nn.Module
+    norm2: nn.Module
+    conv2: nn.Module
+
+    def forward(self, x: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+        h = to_grouped(x if isinstance(x, torch.Tensor) else torch.cat(x, 1), self.runs)
+        return from_grouped(self.conv2(self.norm2(self.conv1(self.norm1(h)))), self.runs)
+
+
+_ELEMENTWISE = (nn.Identity, nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.LeakyReLU, nn.ELU, nn.Sigmoid, nn.Tanh,
+                nn.Hardswish, nn.Hardsigmoid, nn.MaxPool2d, nn.AvgPool2d)
+"""Layers that act on each value, or on each channel map of each image, alone: the same in either layout."""
+
+
+def _region_kind(module: nn.Module) -> type | None:
+    """The region class mixed into ``module`` when it can run as a grouped region, else None. Only blocks whose
+    ``forward`` is known to combine its layers per element (timm's, read for this) qualify."""
+    from timm.layers import ConvNormAct
+    from timm.models.densenet import DenseLayer
+    from timm.models.resnet import BasicBlock, Bottleneck
+
+    kind = type(module)
+    if isinstance(module, nn.Sequential) and kind.forward is nn.Sequential.forward or kind is ConvNormAct:
+        mixin: type = _Region
+    elif kind in (Bottleneck, BasicBlock) and getattr(module, "se", None) is None and \
+            isinstance(getattr(module, "drop_path", None), (type(None), nn.Identity)):
+        mixin = _Region
+    elif kind is DenseLayer and not getattr(module, "drop_rate", 1.0) and not getattr(module, "grad_checkpointing", 1):
+        mixin = _DenseLayerRegion
+    else:
+        return None
+    return _region_class(mixin, cast(type, kind)) if all(_layout_free(c) for c in module.children()) else None
+
+
+def _layout_free(module: nn.Module) -> bool:
+    """Whether ``module`` computes the same in the grouped layout: a grouped-kernel layer (not a 1x1-as-matmul
+    one, which has its own layout), an element- or channel-wise layer, or a block that qualifies as a region."""
+    if isinstance(module, FusedConv2d):
+        return module.grouped and module.kind != "matmul"
+    if isinstance(module, _FusedNorm):
+        return module.grouped and all(type(getattr(module, a, nn.Identity())) in _ELEMENTWISE for a in ("act", "drop"))
+    if isinstance(module, _FusedLayer):  # FusedLinear: acts on the last axis
+        return False
+    if type(module) in _ELEMENTWISE:
+        return True
+    return _region_kind(module) is not None
+
+
+@functools.cache
+def _region_class(mixin: type, cls: type) -> type:
+    return type(f"Grouped{cls.__name__}", (mixin, cls), {"__module__": __name__})
+
+
+def _mark_regions(module: nn.Module, runs: int) -> int:
+    """Make the largest qualifying blocks under ``module`` grouped regions; how many were made."""
+    made = 0
+    for child in module.children():
+        kind = _region_kind(child)
+        if kind is None:
+            made += _mark_regions(child, runs)
+            continue
+        child.__class__ = kind
+        child.runs = runs  # type: ignore[assignment]
+        for m in child.modules():
+            if isinstance(m, _FusedLayer):
+                m.in_region = True
+        made += 1
+    return made
+
+
+def regions(model: nn.Module) -> list[str]:
+    """The names of a fused model's grouped regions."""
+    return [n for n, m in model.named_modules() if isinstance(m, (_Region, _DenseLayerRegion))]
+
+
 def fusable(model: nn.Module) -> bool:
     """Whether every layer of ``model`` that holds tensors is one fusion knows how to batch."""
     from timm.layers import BatchNormAct2d, Conv2dSame
@@ -220,10 +322,13 @@ def _holders(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return out
 
 
-def fuse(template: AstroNet, states: list[dict[str, torch.Tensor]], grouped: bool = True) -> AstroNet:
+def fuse(template: AstroNet, states: list[dict[str, torch.Tensor]], grouped: bool = True,
+         grouped_regions: bool = True) -> AstroNet:
     """One fused model computing ``len(states)`` runs of ``template``'s architecture, run r with weights
     ``states[r]`` (state dicts of the unfused model); ``grouped``: grouped kernels or per-run kernels (see
-    :class:`_FusedLayer`). With one state, an unfused copy."""
+    :class:`_FusedLayer`); ``grouped_regions`` (grouped kernels only): blocks that can, run in the grouped
+    layout throughout (False: every layer regroups its input and output; for comparison). With one state, an
+    unfused copy."""
     runs = len(states)
     fused = copy.deepcopy(template)
     if runs == 1:
@@ -250,6 +355,8 @@ def fuse(template: AstroNet, states: list[dict[str, torch.Tensor]], grouped: boo
                 getattr(new, kind)[key] = nn.Parameter(value, requires_grad=t.requires_grad) \
                     if kind == "_parameters" else value
         setattr(parent, attr, new)
+    if grouped and grouped_regions:
+        _mark_regions(fused, runs)
     return fused
 
 
