@@ -75,6 +75,25 @@ def test_augmentation_applies_symmetries_of_the_square():
     assert len(seen) >= 6
 
 
+def test_runs_augmented_together_get_exactly_what_each_gets_alone():
+    """A fused group's runs (their own generators and shifts; one without augmentation) augmented in one pass:
+    bit for bit each run's augmentation alone, and each generator left where it would be alone."""
+    from astroclass.training.method import augment_runs
+
+    torch.manual_seed(0)
+    x, b = torch.rand(4 * 16, 3, 20, 20), 16
+    shifts = [0.0, 1.5, None, 0.5]
+    together = [torch.Generator().manual_seed(i) for i in range(4)]
+    alone = [torch.Generator().manual_seed(i) for i in range(4)]
+    out = augment_runs(x, [(g, s) if s is not None else None for g, s in zip(together, shifts)])
+    for r, s in enumerate(shifts):
+        rows = slice(r * b, (r + 1) * b)
+        expected = x[rows] if s is None else augment_batch(x[rows], alone[r], s)
+        assert torch.equal(out[rows], expected), r
+        assert torch.equal(together[r].get_state(), alone[r].get_state()), r
+    assert not torch.equal(out[b:2 * b], x[b:2 * b])
+
+
 def test_sub_pixel_shifts_move_images_by_at_most_the_shift_and_keep_their_flux():
     x = torch.zeros(400, 1, 21, 21)
     x[:, :, 10, 10] = 1.0  # a point source in the centre

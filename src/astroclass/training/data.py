@@ -189,7 +189,8 @@ def batches(x: Images, indices: Sequence[torch.Tensor], pin: bool = False, depth
     asynchronous copies to a GPU)."""
     if not isinstance(x, DiskImages):
         for idx in indices:
-            yield x[idx.to(x.device)]
+            xb = x[idx.to(x.device)]
+            yield xb.pin_memory() if pin and not xb.is_cuda else xb
         return
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()

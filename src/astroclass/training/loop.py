@@ -35,7 +35,7 @@ from astroclass.training.fusion import Slots, fuse
 from astroclass.training.method import (
     TTA_VIEWS,
     EarlyStopping,
-    augment_batch,
+    augment_runs,
     batch_starts,
     class_weight_tensor,
     dropout_generator,
@@ -46,6 +46,7 @@ from astroclass.training.method import (
     predict_probs,
     run_losses,
     to_float,
+    upload,
     val_scores,
 )
 from astroclass.training.outputs import environment, evaluate, save_checkpoint, write_history, write_result
@@ -117,6 +118,13 @@ class _Run:
     train_images: int = 0
     finished: bool = False  # done or failed: out of the group
     phase_over: bool = False
+
+
+def _on_device(index: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """Index batches on ``device``: views into one tensor copied there at once."""
+    if device.type == "cpu":
+        return index
+    return list(torch.cat(index).to(device).split([len(i) for i in index]))
 
 
 class GroupTrainer:
@@ -391,16 +399,19 @@ class GroupTrainer:
         bar = Bar(self.progress, len(starts), f"{phase} epoch {epoch}" + (f" ({len(active)} runs)" if g > 1 else ""))
         index = [torch.cat([orders.get(i, orders[filler])[s:s + self.configs[0].batch_size] for i in range(g)])
                  for s in starts]
-        for idx, xs in zip(index, batches(x, index, pin=self.device.type == "cuda")):
+        # the epoch's batch indices go to the device holding the images (labels) once, not once per step (a copy
+        # from pageable memory waits for the device)
+        x_index = index if isinstance(x, DiskImages) else _on_device(index, x.device)
+        y_index = _on_device(index, y.device)
+        for idx, yidx, xs in zip(index, y_index, batches(x, x_index, pin=self.device.type == "cuda")):
             b = len(idx) // g
             xb = to_float(xs.to(self.device, non_blocking=True))
             if any(augment):
-                xb = torch.cat([augment_batch(xb[i * b:(i + 1) * b], cast(_Run, by_slot[i]).gen,
-                                              cast(_Run, by_slot[i]).cfg.augment_shift) if augment[i]
-                                else xb[i * b:(i + 1) * b] for i in range(g)])
+                xb = augment_runs(xb, [(r.gen, r.cfg.augment_shift) if r is not None and r.cfg.augment else None
+                                       for r in by_slot])
             if self.fast["channels_last"]:
                 xb = xb.contiguous(memory_format=torch.channels_last)
-            yb = y[idx.to(y.device)].to(self.device, non_blocking=True)
+            yb = upload(y[yidx], self.device)
             masks = dropout_masks([r.dgen if r else None for r in by_slot], b, self.device)
             with torch.autocast(self.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
                 logits = self.forward(xb, masks)

@@ -119,22 +119,49 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, shift: float = 0.
     """Each image gets one of the 8 symmetries of the square (rotations by 90°, with or without a flip);
     with ``shift`` > 0, then a translation by a random offset of up to ``shift`` pixels in x and in y
     (bilinear, so sub-pixel; the edge pixels repeat). ``x``: float images (N, C, H, W)."""
-    k = torch.randint(0, 8, (x.shape[0],), generator=generator, device="cpu").to(x.device)
-    out = x.clone()
-    for t in range(1, 8):
-        sel = k == t
-        if sel.any():
-            out[sel] = dihedral(x[sel], t)
-    if shift > 0 and len(x):
-        n, _, h, w = out.shape
-        d = (torch.rand((n, 2), generator=generator, device="cpu") * 2 - 1) * shift  # pixels (dx, dy)
-        theta = torch.zeros(n, 2, 3)
+    return augment_runs(x, [(generator, shift)])
+
+
+def augment_runs(x: torch.Tensor, runs: list[tuple[torch.Generator, float] | None]) -> torch.Tensor:
+    """:func:`augment_batch` for G runs at once: ``x`` (G·B, C, H, W) run-major, ``runs[r]`` run r's generator
+    and shift (None: its images pass unchanged). Each run draws from its own (CPU) generator exactly what it
+    draws alone, and its images get exactly what they get alone. On a GPU nothing waits for the device: every
+    image's transform is picked by indexing, and the random draws go up in one asynchronous copy."""
+    g = len(runs)
+    n = x.shape[0] // g if g else 0
+    picks, offsets = [], []
+    for spec in runs:
+        if spec is None:
+            picks.append(torch.zeros(n, dtype=torch.long))
+            offsets.append(torch.full((n, 2), math.nan))
+            continue
+        gen, shift = spec
+        picks.append(torch.randint(0, 8, (n,), generator=gen, device="cpu"))
+        if shift > 0 and n:
+            offsets.append((torch.rand((n, 2), generator=gen, device="cpu") * 2 - 1) * shift)  # pixels (dx, dy)
+        else:
+            offsets.append(torch.full((n, 2), math.nan))
+    k, d = torch.cat(picks), torch.cat(offsets)
+    out = torch.stack([dihedral(x, t) for t in range(8)])[upload(k, x.device), torch.arange(len(x), device=x.device)]
+    moved = ~d.isnan().any(1)
+    if bool(moved.any()):
+        h, w = out.shape[-2:]
+        theta = torch.zeros(len(x), 2, 3)
         theta[:, 0, 0] = theta[:, 1, 1] = 1.0
-        theta[:, 0, 2] = -2 * d[:, 0] / w  # sampling at x - dx moves the image by +dx
-        theta[:, 1, 2] = -2 * d[:, 1] / h
-        grid = F.affine_grid(theta.to(out.device, out.dtype), list(out.shape), align_corners=False)
-        out = F.grid_sample(out, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        theta[:, 0, 2] = torch.where(moved, -2 * d[:, 0] / w, 0.0)  # sampling at x - dx moves the image by +dx
+        theta[:, 1, 2] = torch.where(moved, -2 * d[:, 1] / h, 0.0)
+        grid = F.affine_grid(upload(theta, x.device).to(out.dtype), list(out.shape), align_corners=False)
+        shifted = F.grid_sample(out, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        out = shifted if bool(moved.all()) else torch.where(upload(moved, x.device).view(-1, 1, 1, 1), shifted, out)
     return out
+
+
+def upload(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` on ``device``; from the CPU to a GPU by an asynchronous copy from pinned memory (a copy from pageable
+    memory would wait for the device to finish its queued work)."""
+    if device.type == "cuda" and not t.is_cuda:
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 def to_float(x: torch.Tensor) -> torch.Tensor:
@@ -267,8 +294,8 @@ def predict_probs(model: torch.nn.Module, x: Any, device: torch.device, batch_si
                 q = torch.softmax(model(dihedral(xb, k).contiguous(memory_format=fmt)).float(), dim=1)
                 total = q if total is None else total + q
         assert total is not None
-        p = (total / len(views)).cpu()
+        p = total / len(views)
         out.append(p.view(runs, -1, p.shape[-1]) if runs > 1 else p)
     if not out:
         return np.zeros((runs, 0, 0) if runs > 1 else (0, 0), dtype=np.float32)
-    return torch.cat(out, dim=1 if runs > 1 else 0).numpy()
+    return torch.cat(out, dim=1 if runs > 1 else 0).cpu().numpy()  # one copy back: batches queue without waiting
