@@ -8,8 +8,8 @@
 #            from disk (about 15 more minutes)
 #   --fusion: instead of the grid, where a fused group's time goes (about 6 minutes): bench_regions.py (grouped
 #            regions against regrouping at every layer, one step) and gpu_fusion_profile.py on vgg16 and
-#            resnext50_32x4d: 12 fused runs eager with and without regions and under CUDA graphs, one run eager and
-#            under CUDA graphs
+#            resnext50_32x4d: 12 fused runs and one run alone, eager and with each step one CUDA graph
+#            (compile: step-graph, checked against eager), then without regions and under torch.compile's graphs
 #   --accuracy: instead of the grid, accuracy.py on aries and galaxy10 (what fits a 64 MiB carry) with a
 #            30 s budget per run, about 5 minutes; LITE0_WEIGHTS names efficientnet_lite0's weights file where
 #            its package is not installed (accuracy.py --export-lite0 FILE writes one)
@@ -22,7 +22,8 @@ timm.__version__, 'cuda', torch.cuda.is_available())" || exit 1
 if [[ "${1:-}" == "--fusion" ]]; then
   timeout 90 python benchmarks/bench_regions.py --batch 32 --repeats 5 --models vgg16,resnext50_32x4d,densenet121
   timeout 300 python benchmarks/gpu_fusion_profile.py --models vgg16,resnext50_32x4d --nan-check '' --no-profile \
-    --variants fused_grouped_nhwc,fused_grouped_nhwc_per_layer,single_cudagraphs,fused_grouped_nhwc_cudagraphs,single_eager
+    --variants fused_grouped_nhwc,fused_grouped_nhwc_stepgraph,single_eager,single_stepgraph,\
+fused_grouped_nhwc_per_layer,single_cudagraphs,fused_grouped_nhwc_cudagraphs
   exit $?
 fi
 if [[ "${1:-}" == "--accuracy" ]]; then

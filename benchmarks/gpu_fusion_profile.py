@@ -4,9 +4,10 @@ fast path, against one run alone; then one epoch of the default variant under ``
 GPU's busy time against the wall time, and the kernels and operators that take it.
 
 Variants: grouped kernels + channels-last, eager (the default on a GPU), the same with every layer regrouping its
-own input and output (no grouped regions), the same under CUDA graphs (``compile: reduce-overhead``), grouped +
-NCHW, per-run kernels + channels-last, and one run alone, eager and
-under CUDA graphs (a single run's default on a GPU).
+own input and output (no grouped regions), the same with each training step captured as one CUDA graph
+(``compile: step-graph``; its train losses are compared with the eager variant's), the same under torch.compile's
+CUDA graphs (``compile: reduce-overhead``), grouped + NCHW, per-run kernels + channels-last, and one run alone,
+eager, under torch.compile's CUDA graphs (a single run's default on a GPU) and as a step graph.
 
 A micro-benchmark times one convolution of each backbone's kind, forward and backward, bf16: 12 runs as one
 grouped convolution (NHWC and NCHW), as 12 convolutions of batch 32, and one convolution over 12 × 32 images
@@ -34,9 +35,11 @@ FRACTION = 0.5  # of the training split: epochs of 1355 images (42 steps) keep t
 SETTINGS = [(l2, mn, opt) for l2 in (0.0, 0.1) for mn in (0.0, 2.0) for opt in ("rmsprop", "adam", "radam")]
 VARIANTS = [  # (label, what differs from 12 fused runs, grouped kernels, grouped regions, channels-last, eager)
     ("fused_grouped_nhwc", {}), ("fused_grouped_nhwc_per_layer", {"regions": False}),
+    ("fused_grouped_nhwc_stepgraph", {"compile": "step-graph"}),
     ("fused_grouped_nhwc_cudagraphs", {"compile": "reduce-overhead"}),
     ("fused_grouped_nchw", {"channels_last": False}), ("fused_per_run_nhwc", {"grouped": False}),
-    ("single_eager", {"runs": 1}), ("single_cudagraphs", {"runs": 1, "compile": "reduce-overhead"})]
+    ("single_eager", {"runs": 1}), ("single_cudagraphs", {"runs": 1, "compile": "reduce-overhead"}),
+    ("single_stepgraph", {"runs": 1, "compile": "step-graph"})]
 CONVS = {  # (in, out, kernel, groups, pixels): one typical layer of each backbone at 76 px
     "vgg16": (128, 128, 3, 1, 38), "resnext50_32x4d": (128, 128, 3, 32, 19), "inception_v3": (64, 96, 3, 1, 17),
     "densenet121": (128, 32, 3, 1, 19), "inception_resnet_v2": (192, 192, 3, 1, 17)}
@@ -62,7 +65,7 @@ def run_variant(h5: Path, model: str, runs: int, epochs: int, tmp: Path, grouped
     kw = {"train_fraction": FRACTION, **kw}
     cfgs = [RunConfig(dataset=str(h5), model=model, epochs=epochs, patience=epochs, seed=i, l2=l2, maxnorm=mn,
                       optimizer=opt, **kw) for i, (l2, mn, opt) in enumerate(SETTINGS[:runs])]
-    dirs = [tmp / f"{model}-{runs}-{grouped}-{kw}-{i}" for i in range(runs)]
+    dirs = [tmp / f"{model}-{runs}-{grouped}-{regions}-{kw}-{i}" for i in range(runs)]
     RunConfig.speed = patched  # type: ignore[method-assign]
     loop.fuse = functools.partial(fusion.fuse, grouped_regions=regions)  # type: ignore[assignment]
     try:
@@ -76,8 +79,10 @@ def run_variant(h5: Path, model: str, runs: int, epochs: int, tmp: Path, grouped
     done = [d for d, r in zip(dirs, results) if r.status == "done"]
     failed = [r.error for r in results if r.status != "done"]
     sec = steady_epoch_seconds(done[0]) if done else float("nan")
+    losses = [[float(h["train_loss"]) for h in csv.DictReader(open(d / "history.csv"))] for d in done]
     return {"runs": runs, "grouped": grouped, "regions": regions, **kw, "wall_s": wall, "epoch_s": sec,
-            "aggregate_images_per_s": runs * n_train / sec, "failed": failed}
+            "aggregate_images_per_s": runs * n_train / sec, "failed": failed,
+            "step_graph": results[0].environment["speed"].get("step_graph"), "train_losses": losses}
 
 
 def profile_epoch(h5: Path, model: str, tmp: Path) -> dict:
@@ -201,6 +206,14 @@ def main() -> None:
                 kw = {"compile": "off", **kw}
                 runs = kw.pop("runs", 12)
                 r = run_variant(h5, model, runs, args.epochs, tmp, **kw)
+                eager = row.get("single_eager" if runs == 1 else "fused_grouped_nhwc")
+                if kw.get("compile") == "step-graph" and eager and eager["train_losses"] and r["train_losses"]:
+                    # the same runs, eager: equal up to bf16 and cuDNN's non-deterministic kernels
+                    r["train_loss_max_rel_diff_vs_eager"] = max(
+                        abs(a - b) / max(abs(b), 1e-12) for ra, rb in zip(r["train_losses"], eager["train_losses"])
+                        for a, b in zip(ra, rb))
+                    print(f"{model:>16} {label}: step graph {r['step_graph']}, train losses vs eager: max relative "
+                          f"difference {r['train_loss_max_rel_diff_vs_eager']:.2e}", flush=True)
                 row[label] = r
                 print(f"{model:>16} {label:20s} epoch {r['epoch_s']:6.2f} s, {r['aggregate_images_per_s']:8.0f} "
                       f"train images/s (all runs), wall {r['wall_s']:6.1f} s"

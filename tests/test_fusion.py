@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import itertools
 
 import pytest
@@ -215,3 +216,28 @@ def test_fused_runs_with_an_averaged_model_equal_the_same_runs_alone(tiny_h5, tm
             for key in ("train_loss", "val_loss"):
                 assert float(rf[key]) == pytest.approx(float(ra[key]), rel=1e-4), (i, ra, rf)
         assert f.test["confusion_matrix"] == a.test["confusion_matrix"], i
+
+
+def test_the_step_graph_path_trains_each_run_exactly_as_the_eager_step(tiny_h5, tmp_path):
+    """``compile: step-graph`` runs each epoch's training step on static input tensors through the one step function
+    a CUDA graph captures on a GPU (off a GPU nothing is captured). A fused group of the four optimisers with λ, γ and
+    an augmented run gets bit for bit the histories and test results of the default path; a run whose learning rate
+    changes every step is not captured, and result.json says why."""
+    combos = [("rmsprop", 0.0, 2.0), ("adam", 0.1, 0.0), ("radam", 0.1, 2.0), ("sgd", 0.0, 0.0)]
+    base = dict(dataset=str(tiny_h5), model="test_resnet", epochs=2, patience=2, batch_size=16, amp="off")
+    configs = [RunConfig(**base, optimizer=o, l2=l2, maxnorm=mn, seed=i, augment=i == 1)
+               for i, (o, l2, mn) in enumerate(combos)]
+    eager = train_group(configs, [tmp_path / f"eager{i}" for i in range(4)], progress=False)
+    graph = train_group([dataclasses.replace(c, compile="step-graph") for c in configs],
+                        [tmp_path / f"graph{i}" for i in range(4)], progress=False)
+    for i, (a, b) in enumerate(zip(eager, graph)):
+        assert b.status == "done" and b.environment["speed"]["compile"] == "step-graph"
+        steps = b.environment["speed"]["step_graph"]
+        assert steps["replayed_steps"] == 0 and steps["eager_steps"] > 0 and steps["not_captured"] is None
+        def timeless(folder):
+            return [{k: v for k, v in row.items() if k != "seconds"} for row in _history(folder)]
+
+        assert timeless(tmp_path / f"graph{i}") == timeless(tmp_path / f"eager{i}"), i
+        assert b.test == a.test, i
+    cosine = train(RunConfig(**base, compile="step-graph", schedule="cosine"), tmp_path / "cosine", progress=False)
+    assert "learning rate changes every step" in cosine.environment["speed"]["step_graph"]["not_captured"]

@@ -21,7 +21,7 @@ SETUPS = ("scratch", "pretrained")
 SAMPLERS = ("none", "balanced")
 MONITORS = ("val_loss", "balanced_accuracy", "macro_f1")
 AMP_MODES = ("auto", "bf16", "off")
-COMPILE_MODES = ("auto", "off", "default", "reduce-overhead", "max-autotune")
+COMPILE_MODES = ("auto", "off", "default", "reduce-overhead", "max-autotune", "step-graph")
 OPTIMIZERS = ("rmsprop", "adam", "radam", "sgd", "adamw")
 SCHEDULES = ("constant", "cosine")
 FROZEN_BN = ("auto", "batch", "moving")
@@ -219,8 +219,10 @@ class RunConfig:
     amp: str = option("auto", "Mixed precision: auto (bf16 where the hardware computes it natively: CUDA GPUs and "
                       "CPUs with AMX; fp32 elsewhere), bf16 or off.", "speed")
     compile: str = option("auto", "torch.compile: auto (reduce-overhead, i.e. CUDA graphs, for a single run on "
-                          "CUDA; off on CPU and for fused groups), off, default, reduce-overhead or max-autotune.",
-                          "speed")
+                          "CUDA; off on CPU and for fused groups), off, default, reduce-overhead or max-autotune; or "
+                          "step-graph: no compiling, each epoch's training step (all runs of a fused group, their "
+                          "optimisers included) captured as one CUDA graph (eager where the learning rate or an "
+                          "average changes every step; result.json says).", "speed")
     max_memory: str = option("auto", "Memory the run's images may take: a size (512MB, 4GB) or auto (half the "
                              "available RAM, split between a grid's workers on the machine, and on a GPU half its "
                              "free memory for images kept there). Larger datasets stream from their file in "

@@ -50,7 +50,7 @@ from astroclass.training.method import (
     val_scores,
 )
 from astroclass.training.outputs import environment, evaluate, save_checkpoint, write_history, write_result
-from astroclass.training.speed import compiled, resolve_device
+from astroclass.training.speed import STEP_GRAPH, StepGraph, compiled, resolve_device
 
 PER_RUN_OPTIONS = frozenset({"l2", "maxnorm", "optimizer", "seed", "lr", "class_weights", "sampler", "monitor",
                              "augment", "augment_shift", "epochs", "patience", "finetune_lr", "finetune_momentum",
@@ -157,6 +157,7 @@ class GroupTrainer:
         self.ema: list[torch.Tensor] | None = None
         self.ema_src: list[torch.Tensor] = []
         self.ema_steps = 0
+        self.step_graph: dict[str, Any] = {"replayed_steps": 0, "eager_steps": 0, "not_captured": None}
 
     # -- set-up ----------------------------------------------------------------------------
     def _build_runs(self, data: RunData) -> tuple[list[_Run], list[dict], AstroNet]:
@@ -276,6 +277,7 @@ class GroupTrainer:
         hyperparameters share one optimiser object: its update is per tensor (each view keeps its own
         moments and step count), so this is each run's own optimiser, stepped for all of them at once."""
         fused = self.fast["fused_optimizer"]
+        capturable = self.fast["compile"] == STEP_GRAPH and self.device.type == "cuda"
         groups: dict[tuple, list[_Run]] = {}
         for r in self._live():
             c = r.cfg
@@ -289,8 +291,8 @@ class GroupTrainer:
         self.schedule_of: dict[int, RunConfig] = {}
         for key, members in groups.items():
             params = [p for r in members for p in self.slots.parameters(r.slot, self.names)]
-            opt = finetune_optimizer(members[0].cfg, params, fused) if self.phase == "finetune" else \
-                make_optimizer(key[0], params, key[1], fused)
+            opt = finetune_optimizer(members[0].cfg, params, fused, capturable) if self.phase == "finetune" else \
+                make_optimizer(key[0], params, key[1], fused, capturable)
             for pg in opt.param_groups:
                 pg["initial_lr"] = pg["lr"]
             self.optimizers.append(opt)
@@ -403,6 +405,33 @@ class GroupTrainer:
         # from pageable memory waits for the device)
         x_index = index if isinstance(x, DiskImages) else _on_device(index, x.device)
         y_index = _on_device(index, y.device)
+
+        def step(xb: torch.Tensor, yb: torch.Tensor, masks: torch.Tensor, graphed: bool = False) -> None:
+            """Forward, backward and every run's update for one batch (a CUDA graph can hold all of it)."""
+            b = len(yb) // g
+            with torch.autocast(self.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None,
+                                cache_enabled=not graphed):  # a graph must cast the weights in every replay
+                logits = self.forward(xb, masks)
+            losses = run_losses(logits, yb, weights, smoothing) + lam * model.l2_penalty()
+            slots.zero_grads()
+            losses.index_select(0, live_idx).sum().backward()
+            slots.bind_grads(self.names)
+            for opt in self.optimizers:  # runs that have left step too, harmlessly, until the group is rebuilt
+                opt.step()
+            if gamma is not None:
+                model.apply_max_norm(gamma)
+            if self.ema is not None:
+                self._ema_update()
+            total_loss.add_(losses.detach() * b)
+            total_correct.add_((logits.detach().argmax(1) == yb).view(g, b).sum(1))
+
+        run_step: Callable[..., None] = step
+        if self.fast["compile"] == STEP_GRAPH:
+            why = self._not_capturable(active)
+            if why is None:
+                run_step = StepGraph(step, self.device)
+            else:
+                self.step_graph["not_captured"] = why
         for idx, yidx, xs in zip(index, y_index, batches(x, x_index, pin=self.device.type == "cuda")):
             b = len(idx) // g
             xb = to_float(xs.to(self.device, non_blocking=True))
@@ -413,12 +442,6 @@ class GroupTrainer:
                 xb = xb.contiguous(memory_format=torch.channels_last)
             yb = upload(y[yidx], self.device)
             masks = dropout_masks([r.dgen if r else None for r in by_slot], b, self.device)
-            with torch.autocast(self.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
-                logits = self.forward(xb, masks)
-            losses = run_losses(logits, yb, weights, smoothing) + lam * model.l2_penalty()
-            slots.zero_grads()
-            losses.index_select(0, live_idx).sum().backward()
-            slots.bind_grads(self.names)
             if self.scheduled:
                 for opt in self.optimizers:
                     cfg = self.schedule_of[id(opt)]
@@ -426,22 +449,30 @@ class GroupTrainer:
                     for pg in opt.param_groups:
                         pg["lr"] = pg["initial_lr"] * f
                 self.phase_steps += 1
-            for opt in self.optimizers:  # runs that have left step too, harmlessly, until the group is rebuilt
-                opt.step()
-            if gamma is not None:
-                model.apply_max_norm(gamma)
-            if self.ema is not None:
-                self._ema_update()
-            total_loss += losses.detach() * b
-            total_correct += (logits.detach().argmax(1) == yb).view(g, b).sum(1)
+            run_step(xb, yb, masks)
             seen += b
             bar.advance()
+        if isinstance(run_step, StepGraph):
+            self.step_graph["replayed_steps"] += run_step.replays
+            self.step_graph["eager_steps"] += len(starts) - run_step.replays
+            if run_step.failed:
+                self.step_graph["not_captured"] = run_step.failed
+        elif self.fast["compile"] == STEP_GRAPH:
+            self.step_graph["eager_steps"] += len(starts)
         bar.close()
         if isinstance(x, DiskImages):
             x.drop_cache()
         mean_loss = (total_loss / max(seen, 1)).tolist()
         correct = total_correct.tolist()
         return {r.index: (mean_loss[r.slot], correct[r.slot] / max(seen, 1), seen) for r in active}
+
+    def _not_capturable(self, active: list[_Run]) -> str | None:
+        """Why this epoch's training step cannot be one CUDA graph (None: it can); the step then runs eagerly."""
+        if self.ema is not None:
+            return "the weight average's decay changes every step"
+        if self.scheduled and any(r.cfg.warmup_epochs or r.cfg.schedule != "constant" for r in active):
+            return "the learning rate changes every step (warm-up or schedule)"
+        return None
 
     def _val(self, active: list[_Run], x: Images, y: torch.Tensor) -> dict[int, tuple[float, float, float]]:
         g = self.slots.runs
@@ -516,6 +547,8 @@ class GroupTrainer:
         env = r.result.environment
         env["setup_seconds"] = round(self.setup_seconds, 3)  # data, initial weights, model: before epoch 1
         env["worker_model_reused"] = self.model_reused  # a model kept by the worker (no build, no compile)
+        if self.fast["compile"] == STEP_GRAPH:
+            env["speed"]["step_graph"] = dict(self.step_graph)
         if self.device.type == "cuda":
             env["peak_gpu_memory_bytes"] = int(torch.cuda.max_memory_allocated(self.device))
 

@@ -56,12 +56,14 @@ KERAS_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-def make_optimizer(name: str, params, lr: float | None = None, fused: bool = False) -> torch.optim.Optimizer:
+def make_optimizer(name: str, params, lr: float | None = None, fused: bool = False,
+                   capturable: bool = False) -> torch.optim.Optimizer:
     """One of the paper's optimisers with Keras' default hyperparameters, or AdamW (lr overridable).
 
     ``fused``: Adam, AdamW and SGD use PyTorch's fused single-kernel update (same update rule; Adam's step is
     2-4x faster on CPU, benchmarks/bench_kernels.py); RMSprop and RAdam have no fused kernel and keep
-    the multi-tensor one."""
+    PyTorch's default implementation. ``capturable`` (GPU): step counters on the device, so a CUDA graph can
+    hold the step (SGD keeps none)."""
     if name not in KERAS_DEFAULTS:
         raise AstroclassError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
     kw = dict(KERAS_DEFAULTS[name])
@@ -69,16 +71,18 @@ def make_optimizer(name: str, params, lr: float | None = None, fused: bool = Fal
         kw["lr"] = lr
     if fused and name in ("adam", "sgd", "adamw"):
         kw["fused"] = True
+    if capturable and name != "sgd":
+        kw["capturable"] = True
     cls = {"rmsprop": torch.optim.RMSprop, "adam": torch.optim.Adam, "radam": torch.optim.RAdam,
            "sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}[name]
     return cls(params, **kw)
 
 
-def finetune_optimizer(cfg: RunConfig, params, fused: bool) -> torch.optim.Optimizer:
+def finetune_optimizer(cfg: RunConfig, params, fused: bool, capturable: bool = False) -> torch.optim.Optimizer:
     """The fine-tune phase's optimiser: SGD with the paper's lr 1e-3 and momentum 0.9, or (``finetune_optimizer:
     adamw``) AdamW at ``finetune_lr`` with the modern recipe's other AdamW hyperparameters."""
     if cfg.finetune_optimizer == "adamw":
-        return make_optimizer("adamw", params, cfg.finetune_lr, fused)
+        return make_optimizer("adamw", params, cfg.finetune_lr, fused, capturable)
     return torch.optim.SGD(params, lr=cfg.finetune_lr, momentum=cfg.finetune_momentum, fused=fused or None)
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -49,13 +51,74 @@ def inductor_cache_dir() -> Path:
 
 
 def compiled(model: torch.nn.Module, mode: str | None):
-    """``torch.compile(model, mode=mode)`` (None: the eager model). Compiled graphs are cached on disk
-    (TorchInductor's FX-graph cache, :func:`inductor_cache_dir`), so an architecture compiles once per
+    """``torch.compile(model, mode=mode)`` (None, or ``step-graph``: the eager model). Compiled graphs are cached on
+    disk (TorchInductor's FX-graph cache, :func:`inductor_cache_dir`), so an architecture compiles once per
     machine, not once per run; a long-lived grid worker also keeps the compiled model itself."""
-    if mode is None:
+    if mode is None or mode == STEP_GRAPH:
         return model
     inductor_cache_dir()
     return torch.compile(model, mode=mode, dynamic=False)
+
+
+STEP_GRAPH = "step-graph"
+"""The ``compile`` mode that captures the whole training step as one CUDA graph (:class:`StepGraph`)."""
+
+
+class StepGraph:
+    """One training step (forward, losses, backward, every run's optimiser step, max-norm, the epoch's running
+    totals) as one CUDA graph, replayed for each batch of an epoch: one launch per step instead of thousands, and
+    no Python in between. ``step(x, y, masks)`` must read nothing else that changes between steps (learning
+    rates, averaging decays) and launch no host synchronisation; its optimisers must be ``capturable``.
+
+    Each batch is copied into static input tensors; the first call runs eagerly (on a side stream on a GPU: it
+    creates the optimisers' state and gradients and lets cuDNN choose its kernels), the second is captured and
+    replayed, and every later one replays. A batch of another shape (an epoch's last, smaller one) runs eagerly,
+    and so does every step after a capture that failed (``failed`` says why). Gradients are accumulated in place
+    (autograd does so once they exist), so every tensor the graph touches outlives it. Off a GPU every call
+    runs the step eagerly on the static inputs: the same plumbing, the same maths."""
+
+    def __init__(self, step: Callable[..., None], device: torch.device):
+        self.step = step
+        self.capture = device.type == "cuda"
+        self.static: tuple[torch.Tensor, ...] | None = None
+        self.graph: Any = None
+        self.calls = 0
+        self.replays = 0
+        self.failed: str | None = None  # why capturing failed (every step then runs eagerly)
+
+    def __call__(self, *inputs: torch.Tensor) -> None:
+        if self.static is None:
+            self.static = tuple(t.clone() for t in inputs)
+        elif any(s.shape != t.shape for s, t in zip(self.static, inputs)):
+            self.step(*inputs, graphed=False)
+            return
+        else:
+            for s, t in zip(self.static, inputs):
+                s.copy_(t)
+        self.calls += 1
+        if not self.capture or self.failed:
+            self.step(*self.static, graphed=False)
+        elif self.graph is not None:
+            self.graph.replay()
+            self.replays += 1
+        elif self.calls == 1:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self.step(*self.static, graphed=False)
+            torch.cuda.current_stream().wait_stream(side)
+        else:
+            graph = torch.cuda.CUDAGraph()
+            try:
+                with torch.cuda.graph(graph):
+                    self.step(*self.static, graphed=True)
+            except RuntimeError as exc:  # capturing runs nothing: the step is still to be taken, eagerly
+                self.failed = f"capture failed: {str(exc).splitlines()[0][:200]}"
+                self.step(*self.static, graphed=False)
+                return
+            self.graph = graph
+            self.graph.replay()  # capturing records the step; this runs it
+            self.replays += 1
 
 
 def available_memory(device: torch.device) -> int:
