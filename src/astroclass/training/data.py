@@ -184,9 +184,9 @@ def training_order(x: Images, y: torch.Tensor, sampler: str, gen: torch.Generato
 
 
 def batches(x: Images, indices: Sequence[torch.Tensor], pin: bool = False, depth: int = 3) -> Iterator[torch.Tensor]:
-    """The stored images of each index batch in turn. In memory they are gathered as they are needed;
-    streamed, a background thread reads up to ``depth`` batches ahead (into pinned memory with ``pin``, for
-    asynchronous copies to a GPU)."""
+    """The stored images of each index batch in turn. In memory they are gathered as they are needed (on the
+    images' device; from CPU memory into pinned memory with ``pin``); streamed, a background thread reads up to
+    ``depth`` batches ahead (into pinned memory with ``pin``). Pinned batches copy to a GPU asynchronously."""
     if not isinstance(x, DiskImages):
         for idx in indices:
             xb = x[idx.to(x.device)]
