@@ -180,6 +180,8 @@ def main(argv: list[str] | None = None, defaults: dict | None = None) -> dict:
     ap.add_argument("--per-gpu", type=int, default=d["per_gpu"], help="fuse off on a GPU: runs packed per GPU")
     ap.add_argument("--name", default=d["name"], help="results file name (benchmarks/results/NAME.json)")
     ap.add_argument("--skip-cell24", action="store_true", help="skip the 24-run cell ratio")
+    ap.add_argument("--compile", default="", help="the fused runs' compile option (e.g. step-graph); the --fuse off "
+                                                  "runs keep auto")
     ap.add_argument("--budget", type=float, default=d["budget"],
                     help="seconds; 0 = none. Steps run in the order: the fused grids of all models, then per model "
                          "its fuse-off grid and its 24-run cell; a step that would start after the budget is skipped "
@@ -227,6 +229,9 @@ def main(argv: list[str] | None = None, defaults: dict | None = None) -> dict:
         def left() -> float | None:
             return max(1.0, args.deadline - (time.perf_counter() - t_start)) if args.deadline else None
 
+        def fused_options(spec: dict) -> dict:
+            return {**spec, "train": {**spec["train"], "compile": args.compile}} if args.compile else spec
+
         def measure_step(kind: str, model: str) -> None:
             row = out["models"][model]
             if kind == "cell24":
@@ -237,15 +242,15 @@ def main(argv: list[str] | None = None, defaults: dict | None = None) -> dict:
                 one = {**cell, "name": f"{model}-single", "l2": [0.1], "maxnorm": [0.0], "optimizers": ["adam"],
                        "seeds": [0]}
                 _, single, _ = run_grid_cli(one, folder, "off", 1, 1, left())
-                _, cell_runs, _ = run_grid_cli(cell, folder, "24", 1, 1, left())
+                _, cell_runs, _ = run_grid_cli(fused_options(cell), folder, "24", 1, 1, left())
                 r1, r24 = steady_rate(single, n_train), steady_rate(cell_runs, n_train)
                 row["cell24"] = {"single_images_per_s": r1, "fused24_images_per_s": r24, "ratio": r24 / r1}
                 print(f"{model:>20} 24-run cell fused: {r24:8.0f} train images/s vs one unfused run {r1:8.0f}: "
                       f"{r24 / r1:.2f}x", flush=True)
                 return
             fuse, workers = ("off", workers_off) if kind == "off" else (fused_flag, 1 if gpu else args.workers)
-            wall, runs, failed = run_grid_cli(specs[model], folder, fuse, workers,
-                                              args.per_gpu if fuse == "off" else 1, left())
+            wall, runs, failed = run_grid_cli(specs[model] if fuse == "off" else fused_options(specs[model]), folder,
+                                              fuse, workers, args.per_gpu if fuse == "off" else 1, left())
             s = summarise(runs, wall, n_train, workers)
             s["failed_runs"] = failed
             s["paper_grid_hours"] = project_paper_hours(model, s, workers)
