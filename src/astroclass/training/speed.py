@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,11 @@ class StepGraph:
         self.failed: str | None = None  # why capturing failed (every step then runs eagerly)
 
     def __call__(self, *inputs: torch.Tensor) -> None:
+        with warnings.catch_warnings():  # the eager steps of capturable optimisers are expected here
+            warnings.filterwarnings("ignore", message=".*capturable=True.*", category=UserWarning)
+            self._call(*inputs)
+
+    def _call(self, *inputs: torch.Tensor) -> None:
         if self.static is None:
             self.static = tuple(t.clone() for t in inputs)
         elif any(s.shape != t.shape for s, t in zip(self.static, inputs)):
@@ -109,8 +115,8 @@ class StepGraph:
             torch.cuda.current_stream().wait_stream(side)
         else:
             graph = torch.cuda.CUDAGraph()
-            try:
-                with torch.cuda.graph(graph):
+            try:  # thread-local: a streaming reader thread may pin memory meanwhile
+                with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                     self.step(*self.static, graphed=True)
             except RuntimeError as exc:  # capturing runs nothing: the step is still to be taken, eagerly
                 self.failed = f"capture failed: {str(exc).splitlines()[0][:200]}"
