@@ -233,7 +233,8 @@ def test_the_step_graph_path_trains_each_run_exactly_as_the_eager_step(tiny_h5, 
     for i, (a, b) in enumerate(zip(eager, graph)):
         assert b.status == "done" and b.environment["speed"]["compile"] == "step-graph"
         steps = b.environment["speed"]["step_graph"]
-        assert steps["replayed_steps"] == 0 and steps["eager_steps"] > 0 and steps["not_captured"] is None
+        assert steps["replayed_steps"] == 0 and steps["eager_steps"] > 0
+        assert "need a CUDA device" in steps["not_captured"]
         def timeless(folder):
             return [{k: v for k, v in row.items() if k != "seconds"} for row in _history(folder)]
 

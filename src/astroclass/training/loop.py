@@ -429,7 +429,9 @@ class GroupTrainer:
         if self.fast["compile"] == STEP_GRAPH:
             why = self._not_capturable(active)
             if why is None:
-                run_step = StepGraph(step, self.device)
+                run_step = StepGraph(step, self.device)  # off a GPU: the same steps, eagerly
+                if self.device.type != "cuda":
+                    self.step_graph["not_captured"] = f"CUDA graphs need a CUDA device, not {self.device.type}"
             else:
                 self.step_graph["not_captured"] = why
         for idx, yidx, xs in zip(index, y_index, batches(x, x_index, pin=self.device.type == "cuda")):
