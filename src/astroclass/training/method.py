@@ -35,6 +35,7 @@ Every function here works on G runs at once (G = 1 for a run trained alone): the
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -130,7 +131,7 @@ def augment_runs(x: torch.Tensor, runs: list[tuple[torch.Generator, float] | Non
     """:func:`augment_batch` for G runs at once: ``x`` (G·B, C, H, W) run-major, ``runs[r]`` run r's generator
     and shift (None: its images pass unchanged). Each run draws from its own (CPU) generator exactly what it
     draws alone, and its images get exactly what they get alone. On a GPU nothing waits for the device: every
-    image's transform is picked by indexing, and the random draws go up in one asynchronous copy."""
+    image's symmetry is one gather of its pixels, and the random draws go up in one asynchronous copy."""
     g = len(runs)
     n = x.shape[0] // g if g else 0
     picks, offsets = [], []
@@ -146,7 +147,9 @@ def augment_runs(x: torch.Tensor, runs: list[tuple[torch.Generator, float] | Non
         else:
             offsets.append(torch.full((n, 2), math.nan))
     k, d = torch.cat(picks), torch.cat(offsets)
-    out = torch.stack([dihedral(x, t) for t in range(8)])[upload(k, x.device), torch.arange(len(x), device=x.device)]
+    c, h, w = x.shape[1:]
+    source = _dihedral_pixels(h, w, x.device)[upload(k, x.device)]  # (N, H·W): each output pixel's input pixel
+    out = x.reshape(len(x), c, h * w).gather(2, source.unsqueeze(1).expand(-1, c, -1)).view(x.shape)
     moved = ~d.isnan().any(1)
     if bool(moved.any()):
         h, w = out.shape[-2:]
@@ -158,6 +161,12 @@ def augment_runs(x: torch.Tensor, runs: list[tuple[torch.Generator, float] | Non
         shifted = F.grid_sample(out, grid, mode="bilinear", padding_mode="border", align_corners=False)
         out = shifted if bool(moved.all()) else torch.where(upload(moved, x.device).view(-1, 1, 1, 1), shifted, out)
     return out
+
+
+@functools.lru_cache(maxsize=8)
+def _dihedral_pixels(h: int, w: int, device: torch.device) -> torch.Tensor:
+    """(8, H·W): for symmetry t, the flat index of the input pixel that lands on each output pixel."""
+    return torch.stack([dihedral(torch.arange(h * w).view(1, 1, h, w), t).flatten() for t in range(8)]).to(device)
 
 
 def upload(t: torch.Tensor, device: torch.device) -> torch.Tensor:
