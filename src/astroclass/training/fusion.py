@@ -18,9 +18,11 @@ That is the *grouped* mode, for GPUs: one kernel launch serves all G runs. Regro
 activations, so where a whole block computes per image and per channel only (a ``Sequential`` of
 convolutions, batch norms, activations and pooling, such as VGG's features; timm's conv-norm-act blocks,
 ResNet blocks and DenseNet layers), the block is a *grouped region*: its input is regrouped once, its layers
-pass the ``(B, G·C, H, W)`` layout to each other, and its output is regrouped back once. In the *per-run* mode (CPUs)
-the same layers call the unfused kernel once per run on that run's slice of the batch, so each run is
-computed bit for bit as alone, and everything between those layers still runs once for all G.
+pass the ``(B, G·C, H, W)`` layout to each other, and its output is regrouped back once.
+
+In the *per-run* mode (CPUs) the same layers call the unfused kernel once per run on that run's slice of the
+batch, so each run is computed bit for bit as alone, and everything between those layers still runs once for
+all G.
 
 Every parameter and buffer of run r is the r-th of G equal chunks along the first axis of the fused
 tensor; :class:`Slots` hands out those chunks as views, so each run gets its own optimiser over its own
