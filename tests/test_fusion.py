@@ -103,10 +103,10 @@ def test_a_kept_model_reinitialised_in_place_trains_as_a_fresh_one(tiny_h5, tmp_
 def test_grouped_kernels_compute_each_run_as_alone(name, channels_last, matmul, size, grouped_regions):
     """The GPU path's grouped convolutions, batch-norm regrouping, grouped regions (blocks run in the grouped
     layout: VGG's features, ResNet blocks, DenseNet layers, conv-norm-act blocks) and batched matrix products
-    give each run the outputs, gradients and running statistics of its own model, up to rounding: in float64,
-    so that fp32 rounding neither hides a wrong layout nor fails a badly conditioned model (InceptionV3's batch
-    norms over 4 images of 1x1 pixels amplify fp32 rounding to 4e-3) (per-run kernels, the CPU path, are bit
-    for bit: the test above)."""
+    give each run the outputs, gradients and running statistics of its own model, up to rounding. The test
+    runs in float64, so that fp32 rounding neither hides a wrong layout nor fails a badly conditioned model:
+    InceptionV3's batch norms over 4 images of 1x1 pixels amplify fp32 rounding to 4e-3. (Per-run kernels,
+    the CPU path, are bit for bit: the test above.)"""
     from astroclass.models import build_model, matmul_1x1
 
     g, b = 3, 8 if size < 64 else 4
@@ -230,14 +230,15 @@ def test_the_step_graph_path_trains_each_run_exactly_as_the_eager_step(tiny_h5, 
     eager = train_group(configs, [tmp_path / f"eager{i}" for i in range(4)], progress=False)
     graph = train_group([dataclasses.replace(c, compile="step-graph") for c in configs],
                         [tmp_path / f"graph{i}" for i in range(4)], progress=False)
+
+    def timeless(folder):
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in _history(folder)]
+
     for i, (a, b) in enumerate(zip(eager, graph)):
         assert b.status == "done" and b.environment["speed"]["compile"] == "step-graph"
         steps = b.environment["speed"]["step_graph"]
         assert steps["replayed_steps"] == 0 and steps["eager_steps"] > 0
         assert "need a CUDA device" in steps["not_captured"]
-        def timeless(folder):
-            return [{k: v for k, v in row.items() if k != "seconds"} for row in _history(folder)]
-
         assert timeless(tmp_path / f"graph{i}") == timeless(tmp_path / f"eager{i}"), i
         assert b.test == a.test, i
     cosine = train(RunConfig(**base, compile="step-graph", schedule="cosine"), tmp_path / "cosine", progress=False)
