@@ -183,12 +183,10 @@ def fit(dataset: Dataset | str | Path, output: str | Path | None = None, progres
     """Train one run on ``dataset`` with any run option of ``astroclass train`` as a keyword (``model``,
     ``setup``, ``epochs``, ``l2``, ``unfreeze``...); ``output``: the run folder (default: a temporary one)."""
     from astroclass.training import RunConfig, train
-    from astroclass.training.pick import picks_backbone, with_picked_backbone
+    from astroclass.training.pick import with_picked_backbone
 
     path = dataset.path if isinstance(dataset, Dataset) else Path(dataset)
-    options = {**options, "dataset": str(path)}
-    if picks_backbone(options):
-        options = with_picked_backbone(options, print if progress else (lambda line: None))
+    options = with_picked_backbone({**options, "dataset": str(path)}, print if progress else (lambda line: None))
     cfg = RunConfig.from_dict(options, "fit()")
     out, keep = (Path(output), None) if output is not None else _temporary("run", "astroclass-run-")
     return Run(out, train(cfg, out, progress=progress), keep)

@@ -46,13 +46,12 @@ def train_cmd(
     checkpoint.pt, predictions.npz and result.json to the run folder."""
     from astroclass.errors import AstroclassError
     from astroclass.training import train
-    from astroclass.training.pick import picks_backbone, with_picked_backbone
+    from astroclass.training.pick import with_picked_backbone
 
     base = RunConfig.from_yaml(config).to_dict() if config else {}
     base["dataset"] = str(dataset)
     base.update({k: v for k, v in options.items() if v is not None})
-    if picks_backbone(base):
-        base = with_picked_backbone(base, typer.echo)
+    base = with_picked_backbone(base, typer.echo)
     cfg = RunConfig.from_dict(base)
     if output is None:
         output = Path("runs") / (f"{dataset.stem}-{cfg.model}-{cfg.setup}-{cfg.optimizer}-l2{cfg.l2:g}-"

@@ -116,18 +116,16 @@ class FusedConv2d(_FusedLayer, nn.Conv2d):
         if not self.grouped:
             return self._per_run(x, self._one, self.weight, self.bias)
         g = self.runs
-        if self.in_region:
-            return F.conv2d(self._pad(x), self.weight, self.bias, self.stride, self._padding(), self.dilation,
-                            self.run_groups * g)
         if self.kind == "matmul":  # no regrouping copies: one batched product over channels-last pixels
             gb, c, h, w = x.shape
             xb = x.permute(0, 2, 3, 1).reshape(g, -1, c)
             wt = self.weight.view(g, -1, c).transpose(1, 2)
             y = torch.bmm(xb, wt) if self.bias is None else torch.baddbmm(self.bias.view(g, 1, -1), xb, wt)
             return y.reshape(gb, h, w, -1).permute(0, 3, 1, 2)
-        y = F.conv2d(self._pad(to_grouped(x, g)), self.weight, self.bias, self.stride, self._padding(), self.dilation,
+        xg = x if self.in_region else to_grouped(x, g)
+        y = F.conv2d(self._pad(xg), self.weight, self.bias, self.stride, self._padding(), self.dilation,
                      self.run_groups * g)
-        return from_grouped(y, g)
+        return y if self.in_region else from_grouped(y, g)
 
 
 class _FusedNorm(_FusedLayer):
@@ -158,13 +156,13 @@ class _FusedNorm(_FusedLayer):
         def norm(xr, mean, var, w, b):
             return F.batch_norm(xr, mean if track else None, var if track else None, w, b, use_batch, factor, self.eps)
 
+        tensors = (self.running_mean, self.running_var, self.weight, self.bias)
         if self.in_region:
-            y = norm(x, self.running_mean, self.running_var, self.weight, self.bias)
+            y = norm(x, *tensors)
         elif self.grouped:
-            y = from_grouped(norm(to_grouped(x, self.runs), self.running_mean, self.running_var, self.weight,
-                                  self.bias), self.runs)
+            y = from_grouped(norm(to_grouped(x, self.runs), *tensors), self.runs)
         else:
-            y = self._per_run(x, norm, self.running_mean, self.running_var, self.weight, self.bias)
+            y = self._per_run(x, norm, *tensors)
         if hasattr(self, "act"):  # BatchNormAct2d: dropout then activation, per element
             y = self.act(self.drop(y))
         return y

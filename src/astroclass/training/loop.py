@@ -391,7 +391,7 @@ class GroupTrainer:
         smoothing = torch.tensor([r.cfg.label_smoothing if r else 0.0 for r in by_slot], device=self.device) \
             if any(r.cfg.label_smoothing for r in active) else None
         live_idx = torch.tensor([r.slot for r in active], device=self.device)
-        augment = [r is not None and r.cfg.augment for r in by_slot]
+        augment = [(r.gen, r.cfg.augment_shift) if r is not None and r.cfg.augment else None for r in by_slot]
         n = len(y)
         starts = batch_starts(n, self.configs[0].batch_size)
         total_loss = torch.zeros(g, device=self.device)
@@ -425,21 +425,13 @@ class GroupTrainer:
             total_loss.add_(losses.detach() * b)
             total_correct.add_((logits.detach().argmax(1) == yb).view(g, b).sum(1))
 
-        run_step: Callable[..., None] = step
-        if self.fast["compile"] == STEP_GRAPH:
-            why = self._not_capturable(active)
-            if why is None:
-                run_step = StepGraph(step, self.device)  # off a GPU: the same steps, eagerly
-                if self.device.type != "cuda":
-                    self.step_graph["not_captured"] = f"CUDA graphs need a CUDA device, not {self.device.type}"
-            else:
-                self.step_graph["not_captured"] = why
+        run_step = StepGraph(step, self.device, self._not_capturable(active)) \
+            if self.fast["compile"] == STEP_GRAPH else step
         for idx, yidx, xs in zip(index, y_index, batches(x, x_index, pin=self.device.type == "cuda")):
             b = len(idx) // g
             xb = to_float(xs.to(self.device, non_blocking=True))
             if any(augment):
-                xb = augment_runs(xb, [(r.gen, r.cfg.augment_shift) if r is not None and r.cfg.augment else None
-                                       for r in by_slot])
+                xb = augment_runs(xb, augment)
             if self.fast["channels_last"]:
                 xb = xb.contiguous(memory_format=torch.channels_last)
             yb = upload(y[yidx], self.device)
@@ -457,10 +449,8 @@ class GroupTrainer:
         if isinstance(run_step, StepGraph):
             self.step_graph["replayed_steps"] += run_step.replays
             self.step_graph["eager_steps"] += len(starts) - run_step.replays
-            if run_step.failed:
-                self.step_graph["not_captured"] = run_step.failed
-        elif self.fast["compile"] == STEP_GRAPH:
-            self.step_graph["eager_steps"] += len(starts)
+            if run_step.why:
+                self.step_graph["not_captured"] = run_step.why
         bar.close()
         if isinstance(x, DiskImages):
             x.drop_cache()

@@ -152,7 +152,6 @@ def augment_runs(x: torch.Tensor, runs: list[tuple[torch.Generator, float] | Non
     out = x.reshape(len(x), c, h * w).gather(2, source.unsqueeze(1).expand(-1, c, -1)).view(x.shape)
     moved = ~d.isnan().any(1)
     if bool(moved.any()):
-        h, w = out.shape[-2:]
         theta = torch.zeros(len(x), 2, 3)
         theta[:, 0, 0] = theta[:, 1, 1] = 1.0
         theta[:, 0, 2] = torch.where(moved, -2 * d[:, 0] / w, 0.0)  # sampling at x - dx moves the image by +dx

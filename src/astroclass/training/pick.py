@@ -119,9 +119,12 @@ def picks_backbone(options: dict[str, Any]) -> bool:
 
 def with_picked_backbone(options: dict[str, Any], say: Callable[[str], Any] = print) -> dict[str, Any]:
     """``options`` with the picked backbone, fine-tuned from its weights, and the time spent choosing taken
-    off the budget; ``say`` gets what was timed and why the pick."""
+    off the budget, where :func:`picks_backbone` says they leave it to the pick (else ``options`` as they are);
+    ``say`` gets what was timed and why the pick."""
     from astroclass.runconfig import parse_duration
 
+    if not picks_backbone(options):
+        return options
     t0 = time.perf_counter()
     budget = parse_duration(options["budget"])
     say(f"recipe modern, budget {options['budget']}: timing backbones on this machine")

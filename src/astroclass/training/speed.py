@@ -73,19 +73,19 @@ class StepGraph:
 
     Each batch is copied into static input tensors; the first call runs eagerly (on a side stream on a GPU: it
     creates the optimisers' state and gradients and lets cuDNN choose its kernels), the second is captured and
-    replayed, and every later one replays. A batch of another shape (an epoch's last, smaller one) runs eagerly,
-    and so does every step after a capture that failed (``failed`` says why). Gradients are accumulated in place
-    (autograd does so once they exist), so every tensor the graph touches outlives it. Off a GPU every call
-    runs the step eagerly on the static inputs: the same plumbing, the same maths."""
+    replayed, and every later one replays. A batch of another shape (an epoch's last, smaller one) runs eagerly.
+    Gradients are accumulated in place (autograd does so once they exist), so every tensor the graph touches
+    outlives it. Off a GPU, where the caller gives a reason ``why`` not to capture, or after a capture that
+    failed, every call runs the step eagerly on the static inputs (the same plumbing, the same maths) and
+    ``why`` says why."""
 
-    def __init__(self, step: Callable[..., None], device: torch.device):
+    def __init__(self, step: Callable[..., None], device: torch.device, why: str | None = None):
         self.step = step
-        self.capture = device.type == "cuda"
+        self.why = why if why or device.type == "cuda" else f"CUDA graphs need a CUDA device, not {device.type}"
         self.static: tuple[torch.Tensor, ...] | None = None
         self.graph: Any = None
         self.calls = 0
         self.replays = 0
-        self.failed: str | None = None  # why capturing failed (every step then runs eagerly)
 
     def __call__(self, *inputs: torch.Tensor) -> None:
         with warnings.catch_warnings():  # the eager steps of capturable optimisers are expected here
@@ -102,7 +102,7 @@ class StepGraph:
             for s, t in zip(self.static, inputs):
                 s.copy_(t)
         self.calls += 1
-        if not self.capture or self.failed:
+        if self.why:
             self.step(*self.static, graphed=False)
         elif self.graph is not None:
             self.graph.replay()
@@ -119,7 +119,7 @@ class StepGraph:
                 with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                     self.step(*self.static, graphed=True)
             except RuntimeError as exc:  # capturing runs nothing: the step is still to be taken, eagerly
-                self.failed = f"capture failed: {str(exc).splitlines()[0][:200]}"
+                self.why = f"capture failed: {str(exc).splitlines()[0][:200]}"
                 self.step(*self.static, graphed=False)
                 return
             self.graph = graph
