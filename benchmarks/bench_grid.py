@@ -48,14 +48,17 @@ PAPER_SETTINGS = {"setups": ["scratch", "pretrained"], "l2": [0.0, 0.1], "maxnor
 
 
 def aries_subset(folder: Path, images: int, size: int) -> Path:
-    """The first ``images`` ARIES cutouts (stars and galaxies in their catalogue proportions) at ``size`` px."""
+    """``images`` ARIES cutouts at ``size`` px, evenly spaced through the catalogue, so stars and galaxies keep
+    their catalogue proportions (the catalogue lists all galaxies first: its first rows are one class)."""
     from astroclass.data import ImageSpec, build_dataset
     from astroclass.data.importers import catalog_items
 
     cat = DATA / "aries_star_galaxy" / "labels.csv"
     if not cat.exists():
         sys.exit(f"{cat} not found: the benchmark needs ../shared/data beside the repository")
-    items = catalog_items(cat)[:images]
+    every = catalog_items(cat)
+    n = min(images, len(every))
+    items = [every[i * len(every) // n] for i in range(n)]
     out = folder / f"aries_{len(items)}_{size}px.h5"
     build_dataset(items, out, ImageSpec(size=size), source={"kind": "benchmark slice"}, show_progress=False)
     return out
