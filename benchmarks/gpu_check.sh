@@ -6,8 +6,9 @@
 #   default: the grid, --fuse off vs fused (gpu_grid.py: results/grid_gpu.json), about 7.5 minutes
 #   --all:   then the per-backbone throughput, a real run fast vs --paper-exact, bf16 vs fp32 and streaming
 #            from disk (about 15 more minutes)
-#   --fusion: instead of the grid, where a fused group's time goes (about 6 minutes): bench_regions.py (grouped
-#            regions against regrouping at every layer, one step) and gpu_fusion_profile.py on vgg16 and
+#   --fusion: instead of the grid, where a fused group's time goes (about 7 minutes): bench_regions.py (grouped
+#            regions against regrouping at every layer, one step), bench_spans.py (optimiser steps over each
+#            run's views vs one span per shared optimiser: kernel launches) and gpu_fusion_profile.py on vgg16 and
 #            resnext50_32x4d: 12 fused runs and one run alone, eager and with each step one CUDA graph
 #            (compile: step-graph, checked against eager), then without regions and under torch.compile's graphs
 #   --accuracy: instead of the grid, accuracy.py on aries and galaxy10 (what fits a 64 MiB carry) with a
@@ -21,6 +22,7 @@ python -c "import sys, torch, timm; print('python', sys.version.split()[0], 'tor
 timm.__version__, 'cuda', torch.cuda.is_available())" || exit 1
 if [[ "${1:-}" == "--fusion" ]]; then
   timeout 90 python benchmarks/bench_regions.py --batch 32 --repeats 5 --models vgg16,resnext50_32x4d,densenet121
+  timeout 45 python benchmarks/bench_spans.py --runs 12 --repeats 5 --models resnext50_32x4d,densenet121
   timeout 300 python benchmarks/gpu_fusion_profile.py --models vgg16,resnext50_32x4d --nan-check '' --no-profile \
     --variants fused_grouped_nhwc,fused_grouped_nhwc_stepgraph,single_eager,single_stepgraph,\
 fused_grouped_nhwc_per_layer,single_cudagraphs,fused_grouped_nhwc_cudagraphs
