@@ -550,3 +550,40 @@ def test_a_damaged_file_met_while_streaming_fails_the_run_with_the_file_named(ar
     code, _, err = cli("train", bad, "--model", "test_resnet", "--epochs", "1", "--max-memory", "1MB",
                        "-o", tmp_path / "cli", "-q")
     assert code == 1 and "damaged.h5: cannot read images" in err and "Traceback" not in err
+
+
+_KEEP_FREED_SCRIPT = """
+import json, resource, sys, torch
+from astroclass.training import RunConfig, train
+r = train(RunConfig(dataset=sys.argv[1], model="test_resnet", epochs=1, batch_size=16, amp="off"), sys.argv[2],
+          progress=False)
+x = torch.randn(16_000_000)
+(x * 2).sum()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
+    y = x * 2
+    del y
+print(json.dumps({"kept": r.environment["speed"]["keep_freed_memory"],
+                  "faults": (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5}))
+"""
+
+
+@pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="glibc's malloc only")
+def test_a_cpu_training_process_keeps_freed_memory_for_reuse(tiny_h5, tmp_path):
+    """Once training has started in a process, a freed 64 MB temporary made again reuses its memory instead of being
+    mapped and page-faulted afresh; with ASTROCLASS_KEEP_FREED_MEMORY=0 glibc's default stays (every page faulted
+    again), and result.json says which."""
+    import os
+    import subprocess
+    import sys
+
+    pages = 64e6 / 4096
+    for flag, kept in (("1", True), ("0", False)):
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_TUNABLES"))}
+        env["ASTROCLASS_KEEP_FREED_MEMORY"] = flag
+        proc = subprocess.run([sys.executable, "-c", _KEEP_FREED_SCRIPT, str(tiny_h5), str(tmp_path / flag)], env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        got = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert got["kept"] is kept
+        assert got["faults"] < 0.05 * pages if kept else got["faults"] > 0.5 * pages, got

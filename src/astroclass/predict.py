@@ -73,7 +73,7 @@ class Classifier:
         fp32 elsewhere), "off" (fp32) or "bf16". bf16 moves probabilities by up to ~1e-2."""
         from astroclass.data.images import ImageSpec
         from astroclass.models import build_model, matmul_1x1
-        from astroclass.training import auto_amp, resolve_device
+        from astroclass.training import auto_amp, keep_freed_memory, resolve_device
 
         self.path = Path(checkpoint)
         ck = read_checkpoint(self.path)
@@ -84,6 +84,8 @@ class Classifier:
         self.stored_dtype = np.dtype(c.get("stored_dtype", "uint8"))
         self.in_chans, self.size = int(c["in_chans"]), int(c["input_size"])
         self.device = resolve_device(device)
+        if self.device.type == "cpu":
+            keep_freed_memory()  # each batch's activations reuse memory instead of being mapped afresh
         if amp not in ("off", "bf16", "auto"):
             raise AstroclassError(f"amp must be off, bf16 or auto, got {amp!r}")
         if amp == "auto":  # as the run did
