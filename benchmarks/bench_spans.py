@@ -10,10 +10,9 @@ how far apart the two ways' weights are after all the steps. The update is per e
 elements can fall in a kernel's vectorised loop in one way and in its scalar tail in the other, which rounds
 differently (measured: 5e-10 on one 12-element bias of test_efficientnet after 4 steps; 0 elsewhere).
 
-On this 2-core CPU spans were slower for four of the five paper backbones (0.46-0.73x; DenseNet121 1.50x),
-although they call 4x fewer operators: a span's temporaries exceed glibc's largest heap block (32 MB), so each
-step maps fresh pages for them (with MALLOC_MMAP_THRESHOLD_ raised, RAdam on VGG16 went from 1.7x slower to
-even). Training keeps per-run views; a GPU (no page faults: PyTorch caches its memory) is where spans could pay.
+On this 2-core CPU, with freed memory kept as a training process keeps it, spans took 0.88-1.83x the time of
+the views (12 runs; without it 0.46-1.50x: a span's temporaries were mapped afresh every step). The optimiser step
+is a small part of a fused step there, so training keeps the views; on a GPU each operator is a kernel launch.
 
 Usage: python benchmarks/bench_spans.py [--runs 12] [--repeats 5] [--models vgg16,densenet121]
 Results: benchmarks/results/spans_cpu.json (spans_gpu.json on a GPU).
@@ -45,8 +44,11 @@ def main() -> None:
     from torch.profiler import ProfilerActivity, profile
 
     from astroclass.models import build_model
+    from astroclass.training import keep_freed_memory
     from astroclass.training.fusion import Slots, fuse
     from astroclass.training.method import make_optimizer
+
+    kept = not torch.cuda.is_available() and keep_freed_memory()  # as a training process does on a CPU
 
     def span(net, names: list[str], start: int, count: int) -> list:
         """Parameters ``names`` of runs start … start+count-1 as leaf views, their gradients bound likewise."""
@@ -124,7 +126,8 @@ def main() -> None:
               flush=True)
         del nets, optimizers, template
     path = save("spans_gpu" if dev.type == "cuda" else "spans_cpu",
-                {"runs": g, "runs_per_optimizer": per, "optimizers": list(OPTIMIZERS), "repeats": args.repeats,
+                {"runs": g, "runs_per_optimizer": per, "keep_freed_memory": kept, "optimizers": list(OPTIMIZERS),
+                 "repeats": args.repeats,
                  "models": out})
     print(f"saved {path}")
 
