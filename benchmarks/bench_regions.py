@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PAPER_NAMES, save  # noqa: E402
+from common import PAPER_NAMES, run_states, save  # noqa: E402
 
 
 def train_step(net, x, y, masks, weights) -> None:
@@ -51,7 +51,6 @@ def main() -> None:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from astroclass.models import build_model
     from astroclass.training.fusion import fuse, regions
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -61,11 +60,7 @@ def main() -> None:
     print(f"{g} fused runs x {b} images, grouped kernels, channels-last, {dev}")
     print(f"{'model':22s} {'regions':>7s} {'copies/step':>18s} {'step s':>17s} {'ratio':>6s}")
     for name in args.models.split(","):
-        states = []
-        for seed in range(g):
-            torch.manual_seed(seed)
-            states.append(build_model(name, 2, input_size=76).state_dict())
-        template = build_model(name, 2, input_size=76).to(dev, memory_format=torch.channels_last)
+        states, template = run_states(name, g, dev)
         nets = {way: fuse(template, states, grouped=True, grouped_regions=way == "regions").train()
                 for way in ("regions", "per_layer")}
         torch.manual_seed(0)

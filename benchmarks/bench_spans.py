@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PAPER_NAMES, save  # noqa: E402
+from common import PAPER_NAMES, run_states, save  # noqa: E402
 
 OPTIMIZERS = ("rmsprop", "adam", "radam")
 
@@ -43,7 +43,6 @@ def main() -> None:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from astroclass.models import build_model
     from astroclass.training import keep_freed_memory
     from astroclass.training.fusion import Slots, fuse
     from astroclass.training.method import make_optimizer
@@ -70,11 +69,7 @@ def main() -> None:
     print(f"{'model':22s} {'tensors':>7s} {'operators/step':>18s} {'launches/step':>16s} {'step ms':>19s} "
           f"{'ratio':>6s} weights apart")
     for name in args.models.split(","):
-        states = []
-        for seed in range(g):
-            torch.manual_seed(seed)
-            states.append(build_model(name, 2, input_size=76).state_dict())
-        template = build_model(name, 2, input_size=76).to(dev, memory_format=torch.channels_last)
+        states, template = run_states(name, g, dev)
         nets = {way: fuse(template, states, grouped=dev.type == "cuda") for way in ("views", "spans")}
         del states
         names = [n for n, _ in nets["views"].named_parameters()]

@@ -36,6 +36,20 @@ def save(name: str, payload: dict) -> Path:
     return path
 
 
+def run_states(name: str, runs: int, device, size: int = 76) -> tuple[list[dict], object]:
+    """The initial weights of ``runs`` runs of backbone ``name`` with the paper's head (seeds 0 … runs-1, 2 classes),
+    and a channels-last model of it on ``device`` to fuse them into."""
+    import torch
+
+    from astroclass.models import build_model
+
+    states = []
+    for seed in range(runs):
+        torch.manual_seed(seed)
+        states.append(build_model(name, 2, input_size=size).state_dict())
+    return states, build_model(name, 2, input_size=size).to(device, memory_format=torch.channels_last)
+
+
 def import_real(name: str, folder: str | Path, **kw) -> Path:
     """Import ../shared/data/NAME (its labels.csv) into FOLDER/NAME.h5; exit with a clear message if absent."""
     from astroclass.data import import_catalog
