@@ -122,7 +122,7 @@ def main() -> None:
     cell, alone = (out["workloads"].get(f"test_resnet {k}, 32 px") for k in ("fused 24-run cell", "alone"))
     if cell and alone:
         out["cell24_ratio"] = {way: cell[way]["images_per_s"] / alone[way]["images_per_s"] for way in WAYS}
-        print("fused 24-run cell vs one run alone: " + ", ".join(f"{way} {r:.2f}x"
+        print("fused 24-run cell vs one RMSprop run alone: " + ", ".join(f"{way} {r:.2f}x"
                                                                 for way, r in out["cell24_ratio"].items()))
     print(f"saved {save('malloc_cpu', out)}")
 

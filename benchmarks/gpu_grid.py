@@ -26,4 +26,4 @@ if __name__ == "__main__":
     order = ["vgg16", "resnext50_32x4d", "densenet121", "inception_v3", "inception_resnet_v2"]
     assert sorted(order) == sorted(PAPER_MODELS)
     main(defaults={"models": ",".join(order), "images": 3388, "size": 76, "epochs": 2, "per_gpu": 4,
-                   "name": "grid_gpu", "budget": 330, "deadline": 430})
+                   "name": "grid_gpu", "budget": 330, "deadline": 430, "cell_repeats": 1})
