@@ -356,16 +356,18 @@ def test_fast_path_follows_the_paper_exact_loss_trajectory(tiny_h5, tmp_path):
     """The fp32 fast path (channels-last, 1x1 convolutions as matrix products on CPU, fused Adam) is the
     same maths with other kernels: over 3 epochs its losses stay within 1e-3 (relative) of the exact path.
     The default on a CPU with AMX adds bf16 autocast: within 1e-1 there (measured: up to 4.5e-2 by epoch 3)."""
-    from astroclass.training import auto_amp
+    from astroclass.training import auto_amp, keep_freed_memory
 
     base = dict(dataset=str(tiny_h5), model="test_resnet", epochs=3, patience=3, batch_size=16, seed=2)
     exact = train(RunConfig(**base, paper_exact=True), tmp_path / "exact", progress=False)
     fast = train(RunConfig(**base, amp="off"), tmp_path / "fast", progress=False)
     auto = train(RunConfig(**base), tmp_path / "auto", progress=False)
     assert exact.environment["speed"] == {"channels_last": False, "compile": None, "amp": None, "matmul_1x1": False,
-                                          "fused_optimizer": False, "grouped_kernels": False, "fused": 1}
+                                          "fused_optimizer": False, "grouped_kernels": False, "fused": 1,
+                                          "keep_freed_memory": keep_freed_memory()}
     assert fast.environment["speed"] == {"channels_last": True, "compile": None, "amp": None, "matmul_1x1": True,
-                                         "fused_optimizer": True, "grouped_kernels": False, "fused": 1}
+                                         "fused_optimizer": True, "grouped_kernels": False, "fused": 1,
+                                         "keep_freed_memory": keep_freed_memory()}
     bf16 = auto_amp(torch.device("cpu")) is not None
     assert auto.environment["speed"]["amp"] == ("bfloat16" if bf16 else None)
     history = {k: list(csv.DictReader(open(tmp_path / k / "history.csv"))) for k in ("exact", "fast", "auto")}
