@@ -6,8 +6,11 @@ import numpy as np
 import pytest
 
 from astroclass.metrics import (
+    balanced_accuracy_and_macro_f1,
     best_threshold,
+    binary_report,
     classification_metrics,
+    confusion,
     confusion_bootstrap,
     student_t_interval,
     wilson_interval,
@@ -88,3 +91,49 @@ def test_classification_metrics_report_every_interval():
         assert lo <= m[key] <= hi, key
     correct = int((probs.argmax(1) == y).sum())
     assert m["accuracy_ci95"] == list(wilson_interval(correct, 200))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_balanced_accuracy_and_macro_f1_are_scikit_learns(seed):
+    """Balanced accuracy: scikit-learn's (mean recall over the classes present); macro-F1: scikit-learn's over
+    every label with zero_division=0; also where a class is absent from the labels or the predictions."""
+    import warnings
+
+    from sklearn.metrics import balanced_accuracy_score, f1_score
+
+    rng = np.random.default_rng(seed)
+    k = 4
+    y = rng.integers(0, k - (seed % 2), 300)  # odd seeds: the last class has no image
+    pred = np.where(rng.uniform(size=300) < 0.6, y, rng.integers(0, k - (seed >= 2), 300))  # seeds 2-3: never predicted
+    bal, macro = balanced_accuracy_and_macro_f1(confusion(y, pred, k))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scikit-learn warns about the absent class
+        assert bal == pytest.approx(balanced_accuracy_score(y, pred), abs=1e-12)
+        assert macro == pytest.approx(f1_score(y, pred, labels=list(range(k)), average="macro", zero_division=0),
+                                      abs=1e-12)
+
+
+def test_a_split_without_one_class_gets_one_definition_everywhere_and_no_warnings():
+    """A test split holding only stars (small data does that): the report's metrics, their intervals and the metrics
+    at the binary threshold agree, and nothing warns."""
+    import warnings
+
+    rng = np.random.default_rng(0)
+    y_val = rng.integers(0, 2, 100)
+    p_val = np.clip(np.stack([1 - y_val, y_val], 1) * 0.5 + rng.uniform(0, 0.5, (100, 2)), 0, 1)
+    y_test = np.zeros(60, dtype=np.int64)
+    p1 = rng.uniform(0, 1, 60)
+    p_test = np.stack([1 - p1, p1], 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = classification_metrics(y_test, p_test, ["star", "galaxy"])
+        t = binary_report(y_val, p_val, y_test, p_test, 1, ["star", "galaxy"])
+    recall_star = float((p_test.argmax(1) == 0).mean())
+    assert m["balanced_accuracy"] == pytest.approx(recall_star)  # the mean recall over the one class present
+    assert m["macro_f1"] == pytest.approx(2 * recall_star / (1 + recall_star) / 2)  # the galaxy's F1 counts as 0
+    assert m["balanced_accuracy_ci95"][0] <= m["balanced_accuracy"] <= m["balanced_accuracy_ci95"][1]
+    pred_t = np.where(p_test[:, 1] >= t["value"], 1, 0)
+    assert (t["test"]["balanced_accuracy"], t["test"]["macro_f1"]) == \
+        balanced_accuracy_and_macro_f1(confusion(y_test, pred_t, 2))
+    assert t["test"]["recall"] == {"star": float((pred_t == 0).mean()), "galaxy": 0.0}
+    assert np.isnan(t["test_roc_auc"])

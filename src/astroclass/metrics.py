@@ -7,6 +7,27 @@ from collections.abc import Sequence
 import numpy as np
 
 
+def confusion(y: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
+    """The K×K confusion matrix of labels ``y`` and predictions ``pred`` (rows = true class)."""
+    y, pred = np.asarray(y, dtype=np.int64), np.asarray(pred, dtype=np.int64)
+    return np.bincount(y * k + pred, minlength=k * k).reshape(k, k)
+
+
+def balanced_accuracy_and_macro_f1(cm: np.ndarray) -> tuple[float, float]:
+    """From a confusion matrix (rows = true class): balanced accuracy, the mean recall over the classes present
+    (scikit-learn's definition), and macro-F1 over all K classes, 0 for a class whose F1 is undefined (no image of
+    it, none predicted as it: scikit-learn's ``zero_division=0`` with every label). One definition for the
+    report's metrics, their bootstrap intervals, the metrics at a binary task's threshold and early stopping's
+    monitor, also where a split lacks a class; nan without images."""
+    cm = np.asarray(cm, dtype=np.float64)
+    tp, support, predicted = np.diag(cm), cm.sum(1), cm.sum(0)
+    if not support.any():
+        return float("nan"), float("nan")
+    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
+    f1 = np.divide(2 * tp, support + predicted, out=np.zeros_like(tp), where=support + predicted > 0)
+    return float(recall[support > 0].mean()), float(f1.mean())
+
+
 def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
     """ECE with equal-width confidence bins: Σ_b (n_b / n) |accuracy_b − confidence_b|."""
     if len(y) == 0:
@@ -86,22 +107,23 @@ def classification_metrics(y: np.ndarray, probs: np.ndarray, class_names: Sequen
     """Accuracy (the paper's metric), balanced accuracy, macro-F1, per-class P/R/F1, confusion
     matrix (rows = true class), ECE, and 95% intervals over the images: Wilson for accuracy, a
     confusion-matrix bootstrap (:func:`confusion_bootstrap`) for balanced accuracy and macro-F1."""
-    from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+    from sklearn.metrics import precision_recall_fscore_support
 
     y = np.asarray(y)
     pred = probs.argmax(axis=1)
     labels = list(range(len(class_names)))
     p, r, f, s = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
     correct = int((pred == y).sum())
-    cm = confusion_matrix(y, pred, labels=labels)
+    cm = confusion(y, pred, len(class_names))
     boot = confusion_bootstrap(cm, n_boot, seed)
+    balanced, macro = balanced_accuracy_and_macro_f1(cm)
     return {
         "n": int(len(y)),
         "accuracy": correct / len(y) if len(y) else float("nan"),
         "accuracy_ci95": list(wilson_interval(correct, len(y))),
-        "balanced_accuracy": float(balanced_accuracy_score(y, pred)) if len(y) else float("nan"),
+        "balanced_accuracy": balanced,
         "balanced_accuracy_ci95": boot["balanced_accuracy"],
-        "macro_f1": float(f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
+        "macro_f1": macro,
         "macro_f1_ci95": boot["macro_f1"],
         "ece": expected_calibration_error(probs, y),
         "per_class": {c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
@@ -135,15 +157,16 @@ def binary_report(y_val: np.ndarray, p_val: np.ndarray, y_test: np.ndarray, p_te
                   class_names: Sequence[str]) -> dict:
     """Binary tasks: ROC-AUC and PR-AUC (positive = the rarer class in training), and the metrics at
     the decision threshold chosen on the validation split alone, applied unchanged to the test split."""
-    from sklearn.metrics import average_precision_score, balanced_accuracy_score, f1_score, recall_score, roc_auc_score
+    from sklearn.metrics import average_precision_score, roc_auc_score
 
     t = best_threshold(y_val, p_val[:, positive], positive)
 
     def at(y, p):
         pred = np.where(p[:, positive] >= t, positive, 1 - positive)
-        rec = recall_score(y, pred, labels=[0, 1], average=None, zero_division=0)
-        return {"accuracy": float((pred == y).mean()), "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
-                "macro_f1": float(f1_score(y, pred, average="macro", zero_division=0)),
+        cm = confusion(y, pred, 2)
+        balanced, macro = balanced_accuracy_and_macro_f1(cm)
+        rec = np.divide(np.diag(cm), cm.sum(1), out=np.zeros(2), where=cm.sum(1) > 0)
+        return {"accuracy": float((pred == y).mean()), "balanced_accuracy": balanced, "macro_f1": macro,
                 "recall": {class_names[i]: float(rec[i]) for i in (0, 1)}}
 
     def aucs(y, p):

@@ -272,14 +272,15 @@ def lr_factor(cfg: RunConfig, step: int, steps_per_epoch: int, epochs: int) -> f
 def val_scores(probs: np.ndarray, y: np.ndarray, l2_term: float, monitor: str) -> tuple[float, float, float]:
     """(val loss as Keras reports it: cross-entropy plus the L2 term, val accuracy, the value early
     stopping minimises) for one run's softmax outputs on the validation split."""
-    from sklearn.metrics import balanced_accuracy_score, f1_score
+    from astroclass.metrics import balanced_accuracy_and_macro_f1, confusion
 
     ce = float(F.nll_loss(torch.log(torch.from_numpy(probs).clamp_min(1e-12)), torch.from_numpy(y)).item()) \
         if len(y) else float("nan")
     ce += l2_term
     pred = probs.argmax(1)
-    value = {"val_loss": lambda: ce, "balanced_accuracy": lambda: -balanced_accuracy_score(y, pred),
-             "macro_f1": lambda: -f1_score(y, pred, average="macro", zero_division=0)}[monitor]()
+    value = {"val_loss": lambda: ce,
+             "balanced_accuracy": lambda: -balanced_accuracy_and_macro_f1(confusion(y, pred, probs.shape[1]))[0],
+             "macro_f1": lambda: -balanced_accuracy_and_macro_f1(confusion(y, pred, probs.shape[1]))[1]}[monitor]()
     return ce, float((pred == y).mean()), float(value)
 
 
