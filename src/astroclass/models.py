@@ -135,8 +135,12 @@ class AstroNet(nn.Module):
 
     def l2_penalty(self) -> torch.Tensor:
         """Keras ``kernel_regularizer=l2(1)`` on the hidden layer: Σ W² (times λ by the caller); one value
-        per run, shape (runs,)."""
-        return self.hidden.weight.view(self.runs, -1).pow(2).sum(1)
+        per run, shape (runs,). A fused model with per-run kernels sums each run's weights alone, so that the sum
+        rounds as it does for the run alone (one reduction over all runs' rows splits its work differently)."""
+        w = self.hidden.weight.view(self.runs, -1)
+        if self.runs > 1 and not getattr(self.hidden, "grouped", True):
+            return torch.cat([r.view(1, -1).pow(2).sum(1) for r in w])
+        return w.pow(2).sum(1)
 
     @torch.no_grad()
     def apply_max_norm(self, gamma, eps: float = 1e-7) -> None:

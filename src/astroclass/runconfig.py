@@ -234,8 +234,7 @@ class RunConfig:
     def speed(self, device: Any) -> dict[str, Any]:
         """The speed options in force on ``device``: channels_last, autocast dtype (or None), compile mode,
         1x1 convolutions as matrix products, fused optimiser kernels (Adam, AdamW and SGD), and for fused runs
-        grouped kernels (one launch for all runs: GPUs) or per-run kernels (each layer bit for bit each run
-        alone: CPUs)."""
+        grouped kernels (one launch for all runs: GPUs) or per-run kernels (bit for bit each run alone: CPUs)."""
         if self.paper_exact:
             return {"channels_last": False, "amp": None, "compile": None, "matmul_1x1": False, "fused_optimizer": False,
                     "grouped_kernels": False}

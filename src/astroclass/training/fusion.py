@@ -21,9 +21,9 @@ ResNet blocks and DenseNet layers), the block is a *grouped region*: its input i
 pass the ``(B, G·C, H, W)`` layout to each other, and its output is regrouped back once.
 
 In the *per-run* mode (CPUs) the same layers call the unfused kernel once per run on that run's slice of the
-batch, so each layer computes each run bit for bit as alone, and everything between those layers still runs
-once for all G. (A whole run matches its run alone to rounding, not bit for bit: reductions over the fused
-tensors, such as the L2 penalty's sum of squares, round differently.)
+batch, so each run is computed bit for bit as alone, and everything between those layers still runs once for
+all G (a sum over a run's weights, the L2 penalty's, is also taken per run: one reduction over all runs' rows
+would round differently).
 
 Every parameter and buffer of run r is the r-th of G equal chunks along the first axis of the fused
 tensor; :class:`Slots` hands out those chunks as views, so each run gets its own optimiser over its own
