@@ -13,18 +13,26 @@ def confusion(y: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
     return np.bincount(y * k + pred, minlength=k * k).reshape(k, k)
 
 
+def per_class(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Each class's precision, recall, F1 and support from a confusion matrix (rows = true class); 0 where a value
+    is undefined (scikit-learn's ``zero_division=0``)."""
+    cm = np.asarray(cm, dtype=np.float64)
+    tp, support, predicted = np.diag(cm), cm.sum(1), cm.sum(0)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
+    f1 = np.divide(2 * tp, support + predicted, out=np.zeros_like(tp), where=support + predicted > 0)
+    return precision, recall, f1, support
+
+
 def balanced_accuracy_and_macro_f1(cm: np.ndarray) -> tuple[float, float]:
     """From a confusion matrix (rows = true class): balanced accuracy, the mean recall over the classes present
     (scikit-learn's definition), and macro-F1 over all K classes, 0 for a class whose F1 is undefined (no image of
     it, none predicted as it: scikit-learn's ``zero_division=0`` with every label). One definition for the
     report's metrics, their bootstrap intervals, the metrics at a binary task's threshold and early stopping's
     monitor, also where a split lacks a class; nan without images."""
-    cm = np.asarray(cm, dtype=np.float64)
-    tp, support, predicted = np.diag(cm), cm.sum(1), cm.sum(0)
+    _, recall, f1, support = per_class(cm)
     if not support.any():
         return float("nan"), float("nan")
-    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
-    f1 = np.divide(2 * tp, support + predicted, out=np.zeros_like(tp), where=support + predicted > 0)
     return float(recall[support > 0].mean()), float(f1.mean())
 
 
@@ -107,14 +115,11 @@ def classification_metrics(y: np.ndarray, probs: np.ndarray, class_names: Sequen
     """Accuracy (the paper's metric), balanced accuracy, macro-F1, per-class P/R/F1, confusion
     matrix (rows = true class), ECE, and 95% intervals over the images: Wilson for accuracy, a
     confusion-matrix bootstrap (:func:`confusion_bootstrap`) for balanced accuracy and macro-F1."""
-    from sklearn.metrics import precision_recall_fscore_support
-
     y = np.asarray(y)
     pred = probs.argmax(axis=1)
-    labels = list(range(len(class_names)))
-    p, r, f, s = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
     correct = int((pred == y).sum())
     cm = confusion(y, pred, len(class_names))
+    p, r, f, s = per_class(cm)
     boot = confusion_bootstrap(cm, n_boot, seed)
     balanced, macro = balanced_accuracy_and_macro_f1(cm)
     return {
@@ -165,7 +170,7 @@ def binary_report(y_val: np.ndarray, p_val: np.ndarray, y_test: np.ndarray, p_te
         pred = np.where(p[:, positive] >= t, positive, 1 - positive)
         cm = confusion(y, pred, 2)
         balanced, macro = balanced_accuracy_and_macro_f1(cm)
-        rec = np.divide(np.diag(cm), cm.sum(1), out=np.zeros(2), where=cm.sum(1) > 0)
+        rec = per_class(cm)[1]
         return {"accuracy": float((pred == y).mean()), "balanced_accuracy": balanced, "macro_f1": macro,
                 "recall": {class_names[i]: float(rec[i]) for i in (0, 1)}}
 

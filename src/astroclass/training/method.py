@@ -278,9 +278,10 @@ def val_scores(probs: np.ndarray, y: np.ndarray, l2_term: float, monitor: str) -
         if len(y) else float("nan")
     ce += l2_term
     pred = probs.argmax(1)
-    value = {"val_loss": lambda: ce,
-             "balanced_accuracy": lambda: -balanced_accuracy_and_macro_f1(confusion(y, pred, probs.shape[1]))[0],
-             "macro_f1": lambda: -balanced_accuracy_and_macro_f1(confusion(y, pred, probs.shape[1]))[1]}[monitor]()
+    value = ce
+    if monitor != "val_loss":
+        balanced, macro = balanced_accuracy_and_macro_f1(confusion(y, pred, probs.shape[1]))
+        value = -(balanced if monitor == "balanced_accuracy" else macro)
     return ce, float((pred == y).mean()), float(value)
 
 
