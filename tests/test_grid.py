@@ -267,7 +267,8 @@ def test_two_runners_on_one_store_execute_each_run_once(tiny_h5, tmp_path):
     spec_path = write_spec(tmp_path, tiny_h5, l2=[0.0, 0.1], optimizers=["adam", "rmsprop", "radam"],
                            train={"epochs": 3, "batch_size": 16, "patience": 3})
     exp = tmp_path / "exp"
-    a, b = _grid_process(spec_path, exp, "--fuse", "2"), _grid_process(spec_path, exp, "--fuse", "2")
+    # one worker each: a runner holds one pair at a time, so the other finds work too
+    a, b = (_grid_process(spec_path, exp, "--fuse", "2", "--workers", "1") for _ in range(2))
     outs = [p.communicate(timeout=300)[0].decode() for p in (a, b)]
     assert a.returncode == 0 and b.returncode == 0, outs
     runs = Store(exp / "store.sqlite").runs()
@@ -355,6 +356,35 @@ def test_a_stored_run_whose_options_differ_from_the_spec_under_the_same_id_is_re
     s.db.execute("UPDATE runs SET config=? WHERE id=?", (json.dumps(older), rid))
     assert s.add_runs(gs.expand()) == 0
     s.close()
+
+
+def test_cpu_workers_default_to_one_per_core_as_memory_allows():
+    from astroclass.experiments.engines import CPU_WORKER_MEMORY, default_cpu_workers
+
+    assert default_cpu_workers(8, 64 * 2**30) == 8  # one per core
+    assert default_cpu_workers(8, 5 * CPU_WORKER_MEMORY + 1) == 5  # as far as memory allows
+    assert default_cpu_workers(8, CPU_WORKER_MEMORY // 2) == 1  # never none
+
+
+def test_a_cell_splits_evenly_over_idle_workers_and_each_run_gets_the_cores_left_to_it(tiny_h5, tmp_path):
+    """Two CPU workers: a 4-run cell with --fuse 4 becomes two groups of 2 side by side (not 2, then 1 and 1), each
+    with half the cores; a grid of one run gets all the cores."""
+    from astroclass.parallel import usable_cores
+
+    cores = usable_cores()
+    spec = GridSpec.load(write_spec(tmp_path, tiny_h5, optimizers=["adam", "sgd"]))
+    assert run_grid(spec, tmp_path / "cell", GridOptions(workers=2, fuse="4"), progress=False)["done"] == 4
+    runs = Store(tmp_path / "cell" / "store.sqlite").runs()
+    sizes = {}
+    for r in runs:
+        sizes[r["token"]] = sizes.get(r["token"], 0) + 1
+        assert r["metrics"]["environment"]["speed"]["fused"] == 2
+        assert r["metrics"]["environment"]["cpu_threads"] == max(1, cores // 2)
+    assert sorted(sizes.values()) == [2, 2]
+    one = GridSpec.load(write_spec(tmp_path, tiny_h5, name="one", l2=[0.0]))
+    assert run_grid(one, tmp_path / "one", GridOptions(workers=2), progress=False)["done"] == 1
+    (run,) = Store(tmp_path / "one" / "store.sqlite").runs()
+    assert run["metrics"]["environment"]["cpu_threads"] == cores
 
 
 def test_local_workers_keep_their_models_are_recycled_and_a_dead_one_is_reported(tiny_h5, tmp_path):

@@ -44,6 +44,26 @@ def exit_with(pid: int) -> None:
     threading.Thread(target=watch, name="astroclass-exit-with-driver", daemon=True).start()
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the system has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def host_available_memory() -> int:
+    """Bytes of RAM available for new work on this machine (Linux: MemAvailable)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
 def _run_chunk(args: tuple[Callable, list, tuple]) -> list:
     fn, chunk, extra = args
     return [fn(item, *extra) for item in chunk]
@@ -65,7 +85,7 @@ def parallel_imap(fn: Callable, items: Sequence, extra: tuple = (), workers: int
 
     At most ``ahead`` chunks per worker are in flight, so however many items there are, only a bounded
     number of results waits in memory for the caller (a slow consumer holds the workers back)."""
-    workers = max(1, workers or os.cpu_count() or 1)
+    workers = max(1, workers or usable_cores())
     starts = range(0, len(items), chunk)
     if workers == 1 or len(items) <= chunk:
         for i in starts:

@@ -39,10 +39,12 @@ def _load(spec: str, data: list[str] | None, experiment: Path | None):
 @grid_app.command("run")
 def run_cmd(spec: SpecArg, experiment: Experiment = None, data: DataOpt = None,
             engine: Annotated[str, typer.Option(help="local (worker processes here) or ray.")] = "local",
-            workers: Annotated[int | None, typer.Option(help="Concurrent runs (default: 1 per CPU machine, "
-                                                                "--per-gpu per GPU).")] = None,
+            workers: Annotated[int | None, typer.Option(help="Concurrent runs (default: --per-gpu per GPU; on a "
+                                                                "CPU machine one per core, 2 GiB of free memory "
+                                                                "each).")] = None,
             per_gpu: Annotated[int, typer.Option(help="Runs packed on each GPU.")] = 1,
-            threads: Annotated[int | None, typer.Option(help="CPU threads per run (default: cores / runs).")] = None,
+            threads: Annotated[int | None, typer.Option(help="CPU threads per run (default: the cores over the runs "
+                                                                 "running at once).")] = None,
             max_attempts: Annotated[int, typer.Option(help="Tries per run before it stays failed.")] = 2,
             keep: Annotated[str, typer.Option(
                 help="Checkpoints to keep: best (per dataset, model, setup), all, none.")] = "best",
@@ -52,8 +54,8 @@ def run_cmd(spec: SpecArg, experiment: Experiment = None, data: DataOpt = None,
             ray_cpus: Annotated[int | None, typer.Option(help="CPUs of the local Ray instance.")] = None,
             fuse: Annotated[str | None, typer.Option(help="Train the runs of a (dataset, model, setup) cell together "
                                                              "as one batched model: auto (on a GPU, groups as large as "
-                                                             "its free memory allows; on a CPU one run at a time, "
-                                                             "measured faster there), off (one run per worker "
+                                                             "its free memory allows; on a CPU one run per worker, "
+                                                             "measured as fast there), off (one run per worker "
                                                              "at a time) or a group size. Each run's results are "
                                                              "what it gets alone. [default: the spec's fuse, else "
                                                              "auto]")] = None,
@@ -73,7 +75,8 @@ def run_cmd(spec: SpecArg, experiment: Experiment = None, data: DataOpt = None,
 
 @grid_app.command("status")
 def status_cmd(spec: SpecArg, experiment: Experiment = None, data: DataOpt = None,
-               workers: Annotated[int, typer.Option(help="Concurrent runs assumed for the ETA.")] = 1):
+               workers: Annotated[int | None, typer.Option(help="Concurrent runs assumed for the ETA (default: "
+                                                                  "grid run's on this machine).")] = None):
     """Counts by status, per-dataset progress, ETA from measured run times, failures with their first error line."""
     from rich.console import Console
     from rich.table import Table
@@ -83,6 +86,10 @@ def status_cmd(spec: SpecArg, experiment: Experiment = None, data: DataOpt = Non
 
     gs, exp = _load(spec, data, experiment)
     store = open_experiment(exp, create=False)
+    if workers is None:
+        from astroclass.experiments.engines import local_slots
+
+        workers = len(local_slots())
     st = grid_status(gs, store, slots=workers)
     con = Console()
     con.print(f"{exp}: {st['total']} runs — " + ", ".join(f"{k} {v}" for k, v in st["counts"].items()))

@@ -7,12 +7,17 @@ events ``(kind, group key, run id, outcome)``: ``"run"`` when a run of the group
 runs it had not reported get no outcome).
 
 * ``local``: long-lived worker processes on this machine (spawned, so every worker has a clean
-  torch), one per slot. On a GPU machine each GPU gets ``per_gpu`` slots. Workers keep their
-  models and datasets between groups (:mod:`astroclass.experiments.workers`).
+  torch), one per slot. On a GPU machine each GPU gets ``per_gpu`` slots; on a CPU machine each core
+  one, as far as memory allows (:func:`default_cpu_workers`). Workers keep their models and datasets
+  between groups (:mod:`astroclass.experiments.workers`).
 * ``ray``: one Ray actor per slot, with its CPU share and a GPU fraction (1/``per_gpu``), on a
   cluster (``address``) or a local Ray instance; actors keep their caches the same way. The nodes need
   not share storage with the driver: datasets travel through Ray's object store to a per-node cache
   (verified by hash), and each run's files travel back to the driver's experiment folder.
+
+``submit(job, concurrent)``: ``concurrent`` is how many groups the driver expects to run at once while this one
+runs; a local job then gets the cores that are not left to the others (``cores // concurrent`` threads), so
+the last runs of a grid, or a grid smaller than the slots, still use every core.
 """
 
 from __future__ import annotations
@@ -25,10 +30,23 @@ from typing import Any
 from astroclass.errors import AstroclassError
 from astroclass.experiments.workers import GroupJob, execute_group, failed, worker_main
 from astroclass.fileio import atomic_output
+from astroclass.parallel import host_available_memory, usable_cores
 
 ENGINES = ("local", "ray")
 MAX_GROUPS_PER_WORKER = 50
 """A worker is recycled (a fresh process) after this many groups, so nothing it accumulates lives forever."""
+CPU_WORKER_MEMORY = 2 * 2**30
+"""Host memory a CPU worker is counted to need besides its dataset's share (peak of one training run of the
+paper's backbones at 76 px and batch 32: 1.3-1.7 GiB)."""
+
+
+def default_cpu_workers(cores: int, available: int) -> int:
+    """Local CPU workers by default: one per core, one thread each, as far as ``available`` bytes allow.
+
+    Small convolutions keep two threads busy far less than two processes of one thread each: on a 2-core CPU a
+    grid cell of tiny runs trained 1.5-1.7x as fast on two single-thread workers as one run at a time with both
+    cores, and an InceptionV3 grid at 76 px took 0.77x the time (benchmarks/bench_grid.py, benchmarks/README.md)."""
+    return max(1, min(cores, available // CPU_WORKER_MEMORY))
 
 
 def _gpu_count() -> int:
@@ -68,28 +86,33 @@ class _Worker:
         self.conn.close()
 
 
+def local_slots(workers: int | None = None, per_gpu: int = 1) -> list[str]:
+    """The local engine's slots (a device name per concurrent group): ``per_gpu`` per GPU, else
+    :func:`default_cpu_workers`; ``workers`` caps or sets their number."""
+    gpus = _gpu_count()
+    if gpus:
+        slots = [f"cuda:{g}" for g in range(gpus) for _ in range(max(1, per_gpu))]
+        return slots[:workers] if workers else slots
+    return ["cpu"] * max(1, workers or default_cpu_workers(usable_cores(), host_available_memory()))
+
+
 class LocalEngine:
     name = "local"
 
     def __init__(self, workers: int | None = None, per_gpu: int = 1, threads: int | None = None,
                  max_groups: int = MAX_GROUPS_PER_WORKER):
-        gpus = _gpu_count()
-        cores = os.cpu_count() or 1
-        if gpus:
-            self.slots = [f"cuda:{g}" for g in range(gpus) for _ in range(max(1, per_gpu))]
-            if workers:
-                self.slots = self.slots[:workers]
-        else:
-            self.slots = ["cpu"] * max(1, workers or 1)
-        self.threads = threads if threads is not None else max(1, cores // len(self.slots))
+        self.cores = usable_cores()
+        self.slots = local_slots(workers, per_gpu)
+        self.threads = threads  # None: cores // concurrent groups, per job
         self.max_groups = max_groups
         self._idle: list[_Worker] = []
         self._busy: list[_Worker] = []
 
-    def submit(self, job: GroupJob) -> None:
+    def submit(self, job: GroupJob, concurrent: int | None = None) -> None:
         import multiprocessing
 
-        job.threads, job.share = self.threads, len(self.slots)
+        at_once = max(1, min(len(self.slots), concurrent or len(self.slots)))
+        job.threads, job.share = self.threads or max(1, self.cores // at_once), len(self.slots)
         while self._idle and not self._idle[-1].alive():
             self._idle.pop().stop()
         worker = self._idle.pop() if self._idle else _Worker(multiprocessing.get_context("spawn"), self.max_groups)
@@ -294,7 +317,8 @@ class RayEngine:
         self._refs: dict[Any, tuple[Any, int, GroupJob]] = {}
         self._shipped: dict[str, Shipment] = {}
 
-    def submit(self, job: GroupJob) -> None:
+    def submit(self, job: GroupJob, concurrent: int | None = None) -> None:
+        """``concurrent`` is not used: an actor's threads are the CPUs it reserved."""
         job.threads, job.share = self.threads, self.per_node
         for _, cfg, _ in job.runs:
             if cfg["dataset"] not in self._shipped:

@@ -166,7 +166,9 @@ def run_grid(spec: GridSpec, experiment: str | Path, options: GridOptions | None
         while True:
             while free:
                 c = store.counts(ids)
-                limit = max(1, min(cap, -(-(c["pending"] + c["failed"]) // len(engine.slots))))
+                todo = c["pending"] + c["failed"]  # failed runs may have attempts left
+                # the runs left, spread over the free slots: a cell splits evenly over idle workers
+                limit = max(1, min(cap, -(-todo // len(free))))
                 token = f"{token_base}-{uuid.uuid4().hex[:8]}"
                 claimed = store.claim_group(ids, options.max_attempts, options.lease_s, token, device=free[0],
                                             limit=limit, group_key=fuse_key)
@@ -179,7 +181,9 @@ def run_grid(spec: GridSpec, experiment: str | Path, options: GridOptions | None
                     runs.append((rid, cfg, str(attempt_dir(experiment, rid, token))))
                     held[rid] = token
                     display.started(rid, cfg)
-                engine.submit(GroupJob(token, runs, device, fuse=fuse))
+                # groups at once while this one runs: those running, this one and those the runs left make
+                concurrent = len(groups) + 1 + -(-max(0, todo - len(claimed)) // limit)
+                engine.submit(GroupJob(token, runs, device, fuse=fuse), concurrent=concurrent)
                 groups[token] = {"device": device, "runs": {rid for rid, _ in claimed}}
             if not groups:
                 break

@@ -611,10 +611,10 @@ def fused_group_size(cfg: RunConfig, limit: int, auto: bool, cache: WorkerCache 
     from its model: 6 copies of the parameters (weights, gradients, two optimiser moments, best and initial
     weights) plus twice the activations of one training batch (measured by a forward pass).
 
-    ``auto`` on a CPU is 1: one run at batch 32 already keeps the cores busy, and the per-run kernels leave only
-    the steps between layers to share (benchmarks/bench_grid.py, 2-core CPU: a fused 24-run cell of a tiny
-    model trained 1.1-1.2x as fast as its runs alone, a paper backbone's fused grid took 1.04x the time);
-    fusion pays where one run leaves most of the device idle, on a GPU."""
+    ``auto`` on a CPU is 1: one run at batch 32 already keeps its core busy, and the per-run kernels leave only
+    the steps between layers to share (benchmarks/bench_grid.py, 2-core CPU, a worker per core: a fused 24-run
+    cell of a tiny model trained 1.04-1.08x as fast as its runs unfused, a paper backbone's fused grid took
+    1.36x the time); fusion pays where one run leaves most of the device idle, on a GPU."""
     from astroclass.models import build_model
     from astroclass.training.fusion import fusable
     from astroclass.training.speed import available_memory

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from astroclass.errors import AstroclassError
+from astroclass.parallel import host_available_memory
 
 
 def resolve_device(name: str) -> torch.device:
@@ -162,11 +163,4 @@ def available_memory(device: torch.device) -> int:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    return host_available_memory()
