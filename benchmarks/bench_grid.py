@@ -3,7 +3,8 @@
 For each model it runs a real mini paper grid through ``astroclass grid run`` (a subprocess, as a user
 runs it) on ARIES star/galaxy cutouts from ../shared/data: the paper's 24 settings (setup × λ × γ ×
 optimiser) at a fixed small epoch budget (no early stopping), twice: ``--fuse off`` and the default
-(``auto``; on a CPU, where auto trains one run at a time, ``--fuse 24``). The pretrained setup loads a saved
+(``auto``; on a CPU, where auto trains one run per worker, ``--fuse 24``), both with ``grid run``'s default
+workers (on a CPU one per core, one thread each). The pretrained setup loads a saved
 random initialisation as its "ImageNet" weights (nothing
 can be downloaded here; the timings do not depend on the weights' values). It also trains one scratch
 cell of 24 runs (12 settings × 2 seeds) fused as one group, for the aggregate-throughput ratio.
@@ -13,9 +14,11 @@ Printed and saved (benchmarks/results/grid_<device>.json):
 * per-run start-up: the group's set-up (data, initial weights, model) plus its first epoch's excess over
   its later epochs (compile, CUDA-graph capture), per run; for the first group of an architecture on a
   worker and for later ones (the worker keeps the built, compiled model);
-* steady aggregate throughput of the fused 24-run cell (epochs ≥ 2) vs the same work unfused: one run alone of
-  each of the cell's optimisers, in turn, each with twice the cell's epochs (the harmonic mean of their rates),
-  measured right before the cell; the pair ``--cell-repeats`` times, the median ratio saved;
+* steady aggregate throughput (epochs ≥ 2) of the 24-run cell, fused (``--fuse 24``: on a CPU one group per
+  worker) and unfused (``--fuse off``), both with the default workers, vs the same work one run at a time with
+  every core (``--workers 1``, as astroclass ran a CPU grid by default before): one run alone of each of the
+  cell's optimisers, in turn, each with twice the cell's epochs. The three are measured one after another
+  ``--cell-repeats`` times and the median of each ratio is saved;
 * peak GPU memory;
 * the projected wall time of the paper's 600-run grid for each path. Method: the measured wall time is
   split as ``groups × start-up / workers + images / R`` (start-up measured per group as above), which
@@ -25,7 +28,7 @@ Printed and saved (benchmarks/results/grid_<device>.json):
   fused group size⌉ (fused: a cell is one dataset, model and setup).
 
 Usage: python benchmarks/bench_grid.py [--models test_resnet,test_efficientnet] [--images 600] [--size 32]
-       [--epochs 3] [--workers 1] [--per-gpu 1] [--name grid_cpu]
+       [--epochs 3] [--workers N] [--per-gpu 1] [--name grid_cpu]
 """
 
 from __future__ import annotations
@@ -101,10 +104,10 @@ class StepFailed(RuntimeError):
     """A grid run of the benchmark failed or ran past the deadline."""
 
 
-def run_grid_cli(spec: dict, folder: Path, fuse: str, workers: int, per_gpu: int,
+def run_grid_cli(spec: dict, folder: Path, fuse: str, workers: int | None, per_gpu: int,
                  timeout: float | None = None) -> tuple[float, list[dict], list[str]]:
-    """``astroclass grid run`` in a subprocess; (wall seconds, the store's done runs with their histories, a
-    line per failed run)."""
+    """``astroclass grid run`` in a subprocess (``workers`` None: its default); (wall seconds, the store's done
+    runs with their histories, a line per failed run)."""
     from astroclass.experiments import Store
 
     name = f"{spec['name']}-{fuse}"
@@ -113,7 +116,7 @@ def run_grid_cli(spec: dict, folder: Path, fuse: str, workers: int, per_gpu: int
     exp = folder / name
     env = {**os.environ, "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
     cmd = [sys.executable, "-m", "astroclass.cli", "grid", "run", str(path), "-e", str(exp), "-q", "--fuse", fuse,
-           "--per-gpu", str(per_gpu), "--workers", str(workers)]
+           "--per-gpu", str(per_gpu)] + (["--workers", str(workers)] if workers else [])
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -177,27 +180,30 @@ def project_paper_hours(model: str, s: dict, workers: int) -> float | None:
     return (startup + paper_train_images(model) / s["net_images_per_s"]) / 3600
 
 
-def steady_rate(runs: list[dict], n_train: int) -> float:
-    """Aggregate train images/s of one group over its epochs ≥ 2 (runs live in each epoch × images / seconds)."""
-    per_epoch: dict[int, list] = {}
+def steady_rate(runs: list[dict], n_train: int, workers: int = 1) -> float:
+    """Aggregate train images/s over epochs ≥ 2: every group's (token's) epochs, each with its runs' images and the
+    group's seconds, summed; ``workers`` groups at a time side by side (the workers equally busy, as a cell's
+    equal groups are) multiply it."""
+    per_epoch: dict[tuple, list] = {}
     for r in runs:
         for h in r["history"]:
             if h["epoch"] >= 2:
-                per_epoch.setdefault(h["epoch"], [0, h["seconds"]])[0] += n_train
+                per_epoch.setdefault((r["token"], h["phase"], h["epoch"]), [0, h["seconds"]])[0] += n_train
     images = sum(v[0] for v in per_epoch.values())
     seconds = sum(v[1] for v in per_epoch.values())
-    return images / seconds if seconds else float("nan")
+    return workers * images / seconds if seconds else float("nan")
 
 
 def main(argv: list[str] | None = None, defaults: dict | None = None) -> dict:
-    d = {"models": "test_resnet,test_efficientnet", "images": 600, "size": 32, "epochs": 3, "workers": 1,
+    d = {"models": "test_resnet,test_efficientnet", "images": 600, "size": 32, "epochs": 3, "workers": None,
          "per_gpu": 1, "name": "grid_cpu", "budget": 0, "cell_repeats": 3, **(defaults or {})}
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default=d["models"])
     ap.add_argument("--images", type=int, default=d["images"], help="ARIES cutouts used (80/10/10 split)")
     ap.add_argument("--size", type=int, default=d["size"], help="pixels")
     ap.add_argument("--epochs", type=int, default=d["epochs"], help="epochs per run (pretrained: 1 head + this)")
-    ap.add_argument("--workers", type=int, default=d["workers"], help="fuse off: concurrent runs")
+    ap.add_argument("--workers", type=int, default=d["workers"],
+                    help="CPU: concurrent groups (default: grid run's, one per core as memory allows)")
     ap.add_argument("--per-gpu", type=int, default=d["per_gpu"], help="fuse off on a GPU: runs packed per GPU")
     ap.add_argument("--name", default=d["name"], help="results file name (benchmarks/results/NAME.json)")
     ap.add_argument("--skip-cell24", action="store_true", help="skip the 24-run cell ratio")
@@ -216,9 +222,12 @@ def main(argv: list[str] | None = None, defaults: dict | None = None) -> dict:
     import torch
 
     t_start = time.perf_counter()
+    from astroclass.experiments.engines import local_slots
+
     gpu = torch.cuda.is_available()
-    workers_off = args.per_gpu * torch.cuda.device_count() if gpu else args.workers
-    fused_flag = "auto" if gpu else "24"  # auto on a CPU is one run at a time: measure fusion there explicitly
+    workers_off = args.per_gpu * torch.cuda.device_count() if gpu else len(local_slots(args.workers))
+    cpu_workers = len(local_slots(args.workers))  # on a CPU both paths use grid run's workers
+    fused_flag = "auto" if gpu else "24"  # auto on a CPU is one run per worker: measure fusion there explicitly
     models = args.models.split(",")
     out: dict = {"settings": vars(args), "models": {m: {} for m in models}, "skipped": [], "failed": []}
 
@@ -263,26 +272,37 @@ def main(argv: list[str] | None = None, defaults: dict | None = None) -> dict:
                         "optimizers": ["rmsprop", "adam", "radam"], "seeds": [0, 1],
                         "train": {"epochs": max(3, args.epochs), "patience": max(3, args.epochs)}}  # steady: epochs ≥ 2
                 # the same work alone: one run of each of the cell's optimisers (their steps cost differently), one
-                # after another, with twice the cell's epochs (a tiny model's epochs are short); the rate of training
-                # them in turn is the harmonic mean of their rates. Measured right before the cell, and the pair
-                # repeated: on a shared machine the rates drift between calls
+                # after another with every core (--workers 1), with twice the cell's epochs (a tiny model's epochs
+                # are short). Then the cell fused and unfused with the default workers (a GPU: one fused group).
+                # The three are repeated: on a shared machine the rates drift between calls
                 one = {**cell, "l2": [0.1], "maxnorm": [0.0], "seeds": [0],
                        "train": {k: 2 * v for k, v in cell["train"].items()}}
+                w = 1 if gpu else cpu_workers
                 pairs = []
                 for k in range(args.cell_repeats):
                     _, single, _ = run_grid_cli({**one, "name": f"{model}-single-{k}"}, folder, "off", 1, 1, left())
                     _, cell_runs, _ = run_grid_cli(fused_options({**cell, "name": f"{model}-cell24-{k}"}), folder,
-                                                   "24", 1, 1, left())
+                                                   "24", 1 if gpu else None, 1, left())
                     singles = {r["config"]["optimizer"]: steady_rate([r], n_train) for r in single}
-                    r1, r24 = statistics.harmonic_mean(list(singles.values())), steady_rate(cell_runs, n_train)
-                    pairs.append({"single_images_per_s": r1, "single_runs_images_per_s": singles,
-                                  "fused24_images_per_s": r24, "ratio": r24 / r1})
-                    print(f"{model:>20} 24-run cell fused: {r24:8.0f} train images/s vs its optimisers' runs alone "
-                          f"{r1:8.0f} ({', '.join(f'{k} {v:.0f}' for k, v in singles.items())}): {r24 / r1:.2f}x",
-                          flush=True)
-                row["cell24"] = {"ratio": statistics.median(p["ratio"] for p in pairs), "pairs": pairs}
+                    r1, r24 = steady_rate(single, n_train), steady_rate(cell_runs, n_train, w)
+                    pair = {"single_images_per_s": r1, "single_runs_images_per_s": singles,
+                            "fused24_images_per_s": r24, "fused24_workers": w, "ratio": r24 / r1}
+                    line = (f"{model:>20} 24-run cell fused ({w} group(s) side by side): {r24:8.0f} train images/s vs "
+                            f"its optimisers' runs alone, one at a time {r1:8.0f} "
+                            f"({', '.join(f'{k} {v:.0f}' for k, v in singles.items())}): {r24 / r1:.2f}x")
+                    if not gpu:  # the cell unfused on the same workers: how much of it fusion itself gives
+                        _, off_runs, _ = run_grid_cli({**cell, "name": f"{model}-cell24off-{k}"}, folder, "off",
+                                                      None, 1, left())
+                        r_off = steady_rate(off_runs, n_train, w)
+                        pair.update(unfused24_images_per_s=r_off, unfused_ratio=r_off / r1, fusion_ratio=r24 / r_off)
+                        line += f"; unfused on {w} worker(s) {r_off:8.0f}: {r_off / r1:.2f}x, fusion {r24 / r_off:.2f}x"
+                    pairs.append(pair)
+                    print(line, flush=True)
+                row["cell24"] = {key: statistics.median(p[key] for p in pairs)
+                                 for key in ("ratio", "unfused_ratio", "fusion_ratio") if key in pairs[0]}
+                row["cell24"]["pairs"] = pairs
                 return
-            fuse, workers = ("off", workers_off) if kind == "off" else (fused_flag, 1 if gpu else args.workers)
+            fuse, workers = ("off", workers_off) if kind == "off" else (fused_flag, 1 if gpu else cpu_workers)
             wall, runs, failed = run_grid_cli(specs[model] if fuse == "off" else fused_options(specs[model]), folder,
                                               fuse, workers, args.per_gpu if fuse == "off" else 1, left())
             s = summarise(runs, wall, n_train, workers)
