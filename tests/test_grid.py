@@ -293,6 +293,14 @@ def test_grid_cli_status_and_export(cli, tiny_h5, tmp_path):
     assert code == 1 and "built-in spec" in err
     code, _, err = cli("grid", "run", spec_path, "-e", tmp_path / "exp2", "-q", "--lease", "-1")
     assert code == 1 and "--lease must be a positive number of seconds" in err  # two runners would steal runs
+    # the ETA: no more runs at once than are left (one run left takes one run's time, however many workers)
+    store = Store(exp / "store.sqlite")
+    bigger = GridSpec.load(write_spec(tmp_path, tiny_h5, name="t2", l2=[0.0, 0.1]))  # its λ = 0 run is done
+    st = grid_status(bigger, store, slots=4)
+    assert st["counts"]["pending"] == 1 and st["eta_seconds"] == pytest.approx(st["mean_run_seconds"])
+    assert grid_status(GridSpec.load(write_spec(tmp_path, tiny_h5, name="t3", l2=[0.0, 0.1, 0.2, 0.3, 0.4])),
+                       store, slots=2)["eta_seconds"] == pytest.approx(2 * st["mean_run_seconds"])
+    store.close()
 
 
 @pytest.mark.slow
@@ -366,9 +374,10 @@ def test_cpu_workers_default_to_one_per_core_as_memory_allows():
     assert default_cpu_workers(8, CPU_WORKER_MEMORY // 2) == 1  # never none
 
 
-def test_a_cell_splits_evenly_over_idle_workers_and_each_run_gets_the_cores_left_to_it(tiny_h5, tmp_path):
-    """Two CPU workers: a 4-run cell with --fuse 4 becomes two groups of 2 side by side (not 2, then 1 and 1), each
-    with half the cores; a grid of one run gets all the cores."""
+def test_a_cell_splits_evenly_over_idle_workers_and_a_run_has_the_same_threads_wherever_it_falls(tiny_h5, tmp_path):
+    """Two CPU workers: a 4-run cell with --fuse 4 becomes two groups of 2 side by side (not 2, then 1 and 1), and
+    every run has half the cores (a CPU run's numbers depend on its thread count, so it is fixed per grid); a grid
+    of one run has no second worker, so it gets every core."""
     from astroclass.parallel import usable_cores
 
     cores = usable_cores()

@@ -41,10 +41,9 @@ def run_cmd(spec: SpecArg, experiment: Experiment = None, data: DataOpt = None,
             engine: Annotated[str, typer.Option(help="local (worker processes here) or ray.")] = "local",
             workers: Annotated[int | None, typer.Option(help="Concurrent runs (default: --per-gpu per GPU; on a "
                                                                 "CPU machine one per core, 2 GiB of free memory "
-                                                                "each).")] = None,
+                                                                "each; at most the runs to do).")] = None,
             per_gpu: Annotated[int, typer.Option(help="Runs packed on each GPU.")] = 1,
-            threads: Annotated[int | None, typer.Option(help="CPU threads per run (default: the cores over the runs "
-                                                                 "running at once).")] = None,
+            threads: Annotated[int | None, typer.Option(help="CPU threads per run (default: cores / workers).")] = None,
             max_attempts: Annotated[int, typer.Option(help="Tries per run before it stays failed.")] = 2,
             keep: Annotated[str, typer.Option(
                 help="Checkpoints to keep: best (per dataset, model, setup), all, none.")] = "best",

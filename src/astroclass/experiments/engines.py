@@ -15,9 +15,10 @@ runs it had not reported get no outcome).
   not share storage with the driver: datasets travel through Ray's object store to a per-node cache
   (verified by hash), and each run's files travel back to the driver's experiment folder.
 
-``submit(job, concurrent)``: ``concurrent`` is how many groups the driver expects to run at once while this one
-runs; a local job then gets the cores that are not left to the others (``cores // concurrent`` threads), so
-the last runs of a grid, or a grid smaller than the slots, still use every core.
+A local CPU worker's runs get ``cores // workers`` threads, fixed for the engine's life: on a CPU a run's numbers
+depend (at the rounding level, then through training) on its thread count, so the same grid on the same machine
+gives every run the same count wherever it falls in the schedule. Slots are never more than the runs to do, so
+a grid of one run still has every core.
 """
 
 from __future__ import annotations
@@ -86,33 +87,33 @@ class _Worker:
         self.conn.close()
 
 
-def local_slots(workers: int | None = None, per_gpu: int = 1) -> list[str]:
+def local_slots(workers: int | None = None, per_gpu: int = 1, runs: int | None = None) -> list[str]:
     """The local engine's slots (a device name per concurrent group): ``per_gpu`` per GPU, else
-    :func:`default_cpu_workers`; ``workers`` caps or sets their number."""
+    :func:`default_cpu_workers`; ``workers`` caps or sets their number, and so do ``runs`` (the runs to do)."""
     gpus = _gpu_count()
     if gpus:
         slots = [f"cuda:{g}" for g in range(gpus) for _ in range(max(1, per_gpu))]
-        return slots[:workers] if workers else slots
-    return ["cpu"] * max(1, workers or default_cpu_workers(usable_cores(), host_available_memory()))
+        slots = slots[:workers] if workers else slots
+    else:
+        slots = ["cpu"] * max(1, workers or default_cpu_workers(usable_cores(), host_available_memory()))
+    return slots[:max(1, runs)] if runs is not None else slots
 
 
 class LocalEngine:
     name = "local"
 
     def __init__(self, workers: int | None = None, per_gpu: int = 1, threads: int | None = None,
-                 max_groups: int = MAX_GROUPS_PER_WORKER):
-        self.cores = usable_cores()
-        self.slots = local_slots(workers, per_gpu)
-        self.threads = threads  # None: cores // concurrent groups, per job
+                 max_groups: int = MAX_GROUPS_PER_WORKER, runs: int | None = None):
+        self.slots = local_slots(workers, per_gpu, runs)
+        self.threads = threads if threads is not None else max(1, usable_cores() // len(self.slots))
         self.max_groups = max_groups
         self._idle: list[_Worker] = []
         self._busy: list[_Worker] = []
 
-    def submit(self, job: GroupJob, concurrent: int | None = None) -> None:
+    def submit(self, job: GroupJob) -> None:
         import multiprocessing
 
-        at_once = max(1, min(len(self.slots), concurrent or len(self.slots)))
-        job.threads, job.share = self.threads or max(1, self.cores // at_once), len(self.slots)
+        job.threads, job.share = self.threads, len(self.slots)
         while self._idle and not self._idle[-1].alive():
             self._idle.pop().stop()
         worker = self._idle.pop() if self._idle else _Worker(multiprocessing.get_context("spawn"), self.max_groups)
@@ -317,8 +318,7 @@ class RayEngine:
         self._refs: dict[Any, tuple[Any, int, GroupJob]] = {}
         self._shipped: dict[str, Shipment] = {}
 
-    def submit(self, job: GroupJob, concurrent: int | None = None) -> None:
-        """``concurrent`` is not used: an actor's threads are the CPUs it reserved."""
+    def submit(self, job: GroupJob) -> None:
         job.threads, job.share = self.threads, self.per_node
         for _, cfg, _ in job.runs:
             if cfg["dataset"] not in self._shipped:
@@ -368,9 +368,10 @@ class RayEngine:
 
 
 def make_engine(name: str, workers: int | None = None, per_gpu: int = 1, threads: int | None = None,
-                address: str | None = None, num_cpus: int | None = None):
+                address: str | None = None, num_cpus: int | None = None, runs: int | None = None):
+    """``runs``: the runs to do (the local engine has no more slots than that)."""
     if name == "local":
-        return LocalEngine(workers, per_gpu, threads)
+        return LocalEngine(workers, per_gpu, threads, runs=runs)
     if name == "ray":
         return RayEngine(address, workers, per_gpu, threads, num_cpus)
     raise AstroclassError(f"unknown engine {name!r}; choose from {ENGINES}")

@@ -134,8 +134,9 @@ def run_grid(spec: GridSpec, experiment: str | Path, options: GridOptions | None
         raise AstroclassError(f"--fuse must be auto, off or a group size >= 1, got {fuse!r}")
     experiment = Path(experiment)
     store, ids = prepare(spec, experiment)
+    at_start = store.counts(ids)  # running: perhaps a dead runner's, to be claimed again
     engine = make_engine(options.engine, options.workers, options.per_gpu, options.threads, options.ray_address,
-                         options.ray_num_cpus)
+                         options.ray_num_cpus, runs=at_start["pending"] + at_start["running"] + at_start["failed"])
     gpu = any(slot.startswith("cuda") for slot in engine.slots)  # auto fuses on GPUs only (fused_group_size)
     cap = 1 if fuse == "off" or (fuse == "auto" and not gpu) else AUTO_GROUP if fuse == "auto" else int(fuse)
     free = list(engine.slots)
@@ -181,9 +182,7 @@ def run_grid(spec: GridSpec, experiment: str | Path, options: GridOptions | None
                     runs.append((rid, cfg, str(attempt_dir(experiment, rid, token))))
                     held[rid] = token
                     display.started(rid, cfg)
-                # groups at once while this one runs: those running, this one and those the runs left make
-                concurrent = len(groups) + 1 + -(-max(0, todo - len(claimed)) // limit)
-                engine.submit(GroupJob(token, runs, device, fuse=fuse), concurrent=concurrent)
+                engine.submit(GroupJob(token, runs, device, fuse=fuse))
                 groups[token] = {"device": device, "runs": {rid for rid, _ in claimed}}
             if not groups:
                 break

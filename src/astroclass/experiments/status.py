@@ -32,7 +32,7 @@ def grid_status(spec: GridSpec, store: Store, slots: int = 1) -> dict[str, Any]:
             per_ds[r["dataset"]]["done"] += 1
     mean = store.mean_run_seconds()
     remaining = counts["pending"] + counts["running"]
-    eta = mean * remaining / max(1, slots) if mean is not None else None
+    eta = mean * remaining / max(1, min(slots, remaining)) if mean is not None else None  # no more at once than left
     failures = [{"id": r["id"], "run": run_label(r), "attempts": r["attempts"], "error": first_line(r["error"])}
                 for r in runs if r["status"] == "failed"]
     return {"total": len(ids), "counts": counts, "datasets": per_ds, "mean_run_seconds": mean, "eta_seconds": eta,
