@@ -370,7 +370,7 @@ def test_cpu_workers_default_to_one_per_core_as_memory_allows():
     from astroclass.experiments.engines import CPU_WORKER_MEMORY, default_cpu_workers
 
     assert default_cpu_workers(8, 64 * 2**30) == 8  # one per core
-    assert default_cpu_workers(8, 5 * CPU_WORKER_MEMORY + 1) == 5  # as far as memory allows
+    assert default_cpu_workers(8, 10 * CPU_WORKER_MEMORY + 1) == 5  # half the memory; the other half holds images
     assert default_cpu_workers(8, CPU_WORKER_MEMORY // 2) == 1  # never none
 
 

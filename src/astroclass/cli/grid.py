@@ -40,8 +40,9 @@ def _load(spec: str, data: list[str] | None, experiment: Path | None):
 def run_cmd(spec: SpecArg, experiment: Experiment = None, data: DataOpt = None,
             engine: Annotated[str, typer.Option(help="local (worker processes here) or ray.")] = "local",
             workers: Annotated[int | None, typer.Option(help="Concurrent runs (default: --per-gpu per GPU; on a "
-                                                                "CPU machine one per core, 2 GiB of free memory "
-                                                                "each; at most the runs to do).")] = None,
+                                                                "CPU machine one per core, as far as 2 GiB each in "
+                                                                "half the free memory allows; at most the runs to "
+                                                                "do).")] = None,
             per_gpu: Annotated[int, typer.Option(help="Runs packed on each GPU.")] = 1,
             threads: Annotated[int | None, typer.Option(help="CPU threads per run (default: cores / workers).")] = None,
             max_attempts: Annotated[int, typer.Option(help="Tries per run before it stays failed.")] = 2,

@@ -37,17 +37,19 @@ ENGINES = ("local", "ray")
 MAX_GROUPS_PER_WORKER = 50
 """A worker is recycled (a fresh process) after this many groups, so nothing it accumulates lives forever."""
 CPU_WORKER_MEMORY = 2 * 2**30
-"""Host memory a CPU worker is counted to need besides its dataset's share (peak of one training run of the
-paper's backbones at 76 px and batch 32: 1.3-1.7 GiB)."""
+"""Host memory a CPU worker is counted to need besides its images (peak of one training run of the paper's
+backbones at 76 px and batch 32: 1.3-1.7 GiB)."""
 
 
 def default_cpu_workers(cores: int, available: int) -> int:
-    """Local CPU workers by default: one per core, one thread each, as far as ``available`` bytes allow.
+    """Local CPU workers by default: one per core, one thread each, as far as half of ``available`` bytes allows
+    at :data:`CPU_WORKER_MEMORY` each (the other half is the workers' budget for images in memory,
+    training.data.memory_budget).
 
     Small convolutions keep two threads busy far less than two processes of one thread each: on a 2-core CPU a
     grid cell of tiny runs trained 1.5-1.7x as fast on two single-thread workers as one run at a time with both
     cores, and an InceptionV3 grid at 76 px took 0.77x the time (benchmarks/bench_grid.py, benchmarks/README.md)."""
-    return max(1, min(cores, available // CPU_WORKER_MEMORY))
+    return max(1, min(cores, available // (2 * CPU_WORKER_MEMORY)))
 
 
 def _gpu_count() -> int:
