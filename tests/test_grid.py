@@ -374,6 +374,41 @@ def test_cpu_workers_default_to_one_per_core_as_memory_allows():
     assert default_cpu_workers(8, CPU_WORKER_MEMORY // 2) == 1  # never none
 
 
+def test_cores_and_memory_are_read_within_a_containers_cgroup_limits(tmp_path, monkeypatch):
+    """In a container the machine's cores and MemAvailable are the host's; the cgroup's CPU quota and memory limit
+    (v2 and v1 layouts, as the kernel writes them) bound what workers and image budgets count on."""
+    import astroclass.parallel as par
+
+    machine_cores = len(os.sched_getaffinity(0))
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    monkeypatch.setattr(par, "CGROUP", v2)
+    (v2 / "cpu.max").write_text("max 100000\n")
+    (v2 / "memory.max").write_text("max\n")
+    (v2 / "memory.current").write_text("123456789\n")
+    assert par.usable_cores() == machine_cores and par._cgroup_memory_left() is None  # no limits: the machine's
+    (v2 / "cpu.max").write_text("50000 100000\n")  # --cpus 0.5
+    assert par.usable_cores() == 1
+    (v2 / "memory.max").write_text(f"{2 * 2**30}\n")  # a 2 GiB limit, 1 GiB used of which 0.25 GiB page cache
+    (v2 / "memory.current").write_text(f"{2**30}\n")
+    (v2 / "memory.stat").write_text(f"anon 805306368\nfile 268435456\ninactive_file {2**28}\nactive_file 0\n")
+    assert par.host_available_memory() == 2 * 2**30 - (2**30 - 2**28)  # a machine running the tests has more
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "memory").mkdir()
+    monkeypatch.setattr(par, "CGROUP", v1)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    (v1 / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # v1's "no limit"
+    (v1 / "memory" / "memory.usage_in_bytes").write_text("10050420736\n")
+    assert par.usable_cores() == machine_cores and par._cgroup_memory_left() is None
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("150000\n")  # 1.5 CPUs: 2 threads, where there are 2
+    assert par.usable_cores() == min(machine_cores, 2)
+    (v1 / "memory" / "memory.limit_in_bytes").write_text(f"{2**30}\n")  # more used than the limit: nothing left
+    (v1 / "memory" / "memory.usage_in_bytes").write_text(f"{3 * 2**30}\n")
+    assert par.host_available_memory() == 0
+
+
 def test_a_cell_splits_evenly_over_idle_workers_and_a_run_has_the_same_threads_wherever_it_falls(tiny_h5, tmp_path):
     """Two CPU workers: a 4-run cell with --fuse 4 becomes two groups of 2 side by side (not 2, then 1 and 1), and
     every run has half the cores (a CPU run's numbers depend on its thread count, so it is fixed per grid); a grid

@@ -1,4 +1,5 @@
-"""Order-preserving parallel map over worker processes, in chunks, with a progress callback."""
+"""Order-preserving parallel map over worker processes, in chunks, with a progress callback; the cores and
+memory this process may use (its affinity mask and, in a container, its cgroup's limits)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,11 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
+
+CGROUP = Path("/sys/fs/cgroup")
+"""Where the process's cgroup limits are read (v2: cpu.max, memory.max; v1: the cpu and memory controllers)."""
 
 
 def exit_with(pid: int) -> None:
@@ -44,24 +49,72 @@ def exit_with(pid: int) -> None:
     threading.Thread(target=watch, name="astroclass-exit-with-driver", daemon=True).start()
 
 
-def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity mask where the system has one)."""
+def _read(path: Path) -> str | None:
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        return path.read_text().strip()
+    except (OSError, ValueError):
+        return None
+
+
+def _cgroup_cpus() -> float | None:
+    """CPUs the cgroup's quota allows (a container's ``--cpus``), or None where there is none."""
+    v2 = _read(CGROUP / "cpu.max")  # "max 100000" or "150000 100000"
+    if v2 is not None:
+        quota, _, period = v2.partition(" ")
+        return int(quota) / int(period) if quota.isdigit() and period.isdigit() and int(period) else None
+    v1_quota, v1_period = _read(CGROUP / "cpu" / "cpu.cfs_quota_us"), _read(CGROUP / "cpu" / "cpu.cfs_period_us")
+    if v1_quota and v1_period and v1_quota.isdigit() and v1_period.isdigit() and int(v1_period):  # -1: no quota
+        return int(v1_quota) / int(v1_period)
+    return None
+
+
+def _cgroup_memory_left() -> int | None:
+    """Bytes the cgroup's memory limit leaves (reclaimable page cache counted as free), or None without a limit."""
+    for limit_f, usage_f, stat_f, inactive in (("memory.max", "memory.current", "memory.stat", "inactive_file"),
+                                               ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes",
+                                                "memory/memory.stat", "total_inactive_file")):
+        limit, usage = _read(CGROUP / limit_f), _read(CGROUP / usage_f)
+        if limit is None or usage is None:
+            continue
+        if not limit.isdigit() or int(limit) >= 2**60 or not usage.isdigit():  # "max", or v1's huge "no limit"
+            return None
+        cache = 0
+        for line in (_read(CGROUP / stat_f) or "").splitlines():
+            key, _, value = line.partition(" ")
+            if key == inactive and value.isdigit():
+                cache = int(value)
+        return max(0, int(limit) - max(0, int(usage) - cache))
+    return None
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on: its affinity mask, within its cgroup's CPU quota."""
+    try:
+        cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+    quota = _cgroup_cpus()
+    if quota is not None:
+        cores = min(cores, -(-int(quota * 1000) // 1000))  # 1.5 CPUs: 2 threads
+    return max(1, cores)
 
 
 def host_available_memory() -> int:
-    """Bytes of RAM available for new work on this machine (Linux: MemAvailable)."""
+    """Bytes of RAM available for new work: the machine's (Linux: MemAvailable), within its cgroup's limit (a
+    container's memory limit, which the machine's figure does not show)."""
+    available = None
     try:
         with open("/proc/meminfo") as fh:
             for line in fh:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    available = int(line.split()[1]) * 1024
+                    break
     except OSError:
         pass
-    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    if available is None:
+        available = int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    left = _cgroup_memory_left()
+    return available if left is None else min(available, left)
 
 
 def _run_chunk(args: tuple[Callable, list, tuple]) -> list:
