@@ -389,6 +389,16 @@ def test_cores_and_memory_are_read_within_a_containers_cgroup_limits(tmp_path, m
     assert par.usable_cores() == machine_cores and par._cgroup_memory_left() is None  # no limits: the machine's
     (v2 / "cpu.max").write_text("50000 100000\n")  # --cpus 0.5
     assert par.usable_cores() == 1
+    import torch
+
+    from astroclass.training import threads_within_cores
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)  # torch's own default counts the machine's cores
+        assert threads_within_cores() == 1 == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
     (v2 / "memory.max").write_text(f"{2 * 2**30}\n")  # a 2 GiB limit, 1 GiB used of which 0.25 GiB page cache
     (v2 / "memory.current").write_text(f"{2**30}\n")
     (v2 / "memory.stat").write_text(f"anon 805306368\nfile 268435456\ninactive_file {2**28}\nactive_file 0\n")

@@ -73,7 +73,7 @@ class Classifier:
         fp32 elsewhere), "off" (fp32) or "bf16". bf16 moves probabilities by up to ~1e-2."""
         from astroclass.data.images import ImageSpec
         from astroclass.models import build_model, matmul_1x1
-        from astroclass.training import auto_amp, keep_freed_memory, resolve_device
+        from astroclass.training import auto_amp, keep_freed_memory, resolve_device, threads_within_cores
 
         self.path = Path(checkpoint)
         ck = read_checkpoint(self.path)
@@ -86,6 +86,7 @@ class Classifier:
         self.device = resolve_device(device)
         if self.device.type == "cpu":
             keep_freed_memory()  # each batch's activations reuse memory instead of being mapped afresh
+            threads_within_cores()
         if amp not in ("off", "bf16", "auto"):
             raise AstroclassError(f"amp must be off, bf16 or auto, got {amp!r}")
         if amp == "auto":  # as the run did

@@ -44,7 +44,8 @@ def run_cmd(spec: SpecArg, experiment: Experiment = None, data: DataOpt = None,
                                                                 "half the free memory allows; at most the runs to "
                                                                 "do).")] = None,
             per_gpu: Annotated[int, typer.Option(help="Runs packed on each GPU.")] = 1,
-            threads: Annotated[int | None, typer.Option(help="CPU threads per run (default: cores / workers).")] = None,
+            threads: Annotated[int | None, typer.Option(help="CPU threads per run (default: cores / workers; at most "
+                                                                 "the cores, within a container's CPU quota).")] = None,
             max_attempts: Annotated[int, typer.Option(help="Tries per run before it stays failed.")] = 2,
             keep: Annotated[str, typer.Option(
                 help="Checkpoints to keep: best (per dataset, model, setup), all, none.")] = "best",

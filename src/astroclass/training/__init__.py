@@ -46,7 +46,14 @@ from astroclass.training.method import (
                                         to_float,
 )
 from astroclass.training.outputs import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, environment
-from astroclass.training.speed import auto_amp, compiled, cpu_has_amx, keep_freed_memory, resolve_device
+from astroclass.training.speed import (
+    auto_amp,
+    compiled,
+    cpu_has_amx,
+    keep_freed_memory,
+    resolve_device,
+    threads_within_cores,
+)
 
 __all__ = [
     "AMP_MODES", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "COMPILE_MODES", "KERAS_DEFAULTS", "MONITORS", "OPTIMIZERS",
@@ -54,5 +61,5 @@ __all__ = [
     "RunData", "RunResult", "TrainingFailed", "WorkerCache", "augment_batch", "auto_amp", "class_weight_tensor",
     "compiled", "cpu_has_amx", "dihedral", "environment", "epoch_order", "fuse_key", "fused_group_size",
     "keep_freed_memory", "load_run_data",
-    "make_optimizer", "predict_probs", "resolve_device", "to_float", "train", "train_group",
+    "make_optimizer", "predict_probs", "resolve_device", "threads_within_cores", "to_float", "train", "train_group",
 ]

@@ -50,7 +50,14 @@ from astroclass.training.method import (
     val_scores,
 )
 from astroclass.training.outputs import environment, evaluate, save_checkpoint, write_history, write_result
-from astroclass.training.speed import STEP_GRAPH, StepGraph, compiled, keep_freed_memory, resolve_device
+from astroclass.training.speed import (
+    STEP_GRAPH,
+    StepGraph,
+    compiled,
+    keep_freed_memory,
+    resolve_device,
+    threads_within_cores,
+)
 
 PER_RUN_OPTIONS = frozenset({"l2", "maxnorm", "optimizer", "seed", "lr", "class_weights", "sampler", "monitor",
                              "augment", "augment_shift", "epochs", "patience", "finetune_lr", "finetune_momentum",
@@ -219,6 +226,7 @@ class GroupTrainer:
         self.fast = c0.speed(self.device)
         if self.device.type == "cpu":
             self.fast["keep_freed_memory"] = keep_freed_memory()
+            threads_within_cores()
         if len(self.configs) > 1 and c0.compile == "auto":
             # fused groups run eager: compiling and capturing CUDA graphs of a fused model is not yet measured on
             # a GPU (an eager fused step there is launch-bound: benchmarks/README.md, "The grid on a GPU");

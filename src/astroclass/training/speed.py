@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from astroclass.errors import AstroclassError
-from astroclass.parallel import host_available_memory
+from astroclass.parallel import host_available_memory, usable_cores
 
 
 def resolve_device(name: str) -> torch.device:
@@ -25,6 +25,16 @@ def resolve_device(name: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise AstroclassError(f"device {name!r} asked for, but no CUDA GPU is available")
     return dev
+
+
+def threads_within_cores() -> int:
+    """Lower torch's CPU threads to the cores this process may use, and return them: torch counts the machine's
+    cores, not a container's CPU quota, and more threads than the quota allows are throttled in turn. Never raises
+    them (``OMP_NUM_THREADS`` or ``torch.set_num_threads`` below the cores stay)."""
+    cores = usable_cores()
+    if torch.get_num_threads() > cores:
+        torch.set_num_threads(cores)
+    return torch.get_num_threads()
 
 
 @functools.lru_cache(maxsize=1)
