@@ -225,8 +225,8 @@ def main(argv: list[str] | None = None, defaults: dict | None = None) -> dict:
     from astroclass.experiments.engines import local_slots
 
     gpu = torch.cuda.is_available()
-    workers_off = args.per_gpu * torch.cuda.device_count() if gpu else len(local_slots(args.workers))
     cpu_workers = len(local_slots(args.workers))  # on a CPU both paths use grid run's workers
+    workers_off = args.per_gpu * torch.cuda.device_count() if gpu else cpu_workers
     fused_flag = "auto" if gpu else "24"  # auto on a CPU is one run per worker: measure fusion there explicitly
     models = args.models.split(",")
     out: dict = {"settings": vars(args), "models": {m: {} for m in models}, "skipped": [], "failed": []}

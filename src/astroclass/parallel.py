@@ -59,13 +59,10 @@ def _read(path: Path) -> str | None:
 def _cgroup_cpus() -> float | None:
     """CPUs the cgroup's quota allows (a container's ``--cpus``), or None where there is none."""
     v2 = _read(CGROUP / "cpu.max")  # "max 100000" or "150000 100000"
-    if v2 is not None:
-        quota, _, period = v2.partition(" ")
-        return int(quota) / int(period) if quota.isdigit() and period.isdigit() and int(period) else None
-    v1_quota, v1_period = _read(CGROUP / "cpu" / "cpu.cfs_quota_us"), _read(CGROUP / "cpu" / "cpu.cfs_period_us")
-    if v1_quota and v1_period and v1_quota.isdigit() and v1_period.isdigit() and int(v1_period):  # -1: no quota
-        return int(v1_quota) / int(v1_period)
-    return None
+    quota, period = (v2.split(" ", 1) + [""])[:2] if v2 is not None else \
+        (_read(CGROUP / "cpu" / "cpu.cfs_quota_us") or "", _read(CGROUP / "cpu" / "cpu.cfs_period_us") or "")
+    # no quota: "max" (v2), -1 (v1)
+    return int(quota) / int(period) if quota.isdigit() and period.isdigit() and int(period) else None
 
 
 def _cgroup_memory_left() -> int | None:
