@@ -148,8 +148,15 @@ def summarise(runs: list[dict], wall: float, n_train: int, workers: int) -> dict
     for r in runs:
         groups.setdefault(r["token"], []).append(r)
     startups, first, later = [], [], []
+    graphed = {"replayed_steps": 0, "eager_steps": 0, "not_captured": []}
     for members in groups.values():
         env = members[0]["metrics"]["environment"]
+        graph = env.get("speed", {}).get("step_graph")
+        if graph:  # compile: step-graph; how many training steps replayed the captured graph, and why not
+            graphed["replayed_steps"] += graph["replayed_steps"]
+            graphed["eager_steps"] += graph["eager_steps"]
+            if graph["not_captured"] and graph["not_captured"] not in graphed["not_captured"]:
+                graphed["not_captured"].append(graph["not_captured"])
         epochs = {}
         for r in members:
             for h in r["history"]:
@@ -168,7 +175,8 @@ def summarise(runs: list[dict], wall: float, n_train: int, workers: int) -> dict
             "startup_per_group_s": statistics.mean(startups),
             "startup_per_run_first_s": statistics.mean(first) if first else None,
             "startup_per_run_later_s": statistics.mean(later) if later else None,
-            "net_images_per_s": images / net, "peak_gpu_memory_gib": peak / 2**30}
+            "net_images_per_s": images / net, "peak_gpu_memory_gib": peak / 2**30,
+            **({"step_graph": graphed} if graphed["replayed_steps"] or graphed["eager_steps"] else {})}
 
 
 def project_paper_hours(model: str, s: dict, workers: int) -> float | None:
