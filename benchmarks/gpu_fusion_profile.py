@@ -182,6 +182,7 @@ def main() -> None:
     ap.add_argument("--nan-check", default="inception_v3", help="a backbone whose fused 12-run group is trained "
                                                                 "once to show any failed run's error ('' = none)")
     ap.add_argument("--no-profile", action="store_true", help="skip the profiled epoch of the first backbone")
+    ap.add_argument("--name", default="", help="results file name (default fusion_profile_gpu, or _cpu)")
     args = ap.parse_args()
     import torch
 
@@ -191,7 +192,7 @@ def main() -> None:
     if unknown:
         sys.exit(f"unknown variants {unknown}; known: {', '.join(known)}")
     chosen = [(v, known[v]) for v in args.variants.split(",")]
-    name = "fusion_profile_" + ("gpu" if torch.cuda.is_available() else "cpu")
+    name = args.name or "fusion_profile_" + ("gpu" if torch.cuda.is_available() else "cpu")
     out: dict = {"name": name, "models": {}}
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)

@@ -288,3 +288,34 @@ def test_the_step_graph_path_trains_each_run_exactly_as_the_eager_step(tiny_h5, 
         assert b.test == a.test, i
     cosine = train(RunConfig(**base, compile="step-graph", schedule="cosine"), tmp_path / "cosine", progress=False)
     assert "learning rate changes every step" in cosine.environment["speed"]["step_graph"]["not_captured"]
+
+
+def test_steps_that_drop_their_gradients_train_each_run_as_the_default_step(tiny_h5, tmp_path, monkeypatch):
+    """Under torch.compile's CUDA graphs (``compile: reduce-overhead`` or ``max-autotune`` on a GPU) a gradient is
+    an output of the previous step's graph, whose memory the next replay reuses, so each step drops the gradients
+    instead of zeroing them in place, and every run's gradient views are bound to the new ones. Off a GPU that
+    path is taken here for an eager step: a fused group of the four optimisers (and a run alone) gets bit for bit
+    the default path's histories and test results."""
+    from astroclass.training import loop
+
+    combos = [("rmsprop", 0.0, 2.0), ("adam", 0.1, 0.0), ("radam", 0.1, 2.0), ("sgd", 0.0, 0.0)]
+    configs = [RunConfig(dataset=str(tiny_h5), model="test_resnet", epochs=2, patience=2, batch_size=16, amp="off",
+                         optimizer=o, l2=l2, maxnorm=mn, seed=i) for i, (o, l2, mn) in enumerate(combos)]
+    kept = train_group(configs, [tmp_path / f"kept{i}" for i in range(4)], progress=False)
+    kept.append(train(configs[1], tmp_path / "kept4", progress=False))
+    dropped_grads = []
+    zero = Slots.zero_grads
+
+    def spy(self, set_to_none=False):
+        zero(self, set_to_none)
+        dropped_grads.append(set_to_none and all(p.grad is None for p in self.model.parameters()))
+
+    monkeypatch.setattr(Slots, "zero_grads", spy)
+    monkeypatch.setattr(loop, "TORCH_CUDA_GRAPHS", (None,))  # this eager step (compile off) as the compiled one
+    dropped = train_group(configs, [tmp_path / f"dropped{i}" for i in range(4)], progress=False)
+    dropped.append(train(configs[1], tmp_path / "dropped4", progress=False))
+    assert dropped_grads and all(dropped_grads)
+    for i, (a, b) in enumerate(zip(kept, dropped)):
+        assert [{k: v for k, v in row.items() if k != "seconds"} for row in _history(tmp_path / f"dropped{i}")] \
+            == [{k: v for k, v in row.items() if k != "seconds"} for row in _history(tmp_path / f"kept{i}")], i
+        assert b.test == a.test, i

@@ -420,8 +420,15 @@ class Slots:
             for r in range(self.runs):
                 self.views(r)[n].grad = self._view(p.grad, True, r)
 
-    def zero_grads(self) -> None:
-        """Zero the fused gradients in place (the runs' gradient views stay bound)."""
+    def zero_grads(self, set_to_none: bool = False) -> None:
+        """Zero the fused gradients in place (the runs' gradient views stay bound), or drop them
+        (``set_to_none``: the next backward pass allocates them and :meth:`bind_grads` binds the new ones).
+        Under torch.compile's CUDA graphs a gradient is an output of the previous step's graph, whose memory the
+        next replay reuses: reading it then (zeroing it in place) is an error, so those steps drop them."""
+        if set_to_none:
+            for p in self.model.parameters():
+                p.grad = None
+            return
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         if grads:
             torch._foreach_zero_(grads)

@@ -52,6 +52,7 @@ from astroclass.training.method import (
 from astroclass.training.outputs import environment, evaluate, save_checkpoint, write_history, write_result
 from astroclass.training.speed import (
     STEP_GRAPH,
+    TORCH_CUDA_GRAPHS,
     StepGraph,
     compiled,
     keep_freed_memory,
@@ -416,6 +417,8 @@ class GroupTrainer:
         x_index = index if isinstance(x, DiskImages) else _on_device(index, x.device)
         y_index = _on_device(index, y.device)
 
+        drop_grads = self.fast["compile"] in TORCH_CUDA_GRAPHS
+
         def step(xb: torch.Tensor, yb: torch.Tensor, masks: torch.Tensor, graphed: bool = False) -> None:
             """Forward, backward and every run's update for one batch (a CUDA graph can hold all of it)."""
             b = len(yb) // g
@@ -423,7 +426,7 @@ class GroupTrainer:
                                 cache_enabled=not graphed):  # a graph must cast the weights in every replay
                 logits = self.forward(xb, masks)
             losses = run_losses(logits, yb, weights, smoothing) + lam * model.l2_penalty()
-            slots.zero_grads()
+            slots.zero_grads(set_to_none=drop_grads)
             losses.index_select(0, live_idx).sum().backward()
             slots.bind_grads(self.names)
             for opt in self.optimizers:  # runs that have left step too, harmlessly, until the group is rebuilt

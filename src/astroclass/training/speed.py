@@ -104,6 +104,8 @@ def compiled(model: torch.nn.Module, mode: str | None):
 
 STEP_GRAPH = "step-graph"
 """The ``compile`` mode that captures the whole training step as one CUDA graph (:class:`StepGraph`)."""
+TORCH_CUDA_GRAPHS = ("reduce-overhead", "max-autotune")
+"""The ``compile`` modes under which torch.compile runs the model as CUDA graphs on a GPU."""
 
 
 class StepGraph:
