@@ -589,3 +589,26 @@ def test_a_cpu_training_process_keeps_freed_memory_for_reuse(tiny_h5, tmp_path):
         got = json.loads(proc.stdout.strip().splitlines()[-1])
         assert got["kept"] is kept
         assert got["faults"] < 0.05 * pages if kept else got["faults"] > 0.5 * pages, got
+
+
+def test_compile_auto_makes_each_step_one_graph_on_a_gpu_wherever_every_step_can_be_one():
+    """``compile: auto`` on a GPU: the paper's runs (a fixed learning rate, no weight average), alone or fused,
+    capture each training step as one CUDA graph (no compiling); a run whose step reads something that changes
+    every step (a schedule, warm-up, a weight average: the modern recipe) is compiled with torch.compile's graphs
+    alone and trains eager in a fused group, as does a group with one such run. Nothing on a CPU."""
+    from astroclass.runconfig import apply_recipe, auto_compile
+
+    gpu, cpu = torch.device("cuda"), torch.device("cpu")
+    paper = RunConfig(dataset="d.h5", model="vgg16")
+    modern = RunConfig(**apply_recipe({"dataset": "d.h5", "recipe": "modern"}))
+    assert not modern.steps_capturable() and paper.steps_capturable()
+    for change in ({"schedule": "cosine"}, {"warmup_epochs": 1}, {"ema": 0.99}):
+        assert not RunConfig(dataset="d.h5", model="vgg16", **change).steps_capturable(), change
+    assert auto_compile([paper], gpu) == "step-graph"
+    assert auto_compile([paper, RunConfig(dataset="d.h5", model="vgg16", optimizer="sgd", l2=0.1)], gpu) == "step-graph"
+    assert auto_compile([modern], gpu) == "reduce-overhead"
+    assert auto_compile([paper, RunConfig(dataset="d.h5", model="vgg16", schedule="cosine")], gpu) is None
+    assert auto_compile([paper], cpu) is None and auto_compile([modern], cpu) is None
+    assert paper.speed(cpu)["compile"] is None
+    explicit = RunConfig(dataset="d.h5", model="vgg16", compile="reduce-overhead")
+    assert explicit.speed(cpu)["compile"] == explicit.speed(gpu)["compile"] == "reduce-overhead"

@@ -41,6 +41,19 @@ def upgrade_legacy(d: dict[str, Any], axes: bool = False) -> dict[str, Any]:
     return out
 
 
+def auto_compile(configs: list[RunConfig], device: Any) -> str | None:
+    """``compile: auto`` for a run, or a fused group of runs, on ``device``. On a GPU each training step is one
+    CUDA graph (``step-graph``) where every run's steps can be one: no compiling, so seconds to start, and faster
+    than torch.compile's graphs (benchmarks/README.md, "The grid on a GPU"). Otherwise torch.compile's graphs
+    for a single run, and eager steps for a fused group (compiling a fused model takes longer than training a
+    cell). Nothing on a CPU (compiling a paper backbone takes minutes there, for ~10%)."""
+    if device.type != "cuda":
+        return None
+    if all(c.steps_capturable() for c in configs):
+        return "step-graph"
+    return "reduce-overhead" if len(configs) == 1 else None
+
+
 RECIPES: dict[str, dict[str, Any]] = {
     "paper": {},
     "modern": {
@@ -218,11 +231,12 @@ class RunConfig:
                                  "--channels-last/--no-channels-last")
     amp: str = option("auto", "Mixed precision: auto (bf16 where the hardware computes it natively: CUDA GPUs and "
                       "CPUs with AMX; fp32 elsewhere), bf16 or off.", "speed")
-    compile: str = option("auto", "torch.compile: auto (reduce-overhead, i.e. CUDA graphs, for a single run on "
-                          "CUDA; off on CPU and for fused groups), off, default, reduce-overhead or max-autotune; or "
-                          "step-graph: no compiling, each epoch's training step (all runs of a fused group, their "
-                          "optimisers included) captured as one CUDA graph (eager where the learning rate or an "
-                          "average changes every step; result.json says).", "speed")
+    compile: str = option("auto", "torch.compile: auto (on CUDA step-graph where the learning rate and weights' "
+                          "average stay fixed from step to step, as in the paper; otherwise reduce-overhead for a "
+                          "single run and none for fused groups; none on CPU), off, default, reduce-overhead or "
+                          "max-autotune; or step-graph: no compiling, each epoch's training step (all runs of a fused "
+                          "group, their optimisers included) captured as one CUDA graph (eager where the learning "
+                          "rate or an average changes every step; result.json says).", "speed")
     max_memory: str = option("auto", "Memory the run's images may take: a size (512MB, 4GB) or auto (half the "
                              "available RAM, split between a grid's workers on the machine, and on a GPU half its "
                              "free memory for images kept there). Larger datasets stream from their file in "
@@ -243,8 +257,7 @@ class RunConfig:
         from astroclass.training.speed import auto_amp
 
         amp = {"auto": auto_amp(device), "bf16": torch.bfloat16, "off": None}[self.amp]
-        auto_compile = "reduce-overhead" if device.type == "cuda" else None
-        comp = {"auto": auto_compile, "off": None}.get(self.compile, self.compile)
+        comp = {"auto": auto_compile([self], device), "off": None}.get(self.compile, self.compile)
         return {"channels_last": self.channels_last, "amp": amp, "compile": comp,
                 "matmul_1x1": self.channels_last and device.type == "cpu", "fused_optimizer": True,
                 "grouped_kernels": device.type == "cuda"}
@@ -327,6 +340,11 @@ class RunConfig:
     def epoch_tta(self) -> bool:
         """Whether each epoch's validation uses TTA (``tta`` and ``tta_each_epoch``)."""
         return self.tta and self.tta_each_epoch
+
+    def steps_capturable(self) -> bool:
+        """Whether every training step can be the one CUDA graph of ``compile: step-graph``: nothing that the
+        step reads changes from step to step (a learning-rate schedule or warm-up, a weight average's decay)."""
+        return self.schedule == "constant" and not self.warmup_epochs and not self.ema
 
     def resolved_frozen_bn(self) -> str:
         return ("batch" if self.paper_exact else "moving") if self.frozen_bn == "auto" else self.frozen_bn

@@ -28,7 +28,7 @@ import torch
 from astroclass.errors import AstroclassError
 from astroclass.models import AstroNet
 from astroclass.progress import Bar
-from astroclass.runconfig import parse_duration
+from astroclass.runconfig import auto_compile, parse_duration
 from astroclass.training.config import RunConfig, RunResult, TrainingFailed
 from astroclass.training.data import DataCache, DiskImages, Images, RunData, batches, training_order
 from astroclass.training.fusion import Slots, fuse
@@ -228,11 +228,8 @@ class GroupTrainer:
         if self.device.type == "cpu":
             self.fast["keep_freed_memory"] = keep_freed_memory()
             threads_within_cores()
-        if len(self.configs) > 1 and c0.compile == "auto":
-            # fused groups run eager: compiling and capturing CUDA graphs of a fused model is not yet measured on
-            # a GPU (an eager fused step there is launch-bound: benchmarks/README.md, "The grid on a GPU");
-            # compile: reduce-overhead asks for both
-            self.fast["compile"] = None
+        if c0.compile == "auto":  # of the whole group: each run's steps must be graphs for the group's to be
+            self.fast["compile"] = auto_compile(self.configs, self.device)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         self.t_start = t_start
