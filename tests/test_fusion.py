@@ -263,18 +263,30 @@ def test_fused_runs_with_an_averaged_model_equal_the_same_runs_alone(tiny_h5, tm
         assert f.test["confusion_matrix"] == a.test["confusion_matrix"], i
 
 
-def test_the_step_graph_path_trains_each_run_exactly_as_the_eager_step(tiny_h5, tmp_path):
+def test_the_step_graph_path_trains_each_run_exactly_as_the_eager_step(tiny_h5, tmp_path, monkeypatch):
     """``compile: step-graph`` runs each epoch's training step on static input tensors through the one step function
     a CUDA graph captures on a GPU (off a GPU nothing is captured). A fused group of the four optimisers with λ, γ and
-    an augmented run gets bit for bit the histories and test results of the default path; a run whose learning rate
-    changes every step is not captured, and result.json says why."""
+    an augmented run gets bit for bit the histories and test results of the default path. The step (its graph on a
+    GPU) is kept from epoch to epoch while the same runs step: one for the group's first 2 epochs, one more once two
+    runs have left. A run whose learning rate changes every step is not captured, and result.json says why."""
+    from astroclass.training import loop
+
     combos = [("rmsprop", 0.0, 2.0), ("adam", 0.1, 0.0), ("radam", 0.1, 2.0), ("sgd", 0.0, 0.0)]
-    base = dict(dataset=str(tiny_h5), model="test_resnet", epochs=2, patience=2, batch_size=16, amp="off")
-    configs = [RunConfig(**base, optimizer=o, l2=l2, maxnorm=mn, seed=i, augment=i == 1)
+    base = dict(dataset=str(tiny_h5), model="test_resnet", patience=4, batch_size=16, amp="off")
+    configs = [RunConfig(**base, optimizer=o, l2=l2, maxnorm=mn, seed=i, augment=i == 1, epochs=2 + i % 2)
                for i, (o, l2, mn) in enumerate(combos)]
     eager = train_group(configs, [tmp_path / f"eager{i}" for i in range(4)], progress=False)
+    built = []
+
+    class Counted(loop.StepGraph):
+        def __init__(self, *args, **kw):
+            super().__init__(*args, **kw)
+            built.append(self)
+
+    monkeypatch.setattr(loop, "StepGraph", Counted)
     graph = train_group([dataclasses.replace(c, compile="step-graph") for c in configs],
                         [tmp_path / f"graph{i}" for i in range(4)], progress=False)
+    assert len(built) == 2 and [g.calls for g in built] == [2 * 4, 4]  # 54 training images: 4 steps per epoch
 
     def timeless(folder):
         return [{k: v for k, v in row.items() if k != "seconds"} for row in _history(folder)]

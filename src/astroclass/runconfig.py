@@ -234,7 +234,7 @@ class RunConfig:
     compile: str = option("auto", "torch.compile: auto (on CUDA step-graph where the learning rate and weights' "
                           "average stay fixed from step to step, as in the paper; otherwise reduce-overhead for a "
                           "single run and none for fused groups; none on CPU), off, default, reduce-overhead or "
-                          "max-autotune; or step-graph: no compiling, each epoch's training step (all runs of a fused "
+                          "max-autotune; or step-graph: no compiling, the training step (all runs of a fused "
                           "group, their optimisers included) captured as one CUDA graph (eager where the learning "
                           "rate or an average changes every step; result.json says).", "speed")
     max_memory: str = option("auto", "Memory the run's images may take: a size (512MB, 4GB) or auto (half the "

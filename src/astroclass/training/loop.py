@@ -166,6 +166,9 @@ class GroupTrainer:
         self.ema_src: list[torch.Tensor] = []
         self.ema_steps = 0
         self.step_graph: dict[str, Any] = {"replayed_steps": 0, "eager_steps": 0, "not_captured": None}
+        # compile: step-graph: the captured step with its running totals, kept from epoch to epoch while the runs
+        # stepping and their optimisers stay (a new phase, a rebuilt group or a run leaving captures anew)
+        self._graphed: tuple[tuple, StepGraph, torch.Tensor, torch.Tensor] | None = None
 
     # -- set-up ----------------------------------------------------------------------------
     def _build_runs(self, data: RunData) -> tuple[list[_Run], list[dict], AstroNet]:
@@ -296,6 +299,7 @@ class GroupTrainer:
                 key += (c.schedule, c.warmup_epochs, c.epochs)
             groups.setdefault(key, []).append(r)
         self.optimizers = []
+        self._graphed = None  # its optimisers' steps are in the captured graph
         self.schedule_of: dict[int, RunConfig] = {}
         for key, members in groups.items():
             params = [p for r in members for p in self.slots.parameters(r.slot, self.names)]
@@ -402,8 +406,14 @@ class GroupTrainer:
         augment = [(r.gen, r.cfg.augment_shift) if r is not None and r.cfg.augment else None for r in by_slot]
         n = len(y)
         starts = batch_starts(n, self.configs[0].batch_size)
-        total_loss = torch.zeros(g, device=self.device)
-        total_correct = torch.zeros(g, device=self.device, dtype=torch.long)
+        graph_key = (tuple(r.slot for r in active), self._not_capturable(active))
+        if self.fast["compile"] == STEP_GRAPH and self._graphed is not None and self._graphed[0] == graph_key:
+            total_loss, total_correct = self._graphed[2:]  # the graph adds to these: zeroed, not replaced
+            total_loss.zero_()
+            total_correct.zero_()
+        else:
+            total_loss = torch.zeros(g, device=self.device)
+            total_correct = torch.zeros(g, device=self.device, dtype=torch.long)
         seen = 0
         amp = self.fast["amp"]
         bar = Bar(self.progress, len(starts), f"{phase} epoch {epoch}" + (f" ({len(active)} runs)" if g > 1 else ""))
@@ -435,8 +445,12 @@ class GroupTrainer:
             total_loss.add_(losses.detach() * b)
             total_correct.add_((logits.detach().argmax(1) == yb).view(g, b).sum(1))
 
-        run_step = StepGraph(step, self.device, self._not_capturable(active)) \
-            if self.fast["compile"] == STEP_GRAPH else step
+        run_step: Callable[..., None] = step
+        if self.fast["compile"] == STEP_GRAPH:
+            if self._graphed is None or self._graphed[0] != graph_key:
+                self._graphed = (graph_key, StepGraph(step, self.device, graph_key[1]), total_loss, total_correct)
+            run_step = self._graphed[1]
+        replays_before = run_step.replays if isinstance(run_step, StepGraph) else 0
         for idx, yidx, xs in zip(index, y_index, batches(x, x_index, pin=self.device.type == "cuda")):
             b = len(idx) // g
             xb = to_float(xs.to(self.device, non_blocking=True))
@@ -457,8 +471,8 @@ class GroupTrainer:
             seen += b
             bar.advance()
         if isinstance(run_step, StepGraph):
-            self.step_graph["replayed_steps"] += run_step.replays
-            self.step_graph["eager_steps"] += len(starts) - run_step.replays
+            self.step_graph["replayed_steps"] += run_step.replays - replays_before
+            self.step_graph["eager_steps"] += len(starts) - (run_step.replays - replays_before)
             if run_step.why:
                 self.step_graph["not_captured"] = run_step.why
         bar.close()

@@ -110,7 +110,8 @@ TORCH_CUDA_GRAPHS = ("reduce-overhead", "max-autotune")
 
 class StepGraph:
     """One training step (forward, losses, backward, every run's optimiser step, max-norm, the epoch's running
-    totals) as one CUDA graph, replayed for each batch of an epoch: one launch per step instead of thousands, and
+    totals) as one CUDA graph, replayed for each batch (of every epoch the caller keeps it for: the running totals
+    are then zeroed in place, not replaced): one launch per step instead of thousands, and
     no Python in between. ``step(x, y, masks)`` must read nothing else that changes between steps (learning
     rates, averaging decays) and launch no host synchronisation; its optimisers must be ``capturable``.
 
