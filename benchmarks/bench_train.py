@@ -5,7 +5,8 @@ naive: a conventional torch ``Dataset`` that decodes and resizes the JPEG files 
 fast: astroclass's default fast path on this device (``RunConfig().speed(device)``): the prepared split
 held in memory as uint8 (on the GPU when there is one), batches gathered by index, channels-last, fused
 Adam; bf16 autocast on CUDA and on CPUs with AMX; on CPU 1x1 convolutions as matrix products; on CUDA
-torch.compile(mode="reduce-overhead"). Training batch still 32 (same semantics), inference batch 256.
+each training step one CUDA graph (``compile: step-graph``). Training batch still 32 (same semantics),
+inference batch 256.
 "fast fp32" is the same with ``amp="off"`` (and no compile), for CPUs without bf16 units.
 
 Also prints a projection of the paper's 600-run grid wall time from the measured fast-path
@@ -32,6 +33,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from astroclass.models import PAPER_MODELS, build_model, matmul_1x1  # noqa: E402
 from astroclass.training import RunConfig, make_optimizer  # noqa: E402
+from astroclass.training.speed import STEP_GRAPH, StepGraph  # noqa: E402
 from common import DATA, PAPER_NAMES, projection, save  # noqa: E402
 
 
@@ -100,22 +102,31 @@ def fast_model(model, speed: dict):
 
 
 def fast_train(model, x_all, y_all, device, steps: int, speed: dict, batch: int = 32) -> float:
+    """Adam steps at batch 32 as the run's speed options take them: eager, under torch.compile, or (``step-graph``)
+    each step one CUDA graph replayed on static inputs, as astroclass's training loop does."""
     model = fast_model(model, speed).train()
     amp, compile_mode = speed["amp"] is not None, speed["compile"]
-    fwd = torch.compile(model, mode=compile_mode, dynamic=False) if compile_mode else model
-    opt = make_optimizer("adam", model.parameters(), lr=1e-4, fused=speed["fused_optimizer"])
+    graph = compile_mode == STEP_GRAPH
+    fwd = torch.compile(model, mode=compile_mode, dynamic=False) if compile_mode and not graph else model
+    opt = make_optimizer("adam", model.parameters(), lr=1e-4, fused=speed["fused_optimizer"],
+                         capturable=graph and device.type == "cuda")
     gen = torch.Generator().manual_seed(0)
+
+    def train_step(x: torch.Tensor, y: torch.Tensor, graphed: bool = False) -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp, cache_enabled=not graphed):
+            logits = fwd(x)
+        loss = F.cross_entropy(logits.float(), y)
+        opt.zero_grad(set_to_none=not graph)  # a graph's gradients are zeroed in place
+        loss.backward()
+        opt.step()
+
+    run_step = StepGraph(train_step, device) if graph else train_step
 
     def step() -> int:
         idx = torch.randint(0, len(x_all), (batch,), generator=gen).to(x_all.device)
         x = x_all[idx].to(device, non_blocking=True).float().div_(255).contiguous(memory_format=torch.channels_last)
         y = y_all[idx].to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = fwd(x)
-        loss = F.cross_entropy(logits.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        run_step(x, y)
         return batch
 
     return images_per_s(step, steps, device, warm=3 if compile_mode else 1)

@@ -11,9 +11,10 @@
 #            run's views vs one span per shared optimiser: kernel launches) and gpu_fusion_profile.py on vgg16 and
 #            resnext50_32x4d: 12 fused runs and one run alone, eager and with each step one CUDA graph
 #            (compile: step-graph, checked against eager), then without regions and under torch.compile's graphs
-#   --stepgraph: instead of the grid, about 7 minutes: gpu_fusion_profile.py on vgg16 and resnext50_32x4d (12 fused
-#            runs and one alone, eager and as step graphs, and one alone under torch.compile's CUDA graphs), then
-#            the fused grid of three backbones (gpu_grid.py, no 24-run cell) with step graphs where they paid
+#   --stepgraph: instead of the grid, about 8 minutes: gpu_fusion_profile.py on vgg16 and resnext50_32x4d (12
+#            fused runs eager and as step graphs, one run as a step graph) with cuDNN's heuristics, the step graphs
+#            again with its kernel timing (--cudnn-benchmark), then the fused grid of three backbones as astroclass
+#            runs it (gpu_grid.py, no 24-run cell)
 #   --accuracy: instead of the grid, accuracy.py on aries and galaxy10 (what fits a 64 MiB carry) with a
 #            30 s budget per run, about 5 minutes; LITE0_WEIGHTS names efficientnet_lite0's weights file where
 #            its package is not installed (accuracy.py --export-lite0 FILE writes one)
@@ -32,26 +33,16 @@ fused_grouped_nhwc_per_layer,single_cudagraphs,fused_grouped_nhwc_cudagraphs
   exit $?
 fi
 if [[ "${1:-}" == "--stepgraph" ]]; then
-  # 12 fused runs and one run alone, eager and with each step one CUDA graph; then the fused grid with step graphs
-  # where they captured and beat eager steps for the first backbone, else with the default (eager) fused step
-  timeout "${STEPGRAPH_PROFILE_S:-230}" python benchmarks/gpu_fusion_profile.py --models "${FUSION_MODELS:-vgg16,resnext50_32x4d}" \
-    --nan-check '' --no-profile \
-    --variants fused_grouped_nhwc,fused_grouped_nhwc_stepgraph,single_eager,single_stepgraph,single_cudagraphs
-  mode=$(python - <<'PY'
-import json, os, pathlib
-d = pathlib.Path(os.environ.get("ASTROCLASS_BENCH_RESULTS", "benchmarks/results"))
-try:
-    row = next(iter(json.loads((d / "fusion_profile_gpu.json").read_text())["models"].values()))
-    graph, eager = row["fused_grouped_nhwc_stepgraph"], row["fused_grouped_nhwc"]
-    print("step-graph" if graph["step_graph"]["replayed_steps"] and graph["epoch_s"] < eager["epoch_s"] else "")
-except (OSError, KeyError, StopIteration, TypeError):
-    print("")
-PY
-)
-  echo "fused grid compile option: '${mode:-default}'"
-  timeout "${STEPGRAPH_GRID_S:-200}" python benchmarks/gpu_grid.py --compile "$mode" --skip-cell24 \
-    --models "${GRID_MODELS:-vgg16,resnext50_32x4d,densenet121}" --name grid_gpu_${mode:-eager} \
-    --budget "${STEPGRAPH_GRID_BUDGET:-110}" --deadline "${STEPGRAPH_GRID_DEADLINE:-185}" ${GRID_EXTRA:-}
+  # 12 fused runs and one alone, eager and as step graphs, with cuDNN's heuristics (astroclass's default) and with
+  # its kernel timing; then the fused grid as astroclass runs it by default (step graphs on a GPU)
+  timeout 150 python benchmarks/gpu_fusion_profile.py --nan-check '' --no-profile --name fusion_profile_gpu \
+    --models "${FUSION_MODELS:-vgg16,resnext50_32x4d}" --variants fused_grouped_nhwc,fused_grouped_nhwc_stepgraph,single_stepgraph
+  timeout 100 python benchmarks/gpu_fusion_profile.py --cudnn-benchmark --nan-check '' --no-profile \
+    --name fusion_profile_gpu_cudnn_benchmark --models "${FUSION_MODELS:-vgg16,resnext50_32x4d}" \
+    --variants fused_grouped_nhwc_stepgraph,single_stepgraph
+  timeout "${STEPGRAPH_GRID_S:-220}" python benchmarks/gpu_grid.py --skip-cell24 \
+    --models "${GRID_MODELS:-vgg16,resnext50_32x4d,densenet121}" --name grid_gpu \
+    --budget "${STEPGRAPH_GRID_BUDGET:-130}" --deadline "${STEPGRAPH_GRID_DEADLINE:-205}" ${GRID_EXTRA:-}
   exit $?
 fi
 if [[ "${1:-}" == "--accuracy" ]]; then

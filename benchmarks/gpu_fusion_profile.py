@@ -183,17 +183,19 @@ def main() -> None:
                                                                 "once to show any failed run's error ('' = none)")
     ap.add_argument("--no-profile", action="store_true", help="skip the profiled epoch of the first backbone")
     ap.add_argument("--name", default="", help="results file name (default fusion_profile_gpu, or _cpu)")
+    ap.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN time its kernels for each new shape "
+                    "(torch.backends.cudnn.benchmark; astroclass itself leaves it off)")
     args = ap.parse_args()
     import torch
 
-    torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     known = dict(VARIANTS)
     unknown = [v for v in args.variants.split(",") if v not in known]
     if unknown:
         sys.exit(f"unknown variants {unknown}; known: {', '.join(known)}")
     chosen = [(v, known[v]) for v in args.variants.split(",")]
     name = args.name or "fusion_profile_" + ("gpu" if torch.cuda.is_available() else "cpu")
-    out: dict = {"name": name, "models": {}}
+    out: dict = {"name": name, "cudnn_benchmark": args.cudnn_benchmark, "models": {}}
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
         h5 = import_real("aries_star_galaxy", tmp)
