@@ -11,10 +11,10 @@
 #            run's views vs one span per shared optimiser: kernel launches) and gpu_fusion_profile.py on vgg16 and
 #            resnext50_32x4d: 12 fused runs and one run alone, eager and with each step one CUDA graph
 #            (compile: step-graph, checked against eager), then without regions and under torch.compile's graphs
-#   --stepgraph: instead of the grid, about 8 minutes: gpu_fusion_profile.py on vgg16 and resnext50_32x4d (12
-#            fused runs eager and as step graphs, one run as a step graph) with cuDNN's heuristics, the step graphs
-#            again with its kernel timing (--cudnn-benchmark), then the fused grid of three backbones as astroclass
-#            runs it (gpu_grid.py, no 24-run cell)
+#   --stepgraph: instead of the grid, about 8 minutes: gpu_fusion_profile.py on vgg16 and resnext50_32x4d with
+#            cuDNN's heuristics (12 fused runs eager and as step graphs; one run as a step graph at batch 32, and
+#            at 384, a bound on the fused rate), the step graphs again with its kernel timing (--cudnn-benchmark),
+#            then the fused grid of three backbones as astroclass runs it (gpu_grid.py, no 24-run cell)
 #   --accuracy: instead of the grid, accuracy.py on aries and galaxy10 (what fits a 64 MiB carry) with a
 #            30 s budget per run, about 5 minutes; LITE0_WEIGHTS names efficientnet_lite0's weights file where
 #            its package is not installed (accuracy.py --export-lite0 FILE writes one)
@@ -35,8 +35,9 @@ fi
 if [[ "${1:-}" == "--stepgraph" ]]; then
   # 12 fused runs and one alone, eager and as step graphs, with cuDNN's heuristics (astroclass's default) and with
   # its kernel timing; then the fused grid as astroclass runs it by default (step graphs on a GPU)
-  timeout 150 python benchmarks/gpu_fusion_profile.py --nan-check '' --no-profile --name fusion_profile_gpu \
-    --models "${FUSION_MODELS:-vgg16,resnext50_32x4d}" --variants fused_grouped_nhwc,fused_grouped_nhwc_stepgraph,single_stepgraph
+  timeout 160 python benchmarks/gpu_fusion_profile.py --nan-check '' --no-profile --name fusion_profile_gpu \
+    --models "${FUSION_MODELS:-vgg16,resnext50_32x4d}" \
+    --variants fused_grouped_nhwc,fused_grouped_nhwc_stepgraph,single_stepgraph,single_batch384_stepgraph
   timeout 100 python benchmarks/gpu_fusion_profile.py --cudnn-benchmark --nan-check '' --no-profile \
     --name fusion_profile_gpu_cudnn_benchmark --models "${FUSION_MODELS:-vgg16,resnext50_32x4d}" \
     --variants fused_grouped_nhwc_stepgraph,single_stepgraph

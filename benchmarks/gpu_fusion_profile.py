@@ -7,7 +7,8 @@ Variants: grouped kernels + channels-last, eager (the default on a GPU), the sam
 own input and output (no grouped regions), the same with each training step captured as one CUDA graph
 (``compile: step-graph``; its train losses are compared with the eager variant's), the same under torch.compile's
 CUDA graphs (``compile: reduce-overhead``), grouped + NCHW, per-run kernels + channels-last, and one run alone,
-eager, under torch.compile's CUDA graphs (a single run's default on a GPU) and as a step graph.
+eager, under torch.compile's CUDA graphs and as a step graph (a paper run's default on a GPU), and one run at batch
+384 as a step graph (the images of a fused step as one dense batch: a bound on the fused rate).
 
 A micro-benchmark times one convolution of each backbone's kind, forward and backward, bf16: 12 runs as one
 grouped convolution (NHWC and NCHW), as 12 convolutions of batch 32, and one convolution over 12 × 32 images
@@ -39,7 +40,10 @@ VARIANTS = [  # (label, what differs from 12 fused runs, grouped kernels, groupe
     ("fused_grouped_nhwc_cudagraphs", {"compile": "reduce-overhead"}),
     ("fused_grouped_nchw", {"channels_last": False}), ("fused_per_run_nhwc", {"grouped": False}),
     ("single_eager", {"runs": 1}), ("single_cudagraphs", {"runs": 1, "compile": "reduce-overhead"}),
-    ("single_stepgraph", {"runs": 1, "compile": "step-graph"})]
+    ("single_stepgraph", {"runs": 1, "compile": "step-graph"}),
+    # one run at 12 × 32 images per step: what the chip does with a fused group's images as one dense batch, a
+    # bound on the fused group's rate
+    ("single_batch384_stepgraph", {"runs": 1, "compile": "step-graph", "batch_size": 384})]
 CONVS = {  # (in, out, kernel, groups, pixels): one typical layer of each backbone at 76 px
     "vgg16": (128, 128, 3, 1, 38), "resnext50_32x4d": (128, 128, 3, 32, 19), "inception_v3": (64, 96, 3, 1, 17),
     "densenet121": (128, 32, 3, 1, 19), "inception_resnet_v2": (192, 192, 3, 1, 17)}
