@@ -286,7 +286,7 @@ def test_the_step_graph_path_trains_each_run_exactly_as_the_eager_step(tiny_h5, 
     monkeypatch.setattr(loop, "StepGraph", Counted)
     graph = train_group([dataclasses.replace(c, compile="step-graph") for c in configs],
                         [tmp_path / f"graph{i}" for i in range(4)], progress=False)
-    assert len(built) == 2 and [g.calls for g in built] == [2 * 4, 4]  # 54 training images: 4 steps per epoch
+    assert len(built) == 2 and [g.calls for g in built] == [2 * 4, 4]  # 64 training images: 4 full batches per epoch
 
     def timeless(folder):
         return [{k: v for k, v in row.items() if k != "seconds"} for row in _history(folder)]
