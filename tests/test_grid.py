@@ -610,3 +610,12 @@ def test_a_shipped_dataset_is_verified_cached_once_and_the_drivers_copy_used_whe
     with pytest.raises(AstroclassError, match=r"not-here\.h5: the copy received on this node differs"):
         engines.receive_dataset(store, elsewhere)
     assert [p.name for p in (tmp_path / "node-cache" / "datasets").iterdir() if p.suffix != ".lock"] == []
+
+
+def test_reading_a_grid_spec_does_not_import_torch():
+    """The grid's spec, options and run ids come from torch-free modules, so a command that only reads a spec (or
+    rejects a bad one) answers without the second or more that importing torch takes."""
+    code = ("import sys\nimport astroclass.experiments.spec, astroclass.cli\n"
+            "print(sorted(m for m in ('torch', 'timm') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

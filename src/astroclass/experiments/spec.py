@@ -39,8 +39,7 @@ from typing import Any
 import yaml
 
 from astroclass.errors import AstroclassError
-from astroclass.runconfig import apply_recipe
-from astroclass.training.config import OPTIMIZERS, SETUPS, RunConfig, upgrade_legacy
+from astroclass.runconfig import OPTIMIZERS, SETUPS, RunConfig, apply_recipe, upgrade_legacy
 
 AXES = {"models": "model", "setups": "setup", "l2": "l2", "maxnorm": "maxnorm", "optimizers": "optimizer",
         "seeds": "seed"}
