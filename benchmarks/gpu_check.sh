@@ -41,9 +41,9 @@ if [[ "${1:-}" == "--stepgraph" ]]; then
   timeout 100 python benchmarks/gpu_fusion_profile.py --cudnn-benchmark --nan-check '' --no-profile \
     --name fusion_profile_gpu_cudnn_benchmark --models "${FUSION_MODELS:-vgg16,resnext50_32x4d}" \
     --variants fused_grouped_nhwc_stepgraph,single_stepgraph
-  timeout "${STEPGRAPH_GRID_S:-220}" python benchmarks/gpu_grid.py --skip-cell24 \
+  timeout "${STEPGRAPH_GRID_S:-230}" python benchmarks/gpu_grid.py --skip-cell24 \
     --models "${GRID_MODELS:-vgg16,resnext50_32x4d,densenet121}" --name grid_gpu \
-    --budget "${STEPGRAPH_GRID_BUDGET:-130}" --deadline "${STEPGRAPH_GRID_DEADLINE:-205}" ${GRID_EXTRA:-}
+    --budget "${STEPGRAPH_GRID_BUDGET:-150}" --deadline "${STEPGRAPH_GRID_DEADLINE:-215}" ${GRID_EXTRA:-}
   exit $?
 fi
 if [[ "${1:-}" == "--accuracy" ]]; then
