@@ -231,8 +231,8 @@ class RunConfig:
                                  "--channels-last/--no-channels-last")
     amp: str = option("auto", "Mixed precision: auto (bf16 where the hardware computes it natively: CUDA GPUs and "
                       "CPUs with AMX; fp32 elsewhere), bf16 or off.", "speed")
-    compile: str = option("auto", "torch.compile: auto (on CUDA step-graph where the learning rate and weights' "
-                          "average stay fixed from step to step, as in the paper; otherwise reduce-overhead for a "
+    compile: str = option("auto", "torch.compile: auto (on CUDA step-graph where the learning rate is fixed and no "
+                          "weight average is kept, as in the paper; otherwise reduce-overhead for a "
                           "single run and none for fused groups; none on CPU), off, default, reduce-overhead or "
                           "max-autotune; or step-graph: no compiling, the training step (all runs of a fused "
                           "group, their optimisers included) captured as one CUDA graph (eager where the learning "
