@@ -3,6 +3,7 @@ memory this process may use (its affinity mask and, in a container, its cgroup's
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
 import sys
@@ -92,7 +93,7 @@ def usable_cores() -> int:
         cores = os.cpu_count() or 1
     quota = _cgroup_cpus()
     if quota is not None:
-        cores = min(cores, -(-int(quota * 1000) // 1000))  # 1.5 CPUs: 2 threads
+        cores = min(cores, math.ceil(quota))  # 1.5 CPUs: 2 threads
     return max(1, cores)
 
 
@@ -100,14 +101,9 @@ def host_available_memory() -> int:
     """Bytes of RAM available for new work: the machine's (Linux: MemAvailable), within its cgroup's limit (a
     container's memory limit, which the machine's figure does not show)."""
     available = None
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    available = int(line.split()[1]) * 1024
-                    break
-    except OSError:
-        pass
+    for line in (_read(Path("/proc/meminfo")) or "").splitlines():
+        if line.startswith("MemAvailable:"):
+            available = int(line.split()[1]) * 1024
     if available is None:
         available = int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
     left = _cgroup_memory_left()

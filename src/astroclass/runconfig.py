@@ -341,10 +341,14 @@ class RunConfig:
         """Whether each epoch's validation uses TTA (``tta`` and ``tta_each_epoch``)."""
         return self.tta and self.tta_each_epoch
 
+    def lr_changes_every_step(self) -> bool:
+        """Whether the early-stopped phase's learning rate changes from step to step (warm-up or a schedule)."""
+        return self.schedule != "constant" or bool(self.warmup_epochs)
+
     def steps_capturable(self) -> bool:
         """Whether every training step can be the one CUDA graph of ``compile: step-graph``: nothing that the
         step reads changes from step to step (a learning-rate schedule or warm-up, a weight average's decay)."""
-        return self.schedule == "constant" and not self.warmup_epochs and not self.ema
+        return not self.lr_changes_every_step() and not self.ema
 
     def resolved_frozen_bn(self) -> str:
         return ("batch" if self.paper_exact else "moving") if self.frozen_bn == "auto" else self.frozen_bn

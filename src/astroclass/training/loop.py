@@ -406,9 +406,11 @@ class GroupTrainer:
         augment = [(r.gen, r.cfg.augment_shift) if r is not None and r.cfg.augment else None for r in by_slot]
         n = len(y)
         starts = batch_starts(n, self.configs[0].batch_size)
+        graphed = self.fast["compile"] == STEP_GRAPH
         graph_key = (tuple(r.slot for r in active), self._not_capturable(active))
-        if self.fast["compile"] == STEP_GRAPH and self._graphed is not None and self._graphed[0] == graph_key:
-            total_loss, total_correct = self._graphed[2:]  # the graph adds to these: zeroed, not replaced
+        kept = self._graphed if graphed and self._graphed is not None and self._graphed[0] == graph_key else None
+        if kept is not None:
+            total_loss, total_correct = kept[2:]  # the graph adds to these: zeroed, not replaced
             total_loss.zero_()
             total_correct.zero_()
         else:
@@ -446,10 +448,11 @@ class GroupTrainer:
             total_correct.add_((logits.detach().argmax(1) == yb).view(g, b).sum(1))
 
         run_step: Callable[..., None] = step
-        if self.fast["compile"] == STEP_GRAPH:
-            if self._graphed is None or self._graphed[0] != graph_key:
-                self._graphed = (graph_key, StepGraph(step, self.device, graph_key[1]), total_loss, total_correct)
-            run_step = self._graphed[1]
+        if graphed:
+            if kept is None:
+                kept = self._graphed = (graph_key, StepGraph(step, self.device, graph_key[1]), total_loss,
+                                        total_correct)
+            run_step = kept[1]
         replays_before = run_step.replays if isinstance(run_step, StepGraph) else 0
         for idx, yidx, xs in zip(index, y_index, batches(x, x_index, pin=self.device.type == "cuda")):
             b = len(idx) // g
@@ -486,7 +489,7 @@ class GroupTrainer:
         """Why this epoch's training step cannot be one CUDA graph (None: it can); the step then runs eagerly."""
         if self.ema is not None:
             return "the weight average's decay changes every step"
-        if self.scheduled and any(r.cfg.warmup_epochs or r.cfg.schedule != "constant" for r in active):
+        if self.scheduled and any(r.cfg.lr_changes_every_step() for r in active):
             return "the learning rate changes every step (warm-up or schedule)"
         return None
 
