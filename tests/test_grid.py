@@ -619,3 +619,29 @@ def test_reading_a_grid_spec_does_not_import_torch():
             "print(sorted(m for m in ('torch', 'timm') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("nodes, runs, workers, want", [
+    ([16, 16], None, None, (32, 1)),  # a big grid: an actor per core
+    ([16, 16], 1, None, (1, 16)),  # one run: no idle actors, it gets a node's cores (not the cluster's 32)
+    ([16, 16], 3, None, (3, 8)),  # 2 actors on one node: each gets half of it, so all 3 are scheduled at once
+    ([8, 16], 2, None, (2, 8)),  # the smallest node bounds an actor's share
+    ([16, 16], 100, 4, (4, 8)),  # --workers caps the actors
+])
+def test_the_ray_engine_has_no_more_actors_than_runs_and_each_fits_a_node(monkeypatch, nodes, runs, workers, want):
+    """Sizing from Ray's view of the cluster (a stand-in for Ray's API: no cluster needed): actors and the threads
+    (CPUs asked of Ray) of each."""
+    import types
+
+    from astroclass import extras
+    from astroclass.experiments import engines
+
+    asked = {}
+    fake = types.SimpleNamespace(
+        is_initialized=lambda: True, cluster_resources=lambda: {"CPU": float(sum(nodes))},
+        nodes=lambda: [{"Alive": True, "Resources": {"CPU": float(c)}} for c in nodes] + [{"Alive": False}],
+        remote=lambda **kw: asked.update(kw) or (lambda cls: cls))
+    monkeypatch.setattr(extras, "require", lambda module, purpose: fake)
+    engine = engines.make_engine("ray", workers=workers, runs=runs)
+    assert (len(engine.slots), engine.threads) == want and asked["num_cpus"] == want[1]
+    assert -(-len(engine.slots) // len(nodes)) * engine.threads <= min(nodes)  # every node fits its share of actors

@@ -17,8 +17,8 @@ runs it had not reported get no outcome).
 
 A local CPU worker's runs get ``cores // workers`` threads, fixed for the engine's life: on a CPU a run's numbers
 depend (at the rounding level, then through training) on its thread count, so the same grid on the same machine
-gives every run the same count wherever it falls in the schedule. Slots are never more than the runs to do, so
-a grid of one run still has every core.
+gives every run the same count wherever it falls in the schedule. Slots are never more than the runs to do (on
+either engine), so a grid of one run still has every core.
 """
 
 from __future__ import annotations
@@ -292,7 +292,8 @@ class RayEngine:
     name = "ray"
 
     def __init__(self, address: str | None = None, workers: int | None = None, per_gpu: int = 1,
-                 threads: int | None = None, num_cpus: int | None = None, max_groups: int = MAX_GROUPS_PER_WORKER):
+                 threads: int | None = None, num_cpus: int | None = None, max_groups: int = MAX_GROUPS_PER_WORKER,
+                 runs: int | None = None):
         from astroclass.extras import require
 
         ray = self.ray = require("ray", "the ray engine (grid run --engine ray)")
@@ -309,10 +310,14 @@ class RayEngine:
         res = ray.cluster_resources()
         cpus, gpus = int(res.get("CPU", 1)), int(res.get("GPU", 0))
         n = workers or (gpus * max(1, per_gpu) if gpus else cpus)
+        if runs is not None:  # no more actors than runs to do: a small grid's runs get the cluster's cores
+            n = min(n, max(1, runs))
         self.slots = ["cuda" if gpus else "cpu"] * max(1, n)
-        self.threads = threads if threads is not None else max(1, cpus // len(self.slots))
-        nodes = sum(1 for nd in ray.nodes() if nd.get("Alive") and nd.get("Resources", {}).get("CPU", 0) > 0)
-        self.per_node = -(-len(self.slots) // max(1, nodes))  # actors per node, about
+        node_cpus = [int(nd["Resources"]["CPU"]) for nd in ray.nodes()
+                     if nd.get("Alive") and nd.get("Resources", {}).get("CPU", 0) > 0] or [cpus]
+        self.per_node = -(-len(self.slots) // len(node_cpus))  # actors per node, about
+        # an actor's threads (and CPUs asked of Ray): the smallest node's share, so every node fits its actors
+        self.threads = threads if threads is not None else max(1, min(node_cpus) // self.per_node)
         self.max_groups = max_groups
         self._actor_cls = ray.remote(num_cpus=1 if gpus else self.threads,
                                      num_gpus=1.0 / max(1, per_gpu) if gpus else 0)(_GroupActor)
@@ -375,5 +380,5 @@ def make_engine(name: str, workers: int | None = None, per_gpu: int = 1, threads
     if name == "local":
         return LocalEngine(workers, per_gpu, threads, runs=runs)
     if name == "ray":
-        return RayEngine(address, workers, per_gpu, threads, num_cpus)
+        return RayEngine(address, workers, per_gpu, threads, num_cpus, runs=runs)
     raise AstroclassError(f"unknown engine {name!r}; choose from {ENGINES}")
