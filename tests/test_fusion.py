@@ -331,3 +331,28 @@ def test_steps_that_drop_their_gradients_train_each_run_as_the_default_step(tiny
         assert [{k: v for k, v in row.items() if k != "seconds"} for row in _history(tmp_path / f"dropped{i}")] \
             == [{k: v for k, v in row.items() if k != "seconds"} for row in _history(tmp_path / f"kept{i}")], i
         assert b.test == a.test, i
+
+
+def test_each_result_says_where_its_groups_time_went(tiny_h5, tmp_path):
+    """environment.seconds: the group's set-up, training, validation and rebuilding up to the run's leaving, and the
+    run's own final evaluation and checkpoint. Each epoch's recorded seconds are its training and validation, so
+    the run's history sums to the group's training and validation it saw."""
+    import time
+
+    configs = [RunConfig(dataset=str(tiny_h5), model="test_resnet", seed=i, epochs=e, patience=e, batch_size=16,
+                         amp="off") for i, e in enumerate([1, 1, 3, 3])]
+    t0 = time.perf_counter()
+    results = train_group(configs, [tmp_path / f"r{i}" for i in range(len(configs))], progress=False)
+    wall = time.perf_counter() - t0
+    early, late = [r.environment["seconds"] for r in results[:2]], [r.environment["seconds"] for r in results[2:]]
+    for i, (r, s) in enumerate(zip(results, early + late)):
+        assert set(s) == {"setup", "train", "validation", "regroup", "final_predict", "final_metrics", "checkpoint"}
+        assert all(v >= 0 for v in s.values()) and s["train"] > 0 and s["validation"] > 0 and s["setup"] > 0
+        assert s["setup"] == r.environment["setup_seconds"]
+        epochs = sum(float(h["seconds"]) for h in _history(tmp_path / f"r{i}"))
+        assert abs(epochs - (s["train"] + s["validation"])) < 0.01, (i, epochs, s)
+    assert all(s["regroup"] == 0 for s in early)  # they left before the group was rebuilt (2 of 4 slots idle)
+    assert all(s["regroup"] > 0 for s in late)
+    assert all(s["train"] > e["train"] for s in late for e in early)  # the group's training up to each run's leaving
+    group = late[0]["setup"] + late[0]["train"] + late[0]["validation"] + late[0]["regroup"]
+    assert group + sum(s[k] for s in early + late for k in ("final_predict", "final_metrics", "checkpoint")) < wall

@@ -160,6 +160,9 @@ class GroupTrainer:
         self.heartbeat = heartbeat
         self.cache = cache or WorkerCache(ModelCache(1), DataCache(1))
         self.setup_seconds = 0.0
+        # where the group's time went (seconds, the group's totals so far); a run's result keeps them with its own
+        # final evaluation's and outputs' (environment.seconds)
+        self.seconds = {"setup": 0.0, "train": 0.0, "validation": 0.0, "regroup": 0.0}
         self.model_reused: bool | None = None
         self.scheduled, self.phase_steps = False, 0
         self.ema: list[torch.Tensor] | None = None
@@ -253,7 +256,7 @@ class GroupTrainer:
             r.result.train_counts = {c: int(n) for c, n in zip(data.class_names, np.bincount(y_train.numpy(),
                                                                                              minlength=k))}
         self.train_time = 0.0
-        self.setup_seconds = time.perf_counter() - t_start
+        self.setup_seconds = self.seconds["setup"] = time.perf_counter() - t_start
         phases: list[tuple[str, str | list[str], int | None, bool]]
         if c0.setup == "scratch":
             phases = [("train", "all", None, True)]
@@ -329,15 +332,19 @@ class GroupTrainer:
             stats = self._train_epoch(active, xt, yt, phase, epoch)
             train_time = time.perf_counter() - t0
             self.train_time += train_time
+            self.seconds["train"] += train_time
             with self._ema_weights():  # validated, kept as best and finished: the averaged weights
                 self._after_epoch(active, stats, phase, epoch, t0, fixed_epochs, last, xv, yv)
+            t_regroup = time.perf_counter()
             self._compact()
+            self.seconds["regroup"] += time.perf_counter() - t_regroup
 
     def _after_epoch(self, active: list[_Run], stats: dict, phase: str, epoch: int, t0: float,
                      fixed_epochs: int | None, last: bool, xv: Images, yv: torch.Tensor) -> None:
         """Validate the epoch's weights; record, stop, fail or finish each run."""
         t_val = time.perf_counter()
         val = self._val(active, xv, yv)
+        self.seconds["validation"] += time.perf_counter() - t_val
         seconds = time.perf_counter() - t0
         if self.budget is not None and last and fixed_epochs is None:
             self._size_to_budget(epoch, seconds, time.perf_counter() - t_val, active)
@@ -565,6 +572,7 @@ class GroupTrainer:
         r.result.train_images_per_s = r.train_images / self.train_time if self.train_time > 0 else 0.0
         env = r.result.environment
         env["setup_seconds"] = round(self.setup_seconds, 3)  # data, initial weights, model: before epoch 1
+        env["seconds"] = {k: round(v, 3) for k, v in self.seconds.items()}
         env["worker_model_reused"] = self.model_reused  # a model kept by the worker (no build, no compile)
         if self.fast["compile"] == STEP_GRAPH:
             env["speed"]["step_graph"] = dict(self.step_graph)
@@ -586,11 +594,14 @@ class GroupTrainer:
         self._leave(r)
         r.result.best_epoch = stopper.best_epoch if stopper else len(r.history)
         r.result.stopped_early = stopped
-        evaluate(self.evaluator, self.data, r.cfg, self.device, self.fast, r.result, r.out_dir)
+        seconds = r.result.environment["seconds"]
+        evaluate(self.evaluator, self.data, r.cfg, self.device, self.fast, r.result, r.out_dir, seconds)
         if "budget" in r.result.environment:  # how much of it the run used, its final evaluation included
             r.result.environment["budget"]["seconds_used"] = round(time.perf_counter() - self.t_start, 3)
         r.result.status = "done"
+        t0 = time.perf_counter()
         save_checkpoint(self.evaluator, self.data, r.cfg, r.result, r.out_dir)
+        seconds["checkpoint"] = round(time.perf_counter() - t0, 3)
         write_result(r.out_dir, r.result)
         if self.on_finish:
             self.on_finish(r.index, r.result.to_dict(), r.history)

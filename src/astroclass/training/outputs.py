@@ -49,16 +49,21 @@ def write_result(out_dir: Path, result: RunResult) -> None:
 
 
 def evaluate(model: torch.nn.Module, data: RunData, cfg: RunConfig, device: torch.device, fast: dict,
-             result: RunResult, out_dir: Path) -> None:
-    """Val and test metrics of the (best-weights) model into ``result``; predictions.npz."""
+             result: RunResult, out_dir: Path, seconds: dict[str, float] | None = None) -> None:
+    """Val and test metrics of the (best-weights) model into ``result``; predictions.npz. ``seconds`` gets the
+    time the model's predictions took ("final_predict") and the time of the metrics and predictions.npz
+    ("final_metrics")."""
     from astroclass.metrics import classification_metrics
 
+    t_start = time.perf_counter()
+    predicting = 0.0
     preds = {}
     for split in ("val", "test"):
         x, y = data.tensors(split)
         t0 = time.perf_counter()
         probs = predict_probs(model, x, device, cfg.eval_batch_size, fast["channels_last"], fast["amp"], tta=cfg.tta)
         dt = time.perf_counter() - t0
+        predicting += dt
         if split == "test":
             result.eval_images_per_s = len(x) / dt if dt > 0 else 0.0
         setattr(result, split, classification_metrics(y.numpy(), probs, data.class_names, seed=cfg.seed))
@@ -74,6 +79,9 @@ def evaluate(model: torch.nn.Module, data: RunData, cfg: RunConfig, device: torc
                                          class_names=data.class_names)
     with atomic_output(out_dir / "predictions.npz") as tmp, open(tmp, "wb") as fh:
         np.savez_compressed(fh, **preds)  # type: ignore[arg-type]
+    if seconds is not None:
+        seconds["final_predict"] = round(predicting, 3)
+        seconds["final_metrics"] = round(time.perf_counter() - t_start - predicting, 3)
 
 
 def save_checkpoint(model: torch.nn.Module, data: RunData, cfg: RunConfig, result: RunResult, out_dir: Path) -> None:
