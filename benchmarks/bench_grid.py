@@ -22,12 +22,21 @@ Printed and saved (benchmarks/results/grid_<device>.json):
   cell's optimisers, in turn, each with twice the cell's epochs. The three are measured one after another
   ``--cell-repeats`` times and the median of each ratio is saved;
 * peak GPU memory;
-* the projected wall time of the paper's 600-run grid for each path. Method: the measured wall time is
-  split as ``groups × start-up / workers + images / R`` (start-up measured per group as above), which
-  gives R, the throughput net of start-up; the paper grid is then ``paper groups × start-up / workers +
-  paper images / R``, where paper images follow Table 7's epochs to convergence plus patience on the
-  paper's dataset sizes (benchmarks/common.py) and paper groups are 600 (off) or 50 cells × ⌈12 / mean
-  fused group size⌉ (fused: a cell is one dataset, model and setup).
+* where the wall time went (each run's result.json, ``environment.seconds``, and the store's claim and result
+  times): per group its start-up, its epochs, its rebuilding as runs left, its runs' final evaluations and
+  checkpoints, and the worker's time outside the training loop (its process start and imports, sizing the
+  group); per run the final evaluation's predictions, its metrics and files, and its checkpoint; the time
+  workers sat without a group while others trained; and the grid's own, the driver's before its first claim
+  and after its last result (imports, the workers' exits), paid once per ``grid run``;
+* the projected wall time of the paper's 600-run grid for each path (:func:`project_paper_hours`): each part of
+  the measured wall scaled to the paper's grid. Its epochs: paper images / the steady rate, where paper images
+  follow Table 7's epochs to convergence plus patience on the paper's dataset sizes (benchmarks/common.py); per
+  group start-up and rebuilding for the paper's groups, 600 (off) or 50 cells × ⌈12 / mean fused group size⌉
+  (fused: a cell is one dataset, model and setup); per run its checkpoint, and its final evaluation scaled to
+  the paper dataset's val and test images; the grid's own time once. Also saved, as ``end_to_end_hours``, the
+  earlier results' method: the wall net of start-up as one rate R, the paper grid ``paper groups × start-up /
+  workers + paper images / R``, which charges the runs' final evaluations and the grid's own time to the
+  images of this grid's short runs.
 
 Usage: python benchmarks/bench_grid.py [--models test_resnet,test_efficientnet] [--images 600] [--size 32]
        [--epochs 3] [--workers N] [--per-gpu 1] [--name grid_cpu]
@@ -48,7 +57,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, PAPER_NAMES, REPO, paper_train_images, save  # noqa: E402
+from common import DATA, PAPER_NAMES, PAPER_SIZES, REPO, paper_train_images, save  # noqa: E402
 
 PAPER_SETTINGS = {"setups": ["scratch", "pretrained"], "l2": [0.0, 0.1], "maxnorm": [0.0, 2.0],
                   "optimizers": ["rmsprop", "adam", "radam"]}
@@ -144,12 +153,20 @@ def run_grid_cli(spec: dict, folder: Path, fuse: str, workers: int | None, per_g
     return wall, runs, failed
 
 
+FINISH = ("final_predict", "final_metrics", "checkpoint")
+
+
 def summarise(runs: list[dict], wall: float, n_train: int, workers: int) -> dict:
-    """Start-up per group and per run, images, throughput, and the fit of wall = groups·S/workers + images/R."""
+    """Start-up per group and per run, images, throughput, the fit of wall = groups·S/workers + images/R, and where
+    the wall time went (each run's ``environment.seconds``): per group its start-up, epochs, rebuilding and its runs'
+    final evaluations and checkpoints; the rest of the wall is the grid's own (processes, imports, the store)."""
     groups: dict[str, list[dict]] = {}
     for r in runs:
         groups.setdefault(r["token"], []).append(r)
     startups, first, later = [], [], []
+    parts: dict[str, list[float]] = {"epochs": [], "regroup": [], "finish": [], "outside": []}
+    spans = []
+    per_run: dict[str, list[float]] = {k: [] for k in FINISH}
     graphed = {"replayed_steps": 0, "eager_steps": 0, "not_captured": []}
     for members in groups.values():
         env = members[0]["metrics"]["environment"]
@@ -168,8 +185,21 @@ def summarise(runs: list[dict], wall: float, n_train: int, workers: int) -> dict
         startup = env.get("setup_seconds", 0.0) + max(0.0, times[0] - steady)
         startups.append(startup)
         (later if env.get("worker_model_reused") else first).append(startup / len(members))
+        seconds = [r["metrics"]["environment"].get("seconds", {}) for r in members]
+        parts["epochs"].append(sum(times) - (startup - env.get("setup_seconds", 0.0)))  # the first's excess: start-up
+        parts["regroup"].append(max((s.get("regroup", 0.0) for s in seconds), default=0.0))
+        parts["finish"].append(sum(s.get(k, 0.0) for s in seconds for k in FINISH))
+        # from its claim to its last run's result (the store's times), less the above: the worker's time outside the
+        # training loop (its process start and imports for its first group, sizing the group, reporting the runs)
+        spans.append(max(r["ended"] for r in members) - min(r["started"] for r in members))
+        inside = startup + sum(parts[k][-1] for k in ("epochs", "regroup", "finish"))
+        parts["outside"].append(max(0.0, spans[-1] - inside))
+        for s in seconds:
+            for k in FINISH:
+                per_run[k].append(s.get(k, 0.0))
     images = sum(len(r["history"]) * n_train for r in runs)
     startup_total = sum(startups) / workers
+    span = max(r["ended"] for r in runs) - min(r["started"] for r in runs)
     net = max(wall - startup_total, 1e-9)
     peak = max((r["metrics"]["environment"].get("peak_gpu_memory_bytes", 0) for r in runs), default=0)
     return {"runs": len(runs), "groups": len(groups), "mean_group_size": len(runs) / len(groups), "wall_s": wall,
@@ -179,16 +209,45 @@ def summarise(runs: list[dict], wall: float, n_train: int, workers: int) -> dict
             "startup_per_run_later_s": statistics.mean(later) if later else None,
             "net_images_per_s": images / net, "steady_images_per_s": steady_rate(runs, n_train, workers),
             "peak_gpu_memory_gib": peak / 2**30,
+            # where the wall went: per group (means), per run, and the grid's own rest
+            "wall_split": {"per_group_s": {"startup": statistics.mean(startups),
+                                           **{k: statistics.mean(v) for k, v in parts.items()}},
+                           "finish_per_run_s": {k: statistics.mean(v) for k, v in per_run.items()},
+                           # the driver's own, before its first claim and after its last result, paid once per grid
+                           "grid_s": max(0.0, wall - span),
+                           # workers without a group while others trained (the grid's tail)
+                           "idle_workers_s": max(0.0, workers * span - sum(spans)) / workers},
             **({"step_graph": graphed} if graphed["replayed_steps"] or graphed["eager_steps"] else {})}
 
 
-def project_paper_hours(model: str, s: dict, workers: int) -> float | None:
-    """The paper grid's hours for one of its five models (None for other models)."""
+def project_paper_hours(model: str, s: dict, workers: int, eval_images: int) -> dict[str, float] | None:
+    """The paper grid's hours for one of its five models (None for other models), two ways:
+
+    * ``hours``: what each part of the measured wall time becomes in the paper's grid. Its epochs at the steady
+      rate (epochs ≥ 2, validation included): paper images / that rate. Per group its start-up, its rebuilding
+      and the worker's time outside the training loop, as measured, for the paper's groups (conservative: a
+      worker's process start is paid by its first group only). Per run its checkpoint as measured, and its final
+      evaluation (val and test predictions, metrics, predictions.npz) scaled by the paper dataset's val and test
+      images over this grid's ``eval_images``. The grid's own time, paid once per ``grid run``, is left out
+      (:func:`main` adds it once to the sum over models). Not in it: a fused group whose runs stop at different
+      epochs trains fewer runs at a time towards its end, which these fixed-epoch runs do not measure.
+    * ``end_to_end_hours`` (the method of earlier results): the wall net of start-up gives one rate R for all the
+      rest, and the paper grid is its groups' start-up plus paper images / R. It charges each run's final
+      evaluation and the grid's own time to the images of this grid's short runs: an overestimate where the
+      paper's runs train many more epochs."""
     if model not in PAPER_NAMES:
         return None
     paper_groups = 600 / 5 if s["mean_group_size"] <= 1 else 10 * math.ceil(12 / s["mean_group_size"])
     startup = paper_groups * s["startup_per_group_s"] / workers
-    return (startup + paper_train_images(model) / s["net_images_per_s"]) / 3600
+    end_to_end = (startup + paper_train_images(model) / s["net_images_per_s"]) / 3600
+    split = s["wall_split"]
+    per_group = sum(split["per_group_s"][k] for k in ("startup", "regroup", "outside"))
+    run = split["finish_per_run_s"]
+    evaluation = run["final_predict"] + run["final_metrics"]
+    finish = sum(24 * (run["checkpoint"] + evaluation * 0.2 * n / eval_images) for n in PAPER_SIZES.values())
+    hours = (paper_groups * per_group / workers + finish / workers
+             + paper_train_images(model) / s["steady_images_per_s"]) / 3600
+    return {"hours": hours, "end_to_end_hours": end_to_end}
 
 
 def steady_rate(runs: list[dict], n_train: int, workers: int = 1) -> float:
@@ -258,6 +317,7 @@ def main(argv: list[str] | None = None, defaults: dict | None = None) -> dict:
 
         with PreparedDataset(data) as ds:
             n_train = len(ds.indices("train"))
+            n_eval = len(ds.indices("val")) + len(ds.indices("test"))
         specs = {}
         for model in models:
             weights = standin_weights(model, folder, args.size)
@@ -318,14 +378,23 @@ def main(argv: list[str] | None = None, defaults: dict | None = None) -> dict:
                                               fuse, workers, args.per_gpu if fuse == "off" else 1, left())
             s = summarise(runs, wall, n_train, workers)
             s["failed_runs"] = failed
-            s["paper_grid_hours"] = project_paper_hours(model, s, workers)
+            projected = project_paper_hours(model, s, workers, n_eval)
+            s["paper_grid_hours"] = projected["hours"] if projected else None
+            s["paper_grid_hours_end_to_end"] = projected["end_to_end_hours"] if projected else None
             row[kind] = s
             print(f"{model:>20} fuse {fuse:>4}: {s['runs']} runs in {s['groups']} groups, wall {wall:7.1f} s, "
                   f"{s['aggregate_images_per_s']:8.0f} train images/s end to end ({s['steady_images_per_s']:.0f} "
                   f"in epochs ≥ 2, validation included), start-up per run "
                   f"first {s['startup_per_run_first_s'] or 0:.2f} s / later {s['startup_per_run_later_s'] or 0:.2f} s, "
-                  f"peak GPU {s['peak_gpu_memory_gib']:.1f} GiB" + (f"; paper grid ≈ {s['paper_grid_hours']:.2f} h"
+                  f"peak GPU {s['peak_gpu_memory_gib']:.1f} GiB" + (f"; paper grid ≈ {s['paper_grid_hours']:.2f} h "
+                                                          f"({s['paper_grid_hours_end_to_end']:.2f} h end to end)"
                                                           if s["paper_grid_hours"] is not None else ""), flush=True)
+            split = s["wall_split"]
+            print(f"{'':>20} wall split: per group " + ", ".join(f"{k} {v:.2f} s" for k, v in
+                                                                 split["per_group_s"].items())
+                  + "; per run " + ", ".join(f"{k} {v:.3f} s" for k, v in split["finish_per_run_s"].items())
+                  + f"; the grid's own {split['grid_s']:.1f} s; workers idle {split['idle_workers_s']:.1f} s",
+                  flush=True)
             if "off" in row and "fused" in row:
                 row["wall_ratio"] = row["off"]["wall_s"] / row["fused"]["wall_s"]
                 print(f"{model:>20} grid wall time off/fused: {row['wall_ratio']:.2f}x", flush=True)
@@ -345,12 +414,15 @@ def main(argv: list[str] | None = None, defaults: dict | None = None) -> dict:
     paper = [m for m in models if m in PAPER_NAMES]
     for f in ("fused", "off"):
         have = [m for m in paper if f in out["models"][m]]
-        if have:
-            hours = sum(out["models"][m][f]["paper_grid_hours"] for m in have)
-            out.setdefault("paper_grid_hours", {})[f] = {"hours": hours, "models": have}
+        if have:  # one grid: its own time (processes, imports, the store) once
+            grid_s = statistics.mean(out["models"][m][f]["wall_split"]["grid_s"] for m in have)
+            hours = sum(out["models"][m][f]["paper_grid_hours"] for m in have) + grid_s / 3600
+            end_to_end = sum(out["models"][m][f]["paper_grid_hours_end_to_end"] for m in have)
+            out.setdefault("paper_grid_hours", {})[f] = {"hours": hours, "end_to_end_hours": end_to_end,
+                                                         "models": have}
             print(f"projected paper grid, {f}, for {len(have) * 120} of its 600 runs ({', '.join(have)}): "
-                  f"{hours:.2f} h "
-                  f"(method: see the docstring)", flush=True)
+                  f"{hours:.2f} h ({end_to_end:.2f} h by the end-to-end rate; methods: project_paper_hours)",
+                  flush=True)
     path = save(args.name, out)
     print(f"saved {path}")
     return out
