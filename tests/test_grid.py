@@ -645,3 +645,39 @@ def test_the_ray_engine_has_no_more_actors_than_runs_and_each_fits_a_node(monkey
     engine = engines.make_engine("ray", workers=workers, runs=runs)
     assert (len(engine.slots), engine.threads) == want and asked["num_cpus"] == want[1]
     assert -(-len(engine.slots) // len(nodes)) * engine.threads <= min(nodes)  # every node fits its share of actors
+
+
+def test_each_engine_tells_a_job_how_many_workers_share_its_device(monkeypatch):
+    """Local: the slots on the job's GPU (``--per-gpu``); Ray: ``per_gpu`` actors per GPU (each asks for that
+    fraction of one). A worker splits the device's memory between them (stand-ins for the workers and for Ray)."""
+    import types
+
+    from astroclass import extras
+    from astroclass.experiments import engines
+    from astroclass.experiments.workers import GroupJob
+
+    class Idle:  # a worker process that takes jobs and does nothing with them
+        def __init__(self, ctx, max_groups):
+            self.conn = types.SimpleNamespace(send=lambda job: None)
+
+        def alive(self):
+            return True
+
+    monkeypatch.setattr(engines, "_Worker", Idle)
+    monkeypatch.setattr(engines, "_gpu_count", lambda: 2)
+    local = engines.make_engine("local", per_gpu=3)
+    job = GroupJob("g", [], "cuda:1")
+    local.submit(job)
+    assert local.slots.count("cuda:1") == 3 and (job.device_share, job.share) == (3, 6)
+
+    fake = types.SimpleNamespace(
+        is_initialized=lambda: True, cluster_resources=lambda: {"CPU": 32.0, "GPU": 2.0},
+        nodes=lambda: [{"Alive": True, "Resources": {"CPU": 16.0, "GPU": 1.0}} for _ in range(2)],
+        remote=lambda **kw: (lambda cls: cls), put=lambda data: data)
+    monkeypatch.setattr(extras, "require", lambda module, purpose: fake)
+    ray_engine = engines.make_engine("ray", per_gpu=3)
+    ray_engine._actor_cls = types.SimpleNamespace(remote=lambda: types.SimpleNamespace(
+        run_group=types.SimpleNamespace(remote=lambda job, shipments: object())))
+    job = GroupJob("g", [], "cuda")
+    ray_engine.submit(job)
+    assert len(ray_engine.slots) == 6 and job.device_share == 3

@@ -612,3 +612,26 @@ def test_compile_auto_makes_each_step_one_graph_on_a_gpu_wherever_every_step_can
     assert paper.speed(cpu)["compile"] is None
     explicit = RunConfig(dataset="d.h5", model="vgg16", compile="reduce-overhead")
     assert explicit.speed(cpu)["compile"] == explicit.speed(gpu)["compile"] == "reduce-overhead"
+
+
+def test_workers_sharing_a_gpu_size_groups_and_data_from_their_share_of_it(tiny_h5, monkeypatch):
+    """Workers that start on one GPU together all see its memory free: each counts at most the total over the
+    workers on it (a stand-in for CUDA's memory query; the sizing builds and measures the model on the CPU)."""
+    import astroclass.training.loop as loop
+    from astroclass.training import WorkerCache, fused_group_size
+    from astroclass.training.data import memory_budget
+    from astroclass.training.speed import available_memory
+
+    mib = 100 * 2**20
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (70 * mib, 80 * mib))
+    gpu = torch.device("cuda", 0)
+    assert available_memory(gpu) == 70 * mib and available_memory(gpu, 4) == 20 * mib
+    assert memory_budget(RunConfig(dataset="d.h5"), gpu, device_share=4)[1] == 10 * mib
+    monkeypatch.setattr(loop, "resolve_device", lambda name: gpu)
+    cache = WorkerCache()
+    cfg = RunConfig(dataset=str(tiny_h5), model="test_resnet", batch_size=16)
+    alone = fused_group_size(cfg, 10_000, True, cache)
+    per_run = next(iter(cache.models.sizes.values()))
+    shared = fused_group_size(cfg, 10_000, True, cache, device_share=4)
+    assert alone == int(0.6 * 70 * mib // per_run) and shared == int(0.6 * 20 * mib // per_run) and 1 < shared < alone
+    assert fused_group_size(cfg, 3, True, cache, device_share=4) == 3  # the limit still caps it

@@ -43,7 +43,8 @@ def run_cmd(spec: SpecArg, experiment: Experiment = None, data: DataOpt = None,
                                                                 "CPU machine one per core, as far as 2 GiB each in "
                                                                 "half the free memory allows; at most the runs to "
                                                                 "do).")] = None,
-            per_gpu: Annotated[int, typer.Option(help="Runs packed on each GPU.")] = 1,
+            per_gpu: Annotated[int, typer.Option(help="Workers on each GPU, each training a run or a fused group at "
+                                                      "a time; they split its memory.")] = 1,
             threads: Annotated[int | None, typer.Option(help="CPU threads per run (default: cores / workers; at most "
                                                                  "the cores, within a container's CPU quota).")] = None,
             max_attempts: Annotated[int, typer.Option(help="Tries per run before it stays failed.")] = 2,

@@ -122,7 +122,7 @@ class LocalEngine:
     def submit(self, job: GroupJob) -> None:
         import multiprocessing
 
-        job.threads, job.share = self.threads, len(self.slots)
+        job.threads, job.share, job.device_share = self.threads, len(self.slots), self.slots.count(job.device)
         while self._idle and not self._idle[-1].alive():
             self._idle.pop().stop()
         worker = self._idle.pop() if self._idle else _Worker(multiprocessing.get_context("spawn"), self.max_groups)
@@ -326,6 +326,7 @@ class RayEngine:
         node_cpus = [int(nd["Resources"]["CPU"]) for nd in ray.nodes()
                      if nd.get("Alive") and nd.get("Resources", {}).get("CPU", 0) > 0] or [cpus]
         self.per_node = -(-len(self.slots) // len(node_cpus))  # actors per node, about
+        self.per_device = max(1, per_gpu) if gpus else self.per_node  # actors that may share one GPU (its fraction)
         # an actor's threads (and CPUs asked of Ray): the smallest node's share, so every node fits its actors
         self.threads = threads if threads is not None else max(1, min(node_cpus) // self.per_node)
         self.max_groups = max_groups
@@ -336,7 +337,7 @@ class RayEngine:
         self._shipped: dict[str, Shipment] = {}
 
     def submit(self, job: GroupJob) -> None:
-        job.threads, job.share = self.threads, self.per_node
+        job.threads, job.share, job.device_share = self.threads, self.per_node, self.per_device
         for _, cfg, _ in job.runs:
             if cfg["dataset"] not in self._shipped:
                 self._shipped[cfg["dataset"]] = ship_dataset(self.ray, cfg["dataset"])

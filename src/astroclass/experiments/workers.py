@@ -33,6 +33,9 @@ class GroupJob:
     threads: int = 0
     share: int = 1
     """Workers on this worker's machine: an automatic memory budget is split between them."""
+    device_share: int = 1
+    """Workers that train on this job's device at once: each sizes fused groups and data on a GPU from its share
+    of the device's memory."""
     fuse: str = "auto"
     """"auto", "off" or a number: the largest fused group the worker may form (see RunConfig.fuse)."""
 
@@ -52,6 +55,7 @@ def execute_group(job: GroupJob, emit: Callable[[str, dict], None], heartbeat: C
     if job.threads > 0:
         torch.set_num_threads(job.threads)
     cache.data.share = max(1, job.share)
+    cache.data.device_share = max(1, job.device_share)
     reported: set[str] = set()
 
     def report(rid: str, outcome: dict) -> None:
@@ -69,7 +73,8 @@ def execute_group(job: GroupJob, emit: Callable[[str, dict], None], heartbeat: C
         chunk, rest = pending[:1], pending[1:]
         try:
             limit = 1 if job.fuse == "off" else len(pending) if job.fuse == "auto" else int(job.fuse)
-            size = fused_group_size(chunk[0][1], min(limit, len(pending)), job.fuse == "auto", cache)
+            size = fused_group_size(chunk[0][1], min(limit, len(pending)), job.fuse == "auto", cache,
+                                    job.device_share)
             chunk, rest = pending[:size], pending[size:]
             train_group([c for _, c, _ in chunk], [o for _, _, o in chunk], progress=False,
                         on_finish=functools.partial(_report_run, report, [rid for rid, _, _ in chunk]),

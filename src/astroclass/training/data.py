@@ -29,17 +29,17 @@ WINDOW_IMAGES = 4096
 one HDF5 chunk) from random places in the file, enough of them to hold this many images."""
 
 
-def memory_budget(cfg: RunConfig, device: torch.device, share: int = 1) -> tuple[int, int]:
+def memory_budget(cfg: RunConfig, device: torch.device, share: int = 1, device_share: int = 1) -> tuple[int, int]:
     """(bytes the run's images may take in RAM, bytes they may take on ``device``): ``max_memory``, or
     with auto half the available RAM (split between the ``share`` workers of the machine) and, on a GPU,
-    half its free memory."""
+    half its free memory (at most its total split between the ``device_share`` workers on it)."""
     from astroclass.runconfig import parse_size
 
     if cfg.max_memory != "auto":
         size = parse_size(cfg.max_memory, "max_memory")
         return size, size
     host = available_memory(torch.device("cpu")) // (2 * max(1, share))
-    return host, available_memory(device) // 2 if device.type == "cuda" else host
+    return host, available_memory(device, device_share) // 2 if device.type == "cuda" else host
 
 
 class DiskImages:
@@ -301,6 +301,7 @@ class DataCache:
     def __init__(self, size: int = 2, share: int = 1):
         self.size = size
         self.share = share  # workers on this machine (their automatic memory budgets split the RAM)
+        self.device_share = 1  # workers on this worker's GPU (they split its memory)
         self._items: dict[tuple, tuple[RunData, dict[str, tuple[Images, torch.Tensor]]]] = {}
 
     def get(self, cfg: RunConfig, device: torch.device) -> tuple[RunData, dict[str, tuple[Images, torch.Tensor]]]:
@@ -314,7 +315,7 @@ class DataCache:
             return self._items[key]
         while len(self._items) >= self.size:  # before loading: the old data's memory is free for the new
             self._items.pop(next(iter(self._items)))[0].close()
-        host, on_gpu = memory_budget(cfg, device, self.share)
+        host, on_gpu = memory_budget(cfg, device, self.share, self.device_share)
         data = load_run_data(cfg, host)
         placed = {s: data.tensors(s) for s in ("train", "val")}
         image_bytes = data.channels * data.size ** 2 * np.dtype(data.dtype).itemsize

@@ -641,9 +641,11 @@ class GroupTrainer:
                     r.opt.state[new] = old_opt.state[old]
 
 
-def fused_group_size(cfg: RunConfig, limit: int, auto: bool, cache: WorkerCache | None = None) -> int:
+def fused_group_size(cfg: RunConfig, limit: int, auto: bool, cache: WorkerCache | None = None,
+                     device_share: int = 1) -> int:
     """How many runs like ``cfg`` to fuse: ``limit`` (1 when the model has a layer fusion cannot batch),
-    and with ``auto`` no more than fit in 60% of the device's free memory. A run's footprint is estimated
+    and with ``auto`` no more than fit in 60% of the device's free memory (of at most its total over the
+    ``device_share`` workers that train on it at once). A run's footprint is estimated
     from its model: 6 copies of the parameters (weights, gradients, two optimiser moments, best and initial
     weights) plus twice the activations of one training batch (measured by a forward pass).
 
@@ -683,7 +685,7 @@ def fused_group_size(cfg: RunConfig, limit: int, auto: bool, cache: WorkerCache 
         return 1
     if not auto:
         return limit
-    return max(1, min(limit, int(0.6 * available_memory(device) // per_run)))
+    return max(1, min(limit, int(0.6 * available_memory(device, device_share) // per_run)))
 
 
 def train_group(configs: list[RunConfig], out_dirs: list[str | Path], progress: bool = True,

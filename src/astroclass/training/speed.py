@@ -171,9 +171,10 @@ class StepGraph:
             self.replays += 1
 
 
-def available_memory(device: torch.device) -> int:
-    """Bytes free for a new run on ``device``: free GPU memory, or the host's available RAM."""
+def available_memory(device: torch.device, share: int = 1) -> int:
+    """Bytes free for a new run on ``device``: free GPU memory, or the host's available RAM. On a GPU that ``share``
+    workers train on at once, no more than its total over ``share``: workers that start together all see it free."""
     if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
+        free, total = torch.cuda.mem_get_info(device)
+        return int(min(free, total // max(1, share)))
     return host_available_memory()
