@@ -613,12 +613,14 @@ def test_a_shipped_dataset_is_verified_cached_once_and_the_drivers_copy_used_whe
 
 
 def test_reading_a_grid_spec_does_not_import_torch():
-    """The grid's spec, options and run ids come from torch-free modules, so a command that only reads a spec (or
-    rejects a bad one) answers without the second or more that importing torch takes."""
+    """The grid's spec, options, run ids and the paper's model names come from torch-free modules, so a command that
+    only reads a spec (or rejects a bad one) answers without the seconds that importing torch and timm take. The
+    paper's spec is read whole: its five backbones' names and both setups' fine-tuning depths checked."""
     code = ("import sys\nimport astroclass.experiments.spec, astroclass.cli\n"
-            "print(sorted(m for m in ('torch', 'timm') if m in sys.modules))")
+            "spec = astroclass.experiments.spec.GridSpec.load('paper')\n"
+            "print(len(spec.expand()), sorted(m for m in ('torch', 'timm') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+    assert out.stdout.strip() == "600 []", out.stdout + out.stderr
 
 
 @pytest.mark.parametrize("nodes, runs, workers, want", [

@@ -30,8 +30,6 @@ Fine-tuning's "unfreeze the last k layers" (``unfreeze`` run option) is counted 
 
 from __future__ import annotations
 
-import difflib
-import functools
 import math
 from collections.abc import Iterable
 from pathlib import Path
@@ -41,39 +39,19 @@ import torch
 from torch import nn
 
 from astroclass.errors import AstroclassError
+from astroclass.modelnames import (  # noqa: F401 (re-exported: the names' home is torch-free)
+    ALIASES,
+    PAPER_MODELS,
+    check_model_name,
+    display_name,
+    keras_tails,
+    resolve_unfreeze,
+    timm_name,
+)
 
-PAPER_MODELS = {  # our name → the paper's name in its tables
-    "vgg16": "VGG16",
-    "inception_v3": "InceptionV3",
-    "inception_resnet_v2": "InceptionResNetV2",
-    "resnext50_32x4d": "ResNext50",
-    "densenet121": "DenseNet121",
-}
-ALIASES = {"efficientnet_lite0": "tf_efficientnet_lite0"}
-"""Names astroclass resolves to another timm model (the package weights fit tf_efficientnet_lite0)."""
 HIDDEN_UNITS = 2048
 LEAKY_SLOPE = 0.3  # Keras LeakyReLU default alpha
 DROPOUT = 0.5
-
-
-def timm_name(name: str) -> str:
-    return ALIASES.get(name, name)
-
-
-def display_name(name: str) -> str:
-    return PAPER_MODELS.get(name, name)
-
-
-def check_model_name(name: str) -> str:
-    """The timm name for ``name``; an AstroclassError listing close matches when unknown."""
-    import timm
-
-    tname = timm_name(name)
-    if tname in timm.list_models() or name in ALIASES:
-        return tname
-    close = difflib.get_close_matches(name, list(PAPER_MODELS) + list(ALIASES) + timm.list_models(), n=5, cutoff=0.6)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
-    raise AstroclassError(f"unknown model {name!r}{hint} (any timm model name works; see timm.list_models())")
 
 
 class AstroNet(nn.Module):
@@ -199,34 +177,6 @@ def layers(backbone: nn.Module) -> list[tuple[str, nn.Module]]:
     activation as a child module, is not a leaf and is not counted)."""
     return [(n, m) for n, m in backbone.named_modules()
             if len(list(m.children())) == 0 and any(True for _ in m.parameters(recurse=False))]
-
-
-@functools.lru_cache(maxsize=1)
-def keras_tails() -> dict[str, dict]:
-    """The shipped Keras layer tails of the paper backbones (see the module docstring)."""
-    from importlib import resources
-
-    import yaml
-
-    return yaml.safe_load(resources.files("astroclass").joinpath("reference/keras_tails.yaml").read_text())
-
-
-def resolve_unfreeze(model: str, unfreeze: str) -> str:
-    """``unfreeze`` as "keras:N", "params:N" or "all" for ``model`` (a bare N: keras where a Keras tail ships)."""
-    if str(unfreeze) == "all":
-        return "all"
-    kind, _, count = str(unfreeze).rpartition(":")
-    tail = keras_tails().get(timm_name(model))
-    if not kind:
-        kind = "keras" if tail else "params"
-    if kind == "keras":
-        if not tail:
-            raise AstroclassError(f"unfreeze keras:{count}: Keras layer lists ship for the paper's backbones "
-                                  f"({', '.join(keras_tails())}), not {model!r}; use params:{count}")
-        if int(count) > len(tail["tail"]):
-            raise AstroclassError(f"unfreeze keras:{count}: the shipped Keras list of {model} covers its last "
-                                  f"{len(tail['tail'])} layers; use params:N for deeper fine-tuning")
-    return f"{kind}:{int(count)}"
 
 
 def unfreeze_parameters(model: str, backbone: nn.Module, unfreeze: str, batch_norm: str = "train") -> list[str]:

@@ -27,7 +27,7 @@ def demo_cmd(output: Annotated[Path, typer.Option("--output", "-o", help="Folder
     first screen compares them. About 3 minutes on 2 cores (measured 2.6 minutes on a 2-vCPU AMD EPYC, which
     trains in fp32)."""
     from astroclass.demo import run_demo
-    from astroclass.models import display_name
+    from astroclass.modelnames import display_name
 
     res = run_demo(output, n=n, epochs=epochs, models=[m.strip() for m in models.split(",")] if models else None,
                    pretrained=[m.strip() for m in pretrained.split(",") if m.strip()], seed=seed, workers=workers,

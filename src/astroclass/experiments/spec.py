@@ -138,7 +138,7 @@ class GridSpec:
             spec.l2 = [_number(where, "l2", v) for v in spec.l2]
         spec.maxnorm = [_number(where, "maxnorm", v) for v in spec.maxnorm]
         spec.seeds = [int(_number(where, "seeds", v)) for v in spec.seeds]
-        from astroclass.models import check_model_name
+        from astroclass.modelnames import check_model_name
 
         for m in spec.models:
             try:
@@ -148,7 +148,7 @@ class GridSpec:
         runs = spec.expand()
         for cfg in runs[:1]:  # one full config validates the shared options
             RunConfig.from_dict({**cfg.config, "dataset": "x"}, where)
-        from astroclass.models import resolve_unfreeze
+        from astroclass.modelnames import resolve_unfreeze
 
         for model, unfreeze in sorted({(r.config["model"], str(r.config["unfreeze"])) for r in runs
                                        if r.config["setup"] == "pretrained"}):

@@ -19,7 +19,7 @@ from astroclass.errors import AstroclassError
 from astroclass.experiments.runner import open_experiment
 from astroclass.experiments.store import first_line
 from astroclass.fileio import atomic_write_text
-from astroclass.models import display_name
+from astroclass.modelnames import display_name
 from astroclass.report import plots
 from astroclass.report.scaling import scaling_answer, scaling_curves
 from astroclass.report.stats import (

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from astroclass.models import display_name
+from astroclass.modelnames import display_name
 from astroclass.report.tables import RunRow, without_fraction
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from astroclass.metrics import student_t_interval
-from astroclass.models import display_name
+from astroclass.modelnames import display_name
 from astroclass.report.tables import OPT_SHORT, Choice, Tables
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-from astroclass.models import display_name
+from astroclass.modelnames import display_name
 
 OPT_ORDER = ("rmsprop", "adam", "radam", "sgd")
 OPT_SHORT = {"rmsprop": "RM", "adam": "AD", "radam": "RA", "sgd": "SGD"}
