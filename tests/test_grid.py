@@ -623,6 +623,24 @@ def test_reading_a_grid_spec_does_not_import_torch():
     assert out.stdout.strip() == "600 []", out.stdout + out.stderr
 
 
+def test_grid_status_reads_an_experiment_without_importing_torch(tiny_h5, tmp_path):
+    """Its runs were checked when they were added: status does not ask timm about a model name that is not one of
+    the paper's (with --workers, nothing needs torch at all)."""
+    from astroclass.experiments.runner import prepare
+
+    spec = write_spec(tmp_path, tiny_h5)
+    prepare(GridSpec.load(spec), tmp_path / "exp")[0].close()
+    code = ("import runpy, sys\n"
+            f"sys.argv = ['astroclass', 'grid', 'status', {str(spec)!r}, '-e', {str(tmp_path / 'exp')!r}, "
+            "'--workers', '2']\n"
+            "try:\n    runpy.run_module('astroclass.cli', run_name='__main__')\nexcept SystemExit as e:\n"
+            "    assert not e.code, e.code\n"
+            "print(sorted(m for m in ('torch', 'timm') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "2 runs" in out.stdout and "pending 2, running 0, done 0, failed 0" in out.stdout, out.stdout
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
+
+
 @pytest.mark.parametrize("nodes, runs, workers, want", [
     ([16, 16], None, None, (32, 1)),  # a big grid: an actor per core
     ([16, 16], 1, None, (1, 16)),  # one run: no idle actors, it gets a node's cores (not the cluster's 32)

@@ -29,10 +29,10 @@ def _parse_data(items: list[str] | None) -> dict[str, str]:
     return out
 
 
-def _load(spec: str, data: list[str] | None, experiment: Path | None):
+def _load(spec: str, data: list[str] | None, experiment: Path | None, check_models: bool = True):
     from astroclass.experiments.spec import GridSpec
 
-    gs = GridSpec.load(spec, _parse_data(data))
+    gs = GridSpec.load(spec, _parse_data(data), check_models)
     return gs, experiment or Path("experiments") / gs.name
 
 
@@ -86,7 +86,7 @@ def status_cmd(spec: SpecArg, experiment: Experiment = None, data: DataOpt = Non
     from astroclass.experiments.runner import open_experiment
     from astroclass.experiments.status import grid_status
 
-    gs, exp = _load(spec, data, experiment)
+    gs, exp = _load(spec, data, experiment, check_models=False)  # its runs were checked when they were added
     store = open_experiment(exp, create=False)
     if workers is None:
         from astroclass.experiments.engines import local_slots

@@ -93,7 +93,7 @@ class GridSpec:
     source: str = ""
 
     @classmethod
-    def from_dict(cls, d: Any, where: str, base: Path) -> GridSpec:
+    def from_dict(cls, d: Any, where: str, base: Path, check_models: bool = True) -> GridSpec:
         if not isinstance(d, dict):
             raise AstroclassError(f"{where}: a grid spec is a mapping with keys {sorted(TOP_KEYS)}")
         unknown = sorted(set(d) - TOP_KEYS)
@@ -140,7 +140,7 @@ class GridSpec:
         spec.seeds = [int(_number(where, "seeds", v)) for v in spec.seeds]
         from astroclass.modelnames import check_model_name
 
-        for m in spec.models:
+        for m in spec.models if check_models else []:
             try:
                 check_model_name(m)
             except AstroclassError as exc:
@@ -159,8 +159,11 @@ class GridSpec:
         return spec
 
     @classmethod
-    def load(cls, spec: str | Path, data_overrides: dict[str, str] | None = None) -> GridSpec:
-        """A spec file, or the name of a built-in spec (paper, demo, tiny)."""
+    def load(cls, spec: str | Path, data_overrides: dict[str, str] | None = None,
+             check_models: bool = True) -> GridSpec:
+        """A spec file, or the name of a built-in spec (paper, demo, tiny). ``check_models=False`` skips asking timm
+        whether a model name other than the paper's exists (seconds: it imports torch): for reading where an
+        experiment stands, whose runs were checked when they were added."""
         path = Path(spec)
         if path.is_file():
             text, where, base = path.read_text(), str(path), path.resolve().parent
@@ -178,7 +181,7 @@ class GridSpec:
             if unknown:
                 raise AstroclassError(f"--data {unknown}: not datasets of {where} ({sorted(d.get('datasets') or {})})")
             d["datasets"] = {**d["datasets"], **{k: str(Path(v).resolve()) for k, v in data_overrides.items()}}
-        return cls.from_dict(d, where, base)
+        return cls.from_dict(d, where, base, check_models)
 
     def expand(self) -> list[RunSpec]:
         """Every run of the grid, in a stable order (datasets, models, setups, l2, maxnorm, optimisers, seeds, axes)."""
