@@ -18,7 +18,6 @@ Usage: python benchmarks/bench_cli.py [--repeats 3]
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
@@ -30,16 +29,15 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_grid import PAPER_SETTINGS, aries_subset  # noqa: E402
 
-from common import REPO, save  # noqa: E402
+from common import save, src_env  # noqa: E402
 
 
 def timed(cmd: list[str], cwd: Path, repeats: int, ok: tuple[int, ...] = (0,)) -> float:
     """Best wall time of ``cmd`` (a fresh process each time); it must exit with one of ``ok``."""
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+        proc = subprocess.run(cmd, cwd=cwd, env=src_env(), capture_output=True, text=True)
         dt = time.perf_counter() - t0
         if proc.returncode not in ok:
             sys.exit(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")

@@ -57,7 +57,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, PAPER_NAMES, PAPER_SIZES, REPO, paper_train_images, save  # noqa: E402
+from common import DATA, PAPER_NAMES, PAPER_SIZES, paper_train_images, save, src_env  # noqa: E402
 
 PAPER_SETTINGS = {"setups": ["scratch", "pretrained"], "l2": [0.0, 0.1], "maxnorm": [0.0, 2.0],
                   "optimizers": ["rmsprop", "adam", "radam"]}
@@ -125,12 +125,11 @@ def run_grid_cli(spec: dict, folder: Path, fuse: str, workers: int | None, per_g
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump({**spec, "name": name}))
     exp = folder / name
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
     cmd = [sys.executable, "-m", "astroclass.cli", "grid", "run", str(path), "-e", str(exp), "-q", "--fuse", fuse,
            "--per-gpu", str(per_gpu)] + (["--workers", str(workers)] if workers else [])
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, env=src_env(), capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:  # the driver is killed; its workers die with it
         raise StepFailed(f"grid run cut at the deadline after {time.perf_counter() - t0:.0f} s: {' '.join(cmd)}") \
             from None
@@ -182,11 +181,12 @@ def summarise(runs: list[dict], wall: float, n_train: int, workers: int) -> dict
                 epochs.setdefault((h["phase"], h["epoch"]), h["seconds"])
         times = [epochs[k] for k in sorted(epochs, key=lambda k: (k[0] != "head", k[1]))]
         steady = statistics.median(times[1:]) if len(times) > 1 else 0.0
-        startup = env.get("setup_seconds", 0.0) + max(0.0, times[0] - steady)
+        excess = max(0.0, times[0] - steady)  # the first epoch's over the later ones': start-up (compile, capture)
+        startup = env.get("setup_seconds", 0.0) + excess
         startups.append(startup)
         (later if env.get("worker_model_reused") else first).append(startup / len(members))
         seconds = [r["metrics"]["environment"].get("seconds", {}) for r in members]
-        parts["epochs"].append(sum(times) - (startup - env.get("setup_seconds", 0.0)))  # the first's excess: start-up
+        parts["epochs"].append(sum(times) - excess)
         parts["regroup"].append(max((s.get("regroup", 0.0) for s in seconds), default=0.0))
         parts["finish"].append(sum(s.get(k, 0.0) for s in seconds for k in FINISH))
         # from its claim to its last run's result (the store's times), less the above: the worker's time outside the

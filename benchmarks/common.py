@@ -16,6 +16,11 @@ DATA = Path(os.environ.get("ASTROCLASS_BENCH_DATA", REPO.parent / "shared" / "da
 RESULTS = Path(os.environ.get("ASTROCLASS_BENCH_RESULTS", Path(__file__).resolve().parent / "results"))
 
 
+def src_env(**extra: str) -> dict[str, str]:
+    """The environment for a subprocess that runs astroclass from this checkout (``extra`` set too)."""
+    return {**os.environ, "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""), **extra}
+
+
 def machine() -> dict:
     """What the numbers were measured on."""
     info = {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count()}

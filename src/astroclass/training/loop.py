@@ -159,7 +159,6 @@ class GroupTrainer:
         self.on_finish = on_finish
         self.heartbeat = heartbeat
         self.cache = cache or WorkerCache(ModelCache(1), DataCache(1))
-        self.setup_seconds = 0.0
         # where the group's time went (seconds, the group's totals so far); a run's result keeps them with its own
         # final evaluation's and outputs' (environment.seconds)
         self.seconds = {"setup": 0.0, "train": 0.0, "validation": 0.0, "regroup": 0.0}
@@ -255,8 +254,7 @@ class GroupTrainer:
             r.result.storage = data.storage
             r.result.train_counts = {c: int(n) for c, n in zip(data.class_names, np.bincount(y_train.numpy(),
                                                                                              minlength=k))}
-        self.train_time = 0.0
-        self.setup_seconds = self.seconds["setup"] = time.perf_counter() - t_start
+        self.seconds["setup"] = time.perf_counter() - t_start
         phases: list[tuple[str, str | list[str], int | None, bool]]
         if c0.setup == "scratch":
             phases = [("train", "all", None, True)]
@@ -330,9 +328,7 @@ class GroupTrainer:
                 self.heartbeat()
             t0 = time.perf_counter()
             stats = self._train_epoch(active, xt, yt, phase, epoch)
-            train_time = time.perf_counter() - t0
-            self.train_time += train_time
-            self.seconds["train"] += train_time
+            self.seconds["train"] += time.perf_counter() - t0
             with self._ema_weights():  # validated, kept as best and finished: the averaged weights
                 self._after_epoch(active, stats, phase, epoch, t0, fixed_epochs, last, xv, yv)
             t_regroup = time.perf_counter()
@@ -344,10 +340,11 @@ class GroupTrainer:
         """Validate the epoch's weights; record, stop, fail or finish each run."""
         t_val = time.perf_counter()
         val = self._val(active, xv, yv)
-        self.seconds["validation"] += time.perf_counter() - t_val
+        val_seconds = time.perf_counter() - t_val
+        self.seconds["validation"] += val_seconds
         seconds = time.perf_counter() - t0
         if self.budget is not None and last and fixed_epochs is None:
-            self._size_to_budget(epoch, seconds, time.perf_counter() - t_val, active)
+            self._size_to_budget(epoch, seconds, val_seconds, active)
         for r in active:
             tl, ta, seen = stats[r.index]
             r.train_images += seen
@@ -568,10 +565,11 @@ class GroupTrainer:
         r.finished = r.phase_over = True
         r.opt, r.stopper = None, None  # free the optimiser state and best weights
         r.result.epochs_run = len(r.history)
-        r.result.train_seconds = round(self.train_time, 3)
-        r.result.train_images_per_s = r.train_images / self.train_time if self.train_time > 0 else 0.0
+        train_time = self.seconds["train"]
+        r.result.train_seconds = round(train_time, 3)
+        r.result.train_images_per_s = r.train_images / train_time if train_time > 0 else 0.0
         env = r.result.environment
-        env["setup_seconds"] = round(self.setup_seconds, 3)  # data, initial weights, model: before epoch 1
+        env["setup_seconds"] = round(self.seconds["setup"], 3)  # data, initial weights, model: before epoch 1
         env["seconds"] = {k: round(v, 3) for k, v in self.seconds.items()}
         env["worker_model_reused"] = self.model_reused  # a model kept by the worker (no build, no compile)
         if self.fast["compile"] == STEP_GRAPH:
