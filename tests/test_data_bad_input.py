@@ -144,7 +144,7 @@ def test_empty_label_names_the_row(cli, tmp_path):
         w = csv.DictWriter(fh, fieldnames=["path", "label"])
         w.writeheader()
         w.writerows(rows)
-    assert_fails(cli, ["data", "import", "catalog", cat / "labels.csv", "-o", tmp_path / "o.h5"], "row 6")
+    assert_fails(cli, ["data", "import", "catalog", cat / "labels.csv", "-o", tmp_path / "o.h5"], "row 5 (line 6)")
 
 
 def test_empty_class_folder(cli, tmp_path):
@@ -276,7 +276,7 @@ def test_catalogue_paths_may_not_leave_its_folder(cli, tmp_path):
             w.writeheader()
             w.writerows(edited)
         assert_fails(cli, ["data", "import", "catalog", cat / "edited.csv", "-o", tmp_path / "o.h5",
-                           "--min-per-class", "1"], "edited.csv, row 5", shown, "is outside", "--allow-outside")
+                           "--min-per-class", "1"], "edited.csv, row 4 (line 5)", shown, "is outside", "--allow-outside")
         assert not (tmp_path / "o.h5").exists()
     edited = [dict(r) for r in rows]
     edited[3]["path"] = "../outside/stray.jpg"

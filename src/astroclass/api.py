@@ -70,7 +70,7 @@ class Dataset:
         wanted = [c for c in (path_col, label_col, id_col) if c is not None and c in columns]
         rows = [dict(zip(wanted, values)) for values in zip(*(list(table[c]) for c in wanted))]
         items = table_items(columns, rows, "catalogue table", Path(root), path_col, label_col, id_col, allow_outside,
-                            first_row=0)
+                            lambda i: f"catalogue table, row {i}")  # a DataFrame's rows: its 0-based index
         out, keep = _output(output, "catalog.h5")
         build_dataset(items, out, ImageSpec(size=size, channels=channels),
                       source={"kind": "catalog table", "root": str(root), "path_col": path_col,

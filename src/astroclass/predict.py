@@ -13,10 +13,7 @@ without a flip): galaxies have no preferred orientation.
 from __future__ import annotations
 
 import copy
-import csv
-import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +86,7 @@ class Classifier:
             threads_within_cores()
         if amp not in ("off", "bf16", "auto"):
             raise AstroclassError(f"amp must be off, bf16 or auto, got {amp!r}")
+        self.amp_setting = amp
         if amp == "auto":  # as the run did
             run = c.get("config", {})
             amp = "off" if run.get("paper_exact") else run.get("amp", "auto")
@@ -150,45 +148,7 @@ def load(checkpoint: str | Path, device: str = "auto", amp: str = "auto") -> Cla
 
 
 # ---------------------------------------------------------------------------------------------
-# many inputs → a CSV, streamed
-
-
-@dataclass
-class Source:
-    id: str
-    path: str
-    h5: str | None = None
-    row: int = -1
-
-
-def expand_inputs(inputs: Sequence[str | Path], path_col: str = "path", id_col: str | None = None,
-                  allow_outside: bool = False) -> Iterator[Source]:
-    """Files, folders (recursively), catalogue CSVs (``path_col`` relative to the CSV, which they may not
-    leave unless ``allow_outside``) and prepared .h5 files."""
-    from astroclass.data.images import is_image_file
-    from astroclass.data.importers import catalog_path, read_table
-
-    for inp in inputs:
-        p = Path(inp)
-        if p.is_dir():
-            for f in sorted(q for q in p.rglob("*") if q.is_file() and is_image_file(q)):
-                yield Source(f.relative_to(p).as_posix(), str(f))
-        elif p.suffix.lower() in (".h5", ".hdf5"):
-            from astroclass.data.prepared import PreparedDataset
-
-            with PreparedDataset(p) as ds:
-                for i, ident in enumerate(ds.ids):
-                    yield Source(ident, f"{p}#{i}", str(p), i)
-        elif p.suffix.lower() == ".csv":
-            cols, rows = read_table(p)
-            if path_col not in cols:
-                raise AstroclassError(f"{p}: no path column {path_col!r}; columns are {cols} (use --path-col)")
-            for n, row in enumerate(rows, start=2):
-                rel = row[path_col]
-                yield Source((row.get(id_col) or rel) if id_col else rel,
-                             str(catalog_path(p.parent, rel, f"{p}, row {n}", allow_outside)))
-        else:
-            yield Source(p.name, str(p))
+# one file
 
 
 def read_for_model(path: str, preprocessing: tuple[dict, int, bool]) -> tuple[np.ndarray | None, str]:
@@ -209,76 +169,6 @@ def read_for_model(path: str, preprocessing: tuple[dict, int, bool]) -> tuple[np
     if float_store and arr.dtype == np.uint8:
         arr = (arr.astype(np.float32) / 255).astype(np.float16)
     return arr, ""
-
-
-def predict_to_csv(clf: Classifier, inputs: Sequence[str | Path], output: str | Path, tta: bool = False,
-                   overwrite: bool = False, block: int = 512, workers: int | None = None, path_col: str = "path",
-                   id_col: str | None = None, progress: bool = True, allow_outside: bool = False) -> dict[str, Any]:
-    """Predict every input and stream rows to ``output`` (written to a temporary name, renamed at the end).
-
-    Rows: id, source, status (ok / failed), predicted class, one probability column per class, error.
-    Returns counts and images/s.
-    """
-    from astroclass.data.prepared import PreparedDataset
-    from astroclass.parallel import parallel_map
-    from astroclass.progress import Bar
-
-    output = Path(output)
-    if output.exists() and not overwrite:
-        raise AstroclassError(f"{output}: output exists (pass --overwrite to replace it)")
-    if not output.parent.is_dir():
-        raise AstroclassError(f"{output.parent}: output folder does not exist")
-    sources = list(expand_inputs(inputs, path_col, id_col, allow_outside))
-    if not sources:
-        raise AstroclassError("no inputs to predict")
-    counts = {"ok": 0, "failed": 0}
-    h5_cache: dict[str, PreparedDataset] = {}
-    t0 = time.perf_counter()
-    try:
-        with atomic_output(output) as tmp, open(tmp, "w", newline="") as fh, \
-                Bar(progress, len(sources), "predicting") as bar:
-            w = csv.writer(fh)
-            w.writerow(["id", "source", "status", "predicted", *[f"p_{c}" for c in clf.class_names], "error"])
-            for start in range(0, len(sources), block):
-                chunk = sources[start:start + block]
-                arrays: list[np.ndarray | None] = []
-                errors: list[str] = []
-                files = [s for s in chunk if s.h5 is None]
-                decoded = iter(parallel_map(read_for_model, [f.path for f in files], (clf.preprocessing(),), workers)
-                               if files else ())
-                from_h5 = {}  # (file, row) -> image: one read per file and block, not one per row
-                for path in {s.h5 for s in chunk if s.h5 is not None}:
-                    ds = h5_cache.get(path) or h5_cache.setdefault(path, PreparedDataset(path))
-                    rows = np.array(sorted({s.row for s in chunk if s.h5 == path}))
-                    from_h5.update({(path, int(r)): img for r, img in zip(rows, ds.images(rows))})
-                for s in chunk:
-                    if s.h5 is None:
-                        arr, err = next(decoded)
-                    else:
-                        arr, err = from_h5[(s.h5, s.row)], ""
-                        shape = arr.shape
-                        if shape != (clf.in_chans, clf.size, clf.size):
-                            arr, err = None, f"{s.h5}: images of shape {shape}, the model takes " \
-                                             f"{(clf.in_chans, clf.size, clf.size)}"
-                    arrays.append(arr)
-                    errors.append(err)
-                good = [a for a in arrays if a is not None]
-                probs = clf.predict_tensor(torch.from_numpy(np.stack(good)), tta) if good else np.empty((0, 0))
-                where = {i: k for k, i in enumerate(i for i, a in enumerate(arrays) if a is not None)}
-                for i, s in enumerate(chunk):
-                    if i in where:
-                        p = probs[where[i]]
-                        w.writerow([s.id, s.path, "ok", clf.class_names[int(p.argmax())], *[f"{v:.6g}" for v in p], ""])
-                        counts["ok"] += 1
-                    else:
-                        w.writerow([s.id, s.path, "failed", "", *[""] * len(clf.class_names), errors[i]])
-                        counts["failed"] += 1
-                bar.advance(len(chunk))
-    finally:
-        for ds in h5_cache.values():
-            ds.close()
-    dt = time.perf_counter() - t0
-    return {**counts, "seconds": dt, "images_per_s": len(sources) / dt if dt > 0 else 0.0, "output": output}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,9 +7,12 @@ from typing import Annotated
 
 import typer
 
-data_app = typer.Typer(help="Prepare labelled datasets (HDF5) from images and catalogues; inspect them.",
+data_app = typer.Typer(help="Prepare labelled datasets (HDF5) from cut-out images, catalogues, public sets, or survey "
+                            "images (FITS with a WCS) cut out at a catalogue's RA/Dec; inspect them.",
                        no_args_is_help=True)
-import_app = typer.Typer(help="Import a source into a prepared dataset (one HDF5 file).", no_args_is_help=True)
+import_app = typer.Typer(help="Import a source into a prepared dataset (one HDF5 file): a folder or catalogue of "
+                              "cut-out files, EFIGI, Galaxy10, or 'sky': cut-outs at RA/Dec from survey images.",
+                         no_args_is_help=True)
 data_app.add_typer(import_app, name="import")
 
 Output = Annotated[Path, typer.Option("--output", "-o", help="The prepared dataset to write (.h5).")]
@@ -22,6 +25,9 @@ Interval = Annotated[str, typer.Option(help="FITS interval per band: percentile 
 Percentile = Annotated[float, typer.Option(help="FITS percentile interval: keep the central P per cent of values.")]
 Magnitudes = Annotated[bool, typer.Option("--fits-magnitudes", help="FITS pixel values are magnitudes "
                                                                   "(smaller = brighter): convert to flux first.")]
+BandScaling = Annotated[str, typer.Option(help="FITS bands: 'per-band' scales each band on its own (each fills "
+                                               "[0, 1]: colour is lost); 'joint' scales them together (Lupton et al. "
+                                               "2004: colour kept).")]
 Split = Annotated[str, typer.Option(help="train,val,test fractions (stratified by class).")]
 Seed = Annotated[int, typer.Option(help="Seed of the split; same input and seed give a byte-identical file.")]
 Workers = Annotated[int | None, typer.Option(help="Decoding processes (default: all cores).")]
@@ -34,14 +40,14 @@ Duplicates = Annotated[str, typer.Option(help="Identical images: 'together' keep
 
 
 def _common(size, channels, bands, stretch, interval, percentile, magnitudes, split, seed, workers, skip_bad, overwrite,
-            min_per_class, duplicates) -> dict:
+            min_per_class, duplicates, band_scaling="per-band") -> dict:
     from astroclass.data.images import ImageSpec
     from astroclass.data.splits import parse_fractions
 
     spec = ImageSpec(size=size, channels=channels,
                      bands=tuple(b.strip() for b in bands.split(",") if b.strip()) if bands else None,
                      fits_interval=interval, fits_percentile=percentile, fits_stretch=stretch,
-                     fits_magnitudes=magnitudes)
+                     fits_magnitudes=magnitudes, band_scaling=band_scaling)
     return dict(spec=spec, fractions=parse_fractions(split), seed=seed, workers=workers, skip_bad=skip_bad,
                 overwrite=overwrite, min_per_class=min_per_class, duplicates=duplicates)
 
@@ -56,14 +62,16 @@ def _done(report) -> None:
 def import_folder_cmd(root: Annotated[Path, typer.Argument(help="ROOT/CLASS/image files (PNG, JPEG, FITS...).")],
                       output: Output, size: Size = 76, channels: Channels = 3, bands: Bands = None,
                       stretch: Stretch = "asinh", interval: Interval = "percentile", percentile: Percentile = 99.5,
-                      fits_magnitudes: Magnitudes = False, split: Split = "0.8,0.1,0.1", seed: Seed = 0,
+                      fits_magnitudes: Magnitudes = False, band_scaling: BandScaling = "per-band",
+                      split: Split = "0.8,0.1,0.1", seed: Seed = 0,
                       workers: Workers = None, skip_bad: SkipBad = False, overwrite: Overwrite = False,
                       min_per_class: MinPerClass = 10, duplicates: Duplicates = "together"):
     """Import an ImageFolder-style tree: one sub-folder per class."""
     from astroclass.data.importers import import_folder
 
     _done(import_folder(root, output, **_common(size, channels, bands, stretch, interval, percentile, fits_magnitudes,
-                                                split, seed, workers, skip_bad, overwrite, min_per_class, duplicates)))
+                                                split, seed, workers, skip_bad, overwrite, min_per_class, duplicates,
+                                                band_scaling)))
 
 
 @import_app.command("catalog")
@@ -80,16 +88,90 @@ def import_catalog_cmd(catalog: Annotated[Path, typer.Argument(
                                                                    "--root folder (absolute or ../ paths).")] = False,
                        size: Size = 76, channels: Channels = 3, bands: Bands = None, stretch: Stretch = "asinh",
                        interval: Interval = "percentile", percentile: Percentile = 99.5,
-                       fits_magnitudes: Magnitudes = False, split: Split = "0.8,0.1,0.1",
+                       fits_magnitudes: Magnitudes = False, band_scaling: BandScaling = "per-band",
+                       split: Split = "0.8,0.1,0.1",
                        seed: Seed = 0, workers: Workers = None, skip_bad: SkipBad = False, overwrite: Overwrite = False,
                        min_per_class: MinPerClass = 10, duplicates: Duplicates = "together"):
-    """Import images listed in a catalogue (CSV or FITS table)."""
+    """Import cut-out image files listed in a catalogue (CSV, FITS table, VOTable, Parquet, ECSV) with a path
+    and a label column. For a catalogue of RA/Dec positions on survey images, use 'data import sky'."""
     from astroclass.data.importers import import_catalog
 
     _done(import_catalog(catalog, output, root=root, path_col=path_col, label_col=label_col, id_col=id_col,
                          allow_outside=allow_outside,
                          **_common(size, channels, bands, stretch, interval, percentile, fits_magnitudes, split,
-                                   seed, workers, skip_bad, overwrite, min_per_class, duplicates)))
+                                   seed, workers, skip_bad, overwrite, min_per_class, duplicates, band_scaling)))
+
+
+BandOption = Annotated[list[str] | None, typer.Option(
+    "--band", metavar="NAME=FILES",
+    help="A band and its FITS images: a glob, with an optional [HDU] (number or EXTNAME) after the file name, e.g. "
+         "--band g='frame-g-*.fits.bz2' --band r='tiles/*_r.fits.fz[1]'. Repeat per band, or per pattern.")]
+ImagesOption = Annotated[list[str] | None, typer.Option(
+    "--images", metavar="FILES",
+    help="FITS images whose band their header names (2-D: FILTER or BAND; a cube: BANDS, one band per plane). "
+         "Repeatable; combines with --band.")]
+RaCol = Annotated[str | None, typer.Option(help="Longitude column (default: the first of ra/dec, RA/DEC, RAJ2000/DEJ2000, "
+                                                "ALPHA_J2000/DELTA_J2000, ... or galactic l/b, glon/glat). Degrees "
+                                                "unless the column's unit says otherwise; sexagesimal text works.")]
+DecCol = Annotated[str | None, typer.Option(help="Latitude column (see --ra-col).")]
+Frame = Annotated[str | None, typer.Option(help="Frame of the coordinates: icrs (default for RA/Dec), fk5, fk4, galactic "
+                                                "(default for l/b), or any other astropy knows.")]
+Edge = Annotated[str, typer.Option(help="Objects whose cut-out reaches beyond an image's edge: 'pad' keeps them, "
+                                        "filled with the local sky and flagged by cutout_coverage < 1; 'skip' leaves "
+                                        "them out, with the reason.")]
+CutoutSize = Annotated[int | None, typer.Option(help="Cut-out side in pixels of the reference band (default: --size); "
+                                                     "resampled to --size when they differ.")]
+ReferenceBand = Annotated[str | None, typer.Option(help="The band whose pixel grid the cut-outs follow (default: the "
+                                                        "first); the others are aligned to it on the sky.")]
+SKY_SCALING = "per-band"
+"""The default band scaling of cut-outs from survey images (measured: benchmarks/bench_sky_scaling.py)."""
+
+
+def band_patterns(band: list[str] | None) -> dict[str, list[str]]:
+    """--band NAME=FILES options → {name: [patterns]}, in the order given."""
+    from astroclass.errors import AstroclassError
+
+    out: dict[str, list[str]] = {}
+    for text in band or []:
+        name, eq, pattern = text.partition("=")
+        if not eq or not name.strip() or not pattern.strip():
+            raise AstroclassError(f"--band {text!r}: expected NAME=FILES, e.g. --band g='frame-g-*.fits.bz2'")
+        out.setdefault(name.strip(), []).append(pattern.strip())
+    return out
+
+
+@import_app.command("sky")
+def import_sky_cmd(catalog: Annotated[Path, typer.Argument(
+                       help="Catalogue of positions (CSV, FITS table, VOTable, Parquet, ECSV), optionally with a "
+                            "label column.")],
+                   output: Output, band: BandOption = None, images: ImagesOption = None,
+                   bands: Annotated[str | None, typer.Option(
+                       help="The bands to stack, in order, e.g. 'g,r,i' (default: every band given, by "
+                            "wavelength).")] = None,
+                   ra_col: RaCol = None, dec_col: DecCol = None, frame: Frame = None,
+                   label_col: Annotated[str | None, typer.Option(
+                       help="Column with class labels (default: 'label' if the catalogue has one; without labels "
+                            "the dataset holds objects to classify).")] = None,
+                   id_col: Annotated[str | None, typer.Option(help="Column with object ids (default: the row "
+                                                                    "number).")] = None,
+                   cutout_size: CutoutSize = None, reference_band: ReferenceBand = None, edge: Edge = "pad",
+                   size: Size = 76, band_scaling: BandScaling = SKY_SCALING, stretch: Stretch = "asinh",
+                   interval: Interval = "percentile", percentile: Percentile = 99.5,
+                   split: Split = "0.8,0.1,0.1", seed: Seed = 0, workers: Workers = None,
+                   skip_bad: SkipBad = False, overwrite: Overwrite = False, min_per_class: MinPerClass = 10,
+                   duplicates: Duplicates = "together"):
+    """Cut objects out of survey images (FITS with a WCS) at the RA/Dec (or l/b) of a catalogue: one cut-out
+    per object and band, centred on its position in each band's image and aligned on the sky, stacked in band
+    order. Every catalogue column is kept with its object, with the image file, HDU and pixel position per
+    band. Objects on no image of a band, or partial with --edge skip, are listed in OUTPUT.skipped.csv."""
+    from astroclass.data.sky import import_sky
+
+    common = _common(size, 3, None, stretch, interval, percentile, False, split, seed, workers, skip_bad, overwrite,
+                     min_per_class, duplicates, band_scaling)
+    order = [b.strip() for b in bands.split(",") if b.strip()] if bands else None
+    _done(import_sky(catalog, output, bands=band_patterns(band), images=images or [], band_order=order,
+                     ra_col=ra_col, dec_col=dec_col, frame=frame, label_col=label_col, id_col=id_col,
+                     cutout_size=cutout_size, reference_band=reference_band, edge=edge, **common))
 
 
 @import_app.command("efigi")
@@ -140,7 +222,7 @@ def info_cmd(file: Annotated[Path, typer.Argument(help="A prepared dataset (.h5)
         for s in counts:
             table.add_column(s, justify="right")
         table.add_column("total", justify="right")
-        for c in ds.class_names:
+        for c in ds.class_names or ["(unlabelled)"]:
             row = [counts[s][c] for s in counts]
             table.add_row(c, *map(str, row), str(sum(row)))
         table.add_row("all", *[str(sum(counts[s].values())) for s in counts], str(len(ds)), style="bold")

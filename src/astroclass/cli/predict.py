@@ -8,36 +8,81 @@ from typing import Annotated
 
 import typer
 
+from astroclass.cli.data import BandOption, DecCol, Edge, Frame, ImagesOption, RaCol, band_patterns
+
 model_app = typer.Typer(help="Inspect trained checkpoints.", no_args_is_help=True)
 Checkpoint = Annotated[Path, typer.Argument(help="A run's checkpoint.pt.")]
 
 
 def predict_cmd(checkpoint: Checkpoint,
-                inputs: Annotated[list[Path], typer.Argument(help="Image or FITS files, folders, catalogue CSVs "
-                                                                  "(--path-col), or prepared .h5 files.")],
-                output: Annotated[Path, typer.Option("--output", "-o", help="Predictions CSV (one row per object).")],
-                tta: Annotated[bool, typer.Option(
-                    "--tta", help="Average over the 8 flips/rotations of the square.")] = False,
+                inputs: Annotated[list[Path] | None, typer.Argument(
+                    metavar="INPUTS", help="Image or FITS files, folders, catalogues of image paths (--path-col; CSV, FITS table, "
+                         "VOTable, Parquet, ECSV), or prepared .h5 files. Not with --catalog.")] = None,
+                output: Annotated[Path | None, typer.Option(
+                    "--output", "-o", show_default=False, help="The classified catalogue: .csv, .fits, .parquet, .vot/.xml (VOTable) "
+                                           "or .ecsv, by its extension. Every input catalogue column is kept, then "
+                                           "predicted, p_<class> per class, status and error. Required.")] = None,
+                catalog: Annotated[Path | None, typer.Option(
+                    help="Classify this catalogue of positions (RA/Dec or l/b) straight from survey images "
+                         "(--band/--images), cut out as the model's training cut-outs were.")] = None,
+                band: BandOption = None, images: ImagesOption = None, ra_col: RaCol = None, dec_col: DecCol = None,
+                frame: Frame = None, edge: Edge = "pad",
+                tta: Annotated[bool | None, typer.Option(
+                    "--tta/--no-tta", help="Average over the 8 flips/rotations of the square (default: as the "
+                                           "model's run evaluated).", show_default=False)] = None,
                 overwrite: Annotated[bool, typer.Option(
                     "--overwrite", help="Replace the output if it exists.")] = False,
-                path_col: Annotated[str, typer.Option(help="Image-path column of catalogue CSV inputs.")] = "path",
-                id_col: Annotated[str | None, typer.Option(help="Id column of catalogue CSV inputs.")] = None,
-                allow_outside: Annotated[bool, typer.Option("--allow-outside", help="Let catalogue CSV paths leave "
+                path_col: Annotated[str, typer.Option(help="Image-path column of catalogue inputs.")] = "path",
+                id_col: Annotated[str | None, typer.Option(help="Id column of catalogue inputs (must exist).")] = None,
+                allow_outside: Annotated[bool, typer.Option("--allow-outside", help="Let catalogue paths leave "
                                                             "the catalogue's folder (absolute or ../ paths).")] = False,
                 device: Annotated[str, typer.Option(help="auto, cpu, cuda ...")] = "auto",
                 amp: Annotated[str, typer.Option(help="auto (bf16 autocast on CUDA GPUs and CPUs with AMX, as "
                                                       "training's evaluation; fp32 elsewhere), off (fp32) or bf16."
                                                  )] = "auto",
-                workers: Annotated[int | None, typer.Option(help="Decoding processes (default: all cores).")] = None,
+                workers: Annotated[int | None, typer.Option(
+                    help="Processes that read or cut out images (default: on a CPU one thread, reading ahead while "
+                         "the cores run the model; with a GPU every core but one).")] = None,
+                engine: Annotated[str, typer.Option(
+                    help="local, or ray: the parts over a Ray cluster (--ray-address), whose nodes are sent the "
+                         "images they need.")] = "local",
+                ray_address: Annotated[str | None, typer.Option(help="Ray cluster address (default: start or join "
+                                                                      "a local one).")] = None,
+                part_size: Annotated[int, typer.Option(
+                    help="Objects per part: the unit of work handed to a worker or Ray actor, and of resuming.",
+                    min=1)] = 512,
                 quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False):
-    """Classify new images with a trained model, using exactly its training preprocessing. Unreadable images
-    are reported as failed rows and the rest continue; the exit code is 3 when some rows failed."""
-    from astroclass.predict import load, predict_to_csv
+    """Classify new objects with a trained model, exactly as its training data was prepared: image files, or a
+    catalogue straight from survey images (--catalog with --band/--images). Rows that cannot be classified are
+    'failed' rows with the reason and the rest continue (exit code 3 when some failed). A killed prediction
+    resumes when run again with the same arguments."""
+    from astroclass.classify import files_job, run_job, sky_job
+    from astroclass.errors import AstroclassError
+    from astroclass.predict import load
 
-    res = predict_to_csv(load(checkpoint, device, amp), inputs, output, tta=tta, overwrite=overwrite, path_col=path_col,
-                         id_col=id_col, workers=workers, progress=not quiet, allow_outside=allow_outside)
+    if output is None:
+        raise AstroclassError("missing option --output / -o: the classified catalogue to write")
+    from astroclass.catalogs import output_format
+
+    output_format(output)  # an unknown format is refused before the model is loaded
+    if catalog is not None and inputs:
+        raise AstroclassError("give either inputs (files, folders, catalogues of image paths) or --catalog with "
+                              "survey images, not both")
+    if catalog is None and (band or images):
+        raise AstroclassError("--band/--images are the survey images of --catalog: give --catalog too")
+    clf = load(checkpoint, device, amp)
+    if catalog is not None:
+        if not band and not images:
+            raise AstroclassError("--catalog classifies from survey images: give them with --band NAME=FILES or "
+                                  "--images FILES (to classify cut-out files listed in a catalogue, pass it as an "
+                                  "input instead)")
+        job = sky_job(clf, catalog, band_patterns(band), images or [], ra_col, dec_col, frame, edge, part_size)
+    else:
+        job = files_job(clf, inputs or [], path_col, id_col, allow_outside, part_size)
+    res = run_job(clf, job, output, tta=tta, overwrite=overwrite, workers=workers, progress=not quiet,
+                  engine=engine, ray_address=ray_address, log=lambda m: typer.echo(m, err=True))
     typer.echo(f"wrote {res['output']}: {res['ok']} predicted, {res['failed']} failed, "
-               f"{res['images_per_s']:.0f} images/s{' (8-fold TTA)' if tta else ''}")
+               f"{res['images_per_s']:.0f} objects/s{' (8-fold TTA)' if res['tta'] else ''}")
     if res["failed"]:
         raise typer.Exit(3)
 

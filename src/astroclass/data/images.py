@@ -6,19 +6,23 @@ TIFF are scaled by their bit depth (value / 257, rounded) to uint8; 32-bit integ
 whose scaling is described below).
 
 FITS sources are read with astropy. A FITS file may hold a 2-D image or a 3-D cube ordered
-(bands, y, x), in the first HDU that carries image data. Each band is scaled independently to
-[0, 1] and stored as float16:
+(bands, y, x), in the first HDU that carries image data. The bands are scaled to [0, 1] and stored as
+float16 (the same scaling serves cut-outs from survey images, :mod:`astroclass.data.sky`):
 
 1. non-finite pixels (NaN, +/-inf) are replaced by the median of the band's finite pixels
    (an image with a band that has no finite pixel at all is rejected);
-2. an interval maps the band to [0, 1]: ``percentile`` keeps the central ``fits_percentile``
-   per cent of the pixel values (astropy ``PercentileInterval``), ``minmax`` the full range;
-   values outside are clipped;
-0. with ``fits_magnitudes`` (pixels stored as surface-brightness magnitudes, as in some
+2. with ``fits_magnitudes`` (pixels stored as surface-brightness magnitudes, as in some
    survey cutout sets), values are first converted to relative flux 10**(-0.4 m);
-3. a stretch is applied (astropy.visualization): ``linear``, ``sqrt``, ``log`` or ``asinh``
-   (``AsinhStretch(a=fits_asinh_a)``: near-linear for faint pixels, logarithmic for bright ones,
-   the usual choice for survey cutouts).
+3. ``band_scaling="per-band"``: an interval maps each band to [0, 1] on its own (``percentile`` keeps the
+   central ``fits_percentile`` per cent of the band's values, astropy ``PercentileInterval``; ``minmax``
+   the full range; values outside are clipped), then a stretch is applied (astropy.visualization):
+   ``linear``, ``sqrt``, ``log`` or ``asinh`` (``AsinhStretch(a=fits_asinh_a)``: near-linear for faint
+   pixels, logarithmic for bright ones). Every band fills [0, 1], so the colour of an object is lost;
+4. ``band_scaling="joint"`` keeps the colour (Lupton et al. 2004, as astropy's ``make_lupton_rgb`` does for
+   three bands): each band's sky level (the interval's lower limit) is subtracted, the bands' mean is the
+   intensity I, one scale maps I's upper limit to 1, the stretch is applied to I, and every band is
+   multiplied by stretch(I)/I, so the ratios between bands are those of the sky; a pixel whose brightest
+   band would pass 1 is scaled down as a whole (its colour kept), and negative values are clipped to 0.
 
 Bands can be selected and re-ordered with ``bands`` (indices, or names listed in the FITS
 header keyword ``BANDS``, e.g. ``"g,r,i"``).
@@ -40,6 +44,7 @@ FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fz")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
 FITS_STRETCHES = ("asinh", "linear", "sqrt", "log")
 FITS_INTERVALS = ("percentile", "minmax")
+BAND_SCALINGS = ("per-band", "joint")
 
 
 def is_fits(path: str | Path) -> bool:
@@ -66,6 +71,14 @@ class ImageSpec:
     fits_asinh_a: float = 0.1
     fits_magnitudes: bool = False
     """FITS pixel values are magnitudes (smaller = brighter): converted to flux 10**(-0.4 m) first."""
+    band_scaling: str = "per-band"
+    """FITS bands: "per-band" (each band scaled on its own) or "joint" (together, colour kept)."""
+    cutout_size: int | None = None
+    """Cut-outs from survey images: the cut-out's side in pixels of the reference band, resampled to ``size``;
+    None for images read from files."""
+    reference_band: str | None = None
+    """Cut-outs from survey images: the band whose pixel grid the cut-out follows (the others are aligned on
+    the sky to it)."""
 
     def __post_init__(self) -> None:
         from astroclass.errors import AstroclassError
@@ -80,6 +93,10 @@ class ImageSpec:
             raise AstroclassError(f"fits_interval must be one of {FITS_INTERVALS}, got {self.fits_interval!r}")
         if not 0 < self.fits_percentile <= 100:
             raise AstroclassError(f"fits_percentile must be in (0, 100], got {self.fits_percentile}")
+        if self.band_scaling not in BAND_SCALINGS:
+            raise AstroclassError(f"band_scaling must be one of {BAND_SCALINGS}, got {self.band_scaling!r}")
+        if self.cutout_size is not None and not 8 <= self.cutout_size <= 4096:
+            raise AstroclassError(f"cutout_size must be between 8 and 4096 pixels, got {self.cutout_size}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -179,8 +196,8 @@ def _read_fits(path: Path, spec: ImageSpec) -> DecodedImage:
         idx = [_band_index(b, names, path) for b in spec.bands]
         data = data[idx]
         names = tuple(names[i] for i in idx)
-    bands = [scale_band(band, spec, path, names[i]) for i, band in enumerate(data)]
-    out = np.stack([_resize_float(b, spec.size) for b in bands]).astype(np.float16)
+    scaled = scale_bands(data[None], spec, str(path), names)[0]
+    out = np.stack([resize_band(b, spec.size) for b in scaled]).astype(np.float16)
     return DecodedImage(np.ascontiguousarray(out), names)
 
 
@@ -194,35 +211,72 @@ def _band_index(token: str, names: tuple[str, ...], path: Path) -> int:
     raise BadImageError(f"{path}: band {token!r} not in this file's bands {list(names)}")
 
 
-def scale_band(band: np.ndarray, spec: ImageSpec, path: Path, name: str) -> np.ndarray:
-    from astropy.visualization import (
-        AsinhStretch,
-        LinearStretch,
-        LogStretch,
-        MinMaxInterval,
-        PercentileInterval,
-        SqrtStretch,
-    )
+def _stretch(spec: ImageSpec):
+    from astropy.visualization import AsinhStretch, LinearStretch, LogStretch, SqrtStretch
 
-    finite = np.isfinite(band)
-    if not finite.any():
-        raise BadImageError(f"{path}: band {name} has no finite pixel (all NaN/inf)")
+    return {"asinh": lambda: AsinhStretch(a=spec.fits_asinh_a), "linear": LinearStretch, "sqrt": SqrtStretch,
+            "log": LogStretch}[spec.fits_stretch]()
+
+
+def _limits(x: np.ndarray, spec: ImageSpec) -> tuple[np.ndarray, np.ndarray]:
+    """The interval's (lower, upper) limits over the last axis: astropy's ``PercentileInterval`` (numpy's
+    linear percentiles) or ``MinMaxInterval``, for many images at once."""
+    if spec.fits_interval == "percentile":
+        lower = (100 - spec.fits_percentile) * 0.5
+        lo, hi = np.percentile(x, (lower, 100 - lower), axis=-1)
+        return lo, hi
+    return x.min(axis=-1), x.max(axis=-1)
+
+
+def scale_bands(data: np.ndarray, spec: ImageSpec, where: str, names: tuple[str, ...]) -> np.ndarray:
+    """(n, C, H, W) raw pixel values → float32 in [0, 1], by ``spec``'s scaling (see the module's docstring);
+    each image is scaled on its own. A band without any finite pixel is a :class:`BadImageError` naming
+    ``where`` and the band."""
+    x = np.array(data, dtype=np.float64)  # a copy: filled and scaled in place
+    n, c = x.shape[:2]
+    flat = x.reshape(n, c, -1)
+    finite = np.isfinite(flat)
     if not finite.all():
-        band = np.where(finite, band, np.median(band[finite]))
+        for i, b in zip(*np.nonzero(~finite.all(axis=-1))):
+            ok = finite[i, b]
+            if not ok.any():
+                raise BadImageError(f"{where}: band {names[b] if b < len(names) else b} has no finite pixel "
+                                    f"(all NaN/inf)")
+            flat[i, b][~ok] = np.median(flat[i, b][ok])
     if spec.fits_magnitudes:
-        band = np.power(10.0, -0.4 * (band - band.min()))
-    interval = PercentileInterval(spec.fits_percentile) if spec.fits_interval == "percentile" else MinMaxInterval()
-    stretch = {
-        "asinh": lambda: AsinhStretch(a=spec.fits_asinh_a),
-        "linear": LinearStretch,
-        "sqrt": SqrtStretch,
-        "log": LogStretch,
-    }[spec.fits_stretch]()
-    scaled = stretch(interval(band, clip=True), clip=True)
-    return np.nan_to_num(scaled, nan=0.0).astype(np.float32)
+        flat[:] = np.power(10.0, -0.4 * (flat - flat.min(axis=-1, keepdims=True)))
+    stretch = _stretch(spec)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if spec.band_scaling == "per-band":
+            lo, hi = _limits(flat, spec)
+            flat -= lo[..., None]
+            flat /= (hi - lo)[..., None]
+            np.clip(flat, 0.0, 1.0, out=flat)
+            out = stretch(flat, clip=True)
+        else:  # joint: Lupton et al. (2004)
+            lo, _ = _limits(flat, spec)
+            flat -= lo[..., None]
+            intensity = flat.mean(axis=1)  # (n, H*W)
+            _, top = _limits(intensity, spec)
+            scale = np.where(top > 0, top, 1.0)[:, None]
+            intensity = np.clip(intensity / scale, 0.0, None)
+            gain = np.where(intensity > 0, stretch(intensity, clip=False) / intensity, 0.0)
+            out = flat / scale[:, None] * gain[:, None]
+            brightest = out.max(axis=1, keepdims=True)
+            out /= np.where(brightest > 1, brightest, 1.0)
+            np.clip(out, 0.0, 1.0, out=out)
+    return np.nan_to_num(out, nan=0.0).reshape(x.shape).astype(np.float32)
 
 
-def _resize_float(band: np.ndarray, size: int) -> np.ndarray:
+def scale_band(band: np.ndarray, spec: ImageSpec, path: Path, name: str) -> np.ndarray:
+    """One band (H, W) → float32 in [0, 1], scaled on its own (``band_scaling`` does not apply to one band)."""
+    from dataclasses import replace
+
+    return scale_bands(band[None, None], replace(spec, band_scaling="per-band"), str(path), (name,))[0, 0]
+
+
+def resize_band(band: np.ndarray, size: int) -> np.ndarray:
+    """One scaled band (H, W) → (size, size), Lanczos-resampled (antialiased when shrinking)."""
     if band.shape == (size, size):
         return band
     im = Image.fromarray(band.astype(np.float32), mode="F")

@@ -18,7 +18,7 @@ import re
 import tarfile
 import tempfile
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,13 +124,20 @@ def build_dataset(items: Sequence[Item], output: str | Path, spec: ImageSpec | N
                   workers: int | None = None, skip_bad: bool = False, overwrite: bool = False,
                   min_per_class: int = 10, duplicates: str = "together",
                   columns: dict[str, np.ndarray] | None = None, show_progress: bool = True,
-                  skipped: Sequence[tuple[str, str]] = ()) -> ImportReport:
+                  skipped: Sequence[tuple[str, str]] = (),
+                  decoded: Iterable[tuple[int, np.ndarray | None, tuple[str, ...], str, str]] | None = None
+                  ) -> ImportReport:
     """Decode, check, split and write ``items`` as a prepared dataset at ``output`` (``skipped``: what the
     source listing already left out, for ``OUTPUT.skipped.csv``).
 
     Images stream through: decoded in parallel into a scratch file beside the output (with a digest of
     each, to find identical ones), then copied block by block into the dataset once it is known which are
-    kept, so memory does not grow with the number of images."""
+    kept, so memory does not grow with the number of images. ``decoded``, when given, replaces the decoding of
+    each item's file: (item index, array or None, band names, error, :func:`pixel_digest`) for every item, in
+    any order (cut-outs from survey images come image by image).
+
+    ``class_names=[]`` makes an unlabelled dataset (labels -1, a random split): objects to classify, not to
+    train on."""
     import time
 
     spec = spec or ImageSpec()
@@ -146,27 +153,29 @@ def build_dataset(items: Sequence[Item], output: str | Path, spec: ImageSpec | N
     report = ImportReport(output=output)
     if class_names is None:
         class_names = sorted({it.label for it in items})
+    labelled = bool(class_names)
     class_index = {c: i for i, c in enumerate(class_names)}
-    unknown = sorted({it.label for it in items} - set(class_index))
+    unknown = sorted({it.label for it in items} - set(class_index)) if labelled else []
     if unknown:
         raise AstroclassError(f"labels {unknown[:5]} are not among the classes {list(class_names)}")
 
     with ExitStack() as stack:
         scratch = _Scratch(output, stack)
-        where: list[tuple[tuple, int] | None] = []  # per item: its scratch file and row, None if bad
-        digests: list[str] = []
+        where: list[tuple[tuple, int] | None] = [None] * len(items)  # per item: its scratch file and row
+        digests: list[str] = [""] * len(items)
         bad: list[tuple[int, str]] = []
         band_names: tuple[str, ...] = ()
         t0 = time.perf_counter()
         with Bar(show_progress, len(items), f"decoding {len(items)} images") as bar:
-            for i, (arr, bands, err, digest) in enumerate(parallel_imap(_decode, items, (spec,), workers,
-                                                                        progress=bar.advance)):
-                digests.append(digest)
+            results = decoded if decoded is not None else \
+                ((i, *r) for i, r in enumerate(parallel_imap(_decode, items, (spec,), workers)))
+            for i, arr, bands, err, digest in results:
+                bar.advance(1)
+                digests[i] = digest
                 if arr is None:
-                    where.append(None)
                     bad.append((i, err))
                     continue
-                where.append(scratch.add(arr))
+                where[i] = scratch.add(arr)
                 band_names = band_names or bands
         elapsed = time.perf_counter() - t0
         report.images_per_second = len(items) / elapsed if elapsed > 0 else 0.0
@@ -198,7 +207,7 @@ def build_dataset(items: Sequence[Item], output: str | Path, spec: ImageSpec | N
                     digests[i] = pixel_digest(_to_float(scratch.read(key, row)))
 
         kept_items = [items[i] for i in keep]
-        labels = np.array([class_index[it.label] for it in kept_items], dtype=np.int64)
+        labels = np.array([class_index[it.label] if labelled else -1 for it in kept_items], dtype=np.int64)
         # exact duplicates: identical stored pixels
         groups, dup_groups = _duplicate_groups([digests[i] for i in keep])
         conflicting = [g for g in dup_groups if len(set(labels[g])) > 1]
@@ -231,11 +240,12 @@ def build_dataset(items: Sequence[Item], output: str | Path, spec: ImageSpec | N
             else:
                 report.warnings.append(f"{desc}: each group is kept within one split")
 
-        present = np.bincount(labels, minlength=len(class_names))
+        present = np.bincount(labels, minlength=len(class_names)) if labelled else np.zeros(0, np.int64)
         empty = [c for c, n in zip(class_names, present) if n == 0]
         if empty:
             raise AstroclassError(f"class(es) {empty} have no readable images")
-        split = stratified_split(labels, class_names, fractions, seed, groups)
+        split = stratified_split(labels, class_names, fractions, seed, groups) if labelled else \
+            stratified_split(np.zeros(len(labels), np.int64), ["objects"], fractions, seed, groups)
         for c, n in zip(class_names, present):
             if n < min_per_class:
                 report.warnings.append(f"class {c!r} has only {n} images (minimum {min_per_class})")
@@ -258,8 +268,8 @@ def build_dataset(items: Sequence[Item], output: str | Path, spec: ImageSpec | N
                 columns=col_arrays)
     report.n_written = len(kept_items)
     report.class_counts = {
-        s: {c: int(((split == k) & (labels == i)).sum()) for i, c in enumerate(class_names)}
-        for k, s in enumerate(("train", "val", "test"))}
+        s: {c: int(((split == k) & (labels == i)).sum()) for i, c in enumerate(class_names)} if labelled else
+        {"(unlabelled)": int((split == k).sum())} for k, s in enumerate(("train", "val", "test"))}
     return report
 
 
@@ -365,10 +375,12 @@ def catalog_items(catalog: str | Path, root: str | Path | None = None, path_col:
                   label_col: str = "label", id_col: str | None = None, allow_outside: bool = False) -> list[Item]:
     """A CSV (or FITS table) with an image-path column and a label column; paths relative to root (default:
     the catalogue's folder), which they may not leave unless ``allow_outside``."""
+    from astroclass.catalogs import row_name
+
     catalog = Path(catalog)
     cols, rows = read_table(catalog)
     return table_items(cols, rows, str(catalog), Path(root) if root is not None else catalog.parent, path_col,
-                       label_col, id_col, allow_outside, first_row=2)  # row 1 is the header
+                       label_col, id_col, allow_outside, lambda i: row_name(catalog, i))
 
 
 def _cell(value: Any) -> str:
@@ -377,21 +389,23 @@ def _cell(value: Any) -> str:
 
 
 def table_items(cols: Sequence[str], rows: Iterable[Mapping[str, Any]], where: str, root: Path, path_col: str,
-                label_col: str, id_col: str | None, allow_outside: bool, first_row: int) -> list[Item]:
-    """The items of a catalogue's rows (a file's, or a table in memory), each checked, errors naming
-    ``where`` and the row number (``first_row`` for the first)."""
+                label_col: str, id_col: str | None, allow_outside: bool,
+                row_of: Callable[[int], str]) -> list[Item]:
+    """The items of a catalogue's rows (a file's, or a table in memory), each checked, errors naming ``where``
+    and the row as ``row_of(0-based index)`` names it."""
     for name, col in (("path", path_col), ("label", label_col), ("id", id_col)):
         if col is not None and col not in cols:
             raise AstroclassError(f"{where}: no {name} column {col!r}; columns are {list(cols)}")
     items = []
-    for n, row in enumerate(rows, start=first_row):
+    for n, row in enumerate(rows):
         rel, label = _cell(row.get(path_col)), _cell(row.get(label_col))
+        at = row_of(n)
         if not rel:
-            raise AstroclassError(f"{where}, row {n}: empty {path_col!r}")
+            raise AstroclassError(f"{at}: empty {path_col!r}")
         if not label:
-            raise AstroclassError(f"{where}, row {n}: empty {label_col!r} for {rel}")
+            raise AstroclassError(f"{at}: empty {label_col!r} for {rel}")
         ident = _cell(row.get(id_col)) if id_col else Path(rel).stem
-        full = catalog_path(root, rel, f"{where}, row {n}", allow_outside)
+        full = catalog_path(root, rel, at, allow_outside)
         items.append(Item(str(full), label, ident or Path(rel).stem, rel))
     return items
 

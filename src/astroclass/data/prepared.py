@@ -150,7 +150,12 @@ class PreparedWriter:
         if columns:
             grp = f.create_group("columns", track_order=False)
             for name in sorted(columns):
-                grp.create_dataset(name, data=np.asarray(columns[name]), track_times=False)
+                values = np.asarray(columns[name])
+                if values.dtype.kind in "OUS":  # text: variable-length UTF-8
+                    values = np.array([v.decode() if isinstance(v, bytes) else str(v) for v in values], dtype=object)
+                    grp.create_dataset(name, data=values, dtype=str_dt, track_times=False)
+                else:
+                    grp.create_dataset(name, data=values, track_times=False)
         attrs = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -278,9 +283,18 @@ class PreparedDataset:
         return sorted(self._file["columns"]) if "columns" in self._file else []
 
     def column(self, name: str) -> np.ndarray:
+        """A per-object column; text as str."""
         if name not in self.column_names():
             raise AstroclassError(f"{self.path}: no per-object column {name!r} (have {self.column_names()})")
-        return self._file["columns"][name][()]
+        values = self._file["columns"][name][()]
+        if values.dtype == object:
+            values = np.array([v.decode() if isinstance(v, bytes) else v for v in values], dtype=object)
+        return values
+
+    @property
+    def labelled(self) -> bool:
+        """Whether the objects have classes (a dataset cut out without a label column has none)."""
+        return bool(self.class_names)
 
     # -- splits ------------------------------------------------------------------------
     def indices(self, split: str) -> np.ndarray:
@@ -316,6 +330,9 @@ class PreparedDataset:
         out: dict[str, dict[str, int]] = {}
         for code, name in enumerate(SPLITS):
             sel = self.labels[self.split_codes == code]
+            if not self.labelled:
+                out[name] = {"(unlabelled)": len(sel)}
+                continue
             binc = np.bincount(sel, minlength=self.num_classes)
             out[name] = {c: int(binc[i]) for i, c in enumerate(self.class_names)}
         return out

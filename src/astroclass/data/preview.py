@@ -14,13 +14,16 @@ def display_rgb(img: np.ndarray) -> np.ndarray:
 
     uint8 (8-bit sources, already R, G, B) is divided by 255. float16 (FITS and synthetic bands,
     in wavelength order, e.g. g,r,i or u,g,r,i,z) is already in [0, 1]; its last three bands are
-    shown reversed so that the reddest band is red (g,r,i: i→R, r→G, g→B). One channel is grey.
+    shown reversed so that the reddest band is red (g,r,i: i→R, r→G, g→B); of two bands the redder is
+    red, the bluer blue and their mean green. One channel is grey.
     """
     x = img.astype(np.float32)
     if img.dtype == np.uint8:
         x /= 255.0
     if x.shape[0] == 1:
         x = np.repeat(x, 3, axis=0)
+    elif x.shape[0] == 2:
+        x = np.stack([x[1], x.mean(axis=0), x[0]])
     elif img.dtype != np.uint8:
         x = x[-3:][::-1]
     return np.clip(x.transpose(1, 2, 0), 0.0, 1.0)
@@ -34,10 +37,11 @@ def contact_sheet(ds: PreparedDataset, output: str | Path, per_class: int = 8, s
     import matplotlib.pyplot as plt
 
     rng = np.random.default_rng(seed)
-    k = ds.num_classes
+    names = ds.class_names if ds.labelled else ["(unlabelled)"]
+    k = len(names)
     fig, axes = plt.subplots(k, per_class, figsize=(per_class * 1.1, k * 1.15 + 0.3), squeeze=False)
-    for c, name in enumerate(ds.class_names):
-        idx = np.flatnonzero(ds.labels == c)
+    for c, name in enumerate(names):
+        idx = np.flatnonzero(ds.labels == c) if ds.labelled else np.arange(len(ds))
         pick = np.sort(rng.choice(idx, size=min(per_class, len(idx)), replace=False))
         imgs = ds.images(pick.astype(np.int64)) if len(pick) else np.empty((0,))
         for j in range(per_class):

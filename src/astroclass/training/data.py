@@ -263,6 +263,9 @@ def load_run_data(cfg: RunConfig, budget: int | None = None) -> RunData:
     from astroclass.data.subsets import nested_subset, parse_classes
 
     with PreparedDataset(cfg.dataset) as ds:
+        if not ds.labelled:
+            raise AstroclassError(f"{ds.path}: an unlabelled dataset (objects to classify, cut out without a label "
+                                  f"column): training needs a class per object (--label-col)")
         labels = ds.labels.copy()
         names = list(ds.class_names)
         if cfg.classes:
