@@ -1,57 +1,128 @@
-"""Throughput of `astroclass predict` on this machine (images/s, files → CSV): fp32 (`--amp off`) without and
-with 8-fold TTA, and the default (`--amp auto`: bf16 autocast on CPUs with AMX, fp32 elsewhere).
+"""Throughput of `astroclass predict` against the model alone, measured in one run on this machine:
 
-Trains a small model for one epoch on the real ARIES cutouts, then predicts all 3388 JPEG files.
-Usage: python benchmarks/bench_predict.py [--model efficientnet_lite0]
+1. files: efficientnet_lite0 fine-tuned briefly on the real ARIES cutouts; the model alone (batch 256, images
+   already in memory) vs `predict` on the 3388 JPEG files (default settings, and with --workers 2);
+2. the sky: efficientnet_lite0 trained briefly on cut-outs of a synthetic 3-band mosaic (4 tiles of
+   2048x2048, TAN WCSs); the model alone vs `predict --catalog` straight from the FITS tiles, with 1,000 and
+   100,000 objects, each in its own process, whose peak memory is read at its end.
+
+Rates from the sky are end to end (reading the catalogue, placing it on the tiles, reading them, cutting,
+classifying, writing the FITS table). Usage: python benchmarks/bench_predict.py [--big 100000]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import resource
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from astroclass.predict import load, predict_to_csv  # noqa: E402
-from astroclass.training import RunConfig, train  # noqa: E402
-from common import DATA, import_real, save  # noqa: E402
+from common import DATA, import_real, save, sky_mosaic, src_env  # noqa: E402
+
+
+def model_alone(checkpoint: Path, x) -> float:
+    """Images/s of the model on images already in memory, batch 256 (the second of two passes)."""
+    from astroclass.predict import load
+
+    clf = load(checkpoint, "cpu")
+    clf.predict_tensor(x[:256])
+    t0 = time.perf_counter()
+    clf.predict_tensor(x, batch_size=256)
+    return len(x) / (time.perf_counter() - t0)
+
+
+def child(args: list[str]) -> None:
+    """Run one prediction in this process and print its result and peak memory as JSON."""
+    from astroclass.classify import files_job, run_job, sky_job
+    from astroclass.predict import load
+
+    kind, checkpoint, out = args[0], args[1], args[2]
+    t0 = time.perf_counter()
+    clf = load(checkpoint, "cpu")
+    if kind == "sky":
+        catalog, patterns = args[3], json.loads(args[4])
+        job = sky_job(clf, catalog, {b: [p] for b, p in patterns.items()})
+    else:
+        job = files_job(clf, [args[3]])
+    workers = int(args[5]) if len(args) > 5 else None
+    res = run_job(clf, job, out, progress=False, workers=workers)
+    wall = time.perf_counter() - t0
+    print(json.dumps({"objects": res["ok"] + res["failed"], "ok": res["ok"], "wall_s": wall,
+                      "objects_per_s": (res["ok"] + res["failed"]) / wall, "parts_objects_per_s": res["images_per_s"],
+                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def run_child(*args: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True,
+                         env=src_env())
+    if out.returncode != 0:
+        sys.exit(out.stderr[-3000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--model", default="efficientnet_lite0")
+    ap.add_argument("--big", type=int, default=100_000, help="objects of the large sky case")
+    ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    cat = DATA / "aries_star_galaxy" / "labels.csv"
-    out = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        h5 = import_real("aries_star_galaxy", tmp)
-        run = Path(tmp) / "run"
-        train(RunConfig(dataset=str(h5), model=args.model, setup="pretrained" if args.model == "efficientnet_lite0"
-                        else "scratch", head_epochs=1, epochs=2), run, progress=False)
-        clf = load(run / "checkpoint.pt", "cpu", amp="off")
-        from astroclass.data import PreparedDataset
+    if args.child:
+        child(args.child)
+        return
+    from astroclass.data import PreparedDataset
+    from astroclass.data.sky import import_sky
+    from astroclass.training import RunConfig, train
 
+    results: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        # 1. files
+        h5 = import_real("aries_star_galaxy", tmp)
+        train(RunConfig(dataset=str(h5), model="efficientnet_lite0", setup="pretrained", weights="package",
+                        head_epochs=1, epochs=1), tmp / "files_run", progress=False)
         with PreparedDataset(h5) as ds:
-            x, y = ds.tensors("test")
-        acc = {tta: float((clf.predict_tensor(x, tta=tta).argmax(1) == y.numpy()).mean()) for tta in (False, True)}
-        out["test_accuracy"] = {"plain": acc[False], "tta": acc[True]}
-        print(f"test accuracy on the ARIES test split ({len(y)} images): plain {acc[False]:.4f}, "
-              f"8-fold TTA {acc[True]:.4f} ({acc[True] - acc[False]:+.4f})")
-        for tta in (False, True):
-            res = predict_to_csv(clf, [cat], Path(tmp) / f"p{tta}.csv", tta=tta, progress=False)
-            out["tta_images_per_s" if tta else "plain_images_per_s"] = res["images_per_s"]
-            print(f"predict {res['ok']} JPEG files, tta={tta}: {res['images_per_s']:.0f} images/s", flush=True)
-        auto = load(run / "checkpoint.pt", "cpu")  # the default: --amp auto
-        out["auto_is_bf16"] = auto.amp
-        res = predict_to_csv(auto, [cat], Path(tmp) / "pauto.csv", progress=False)
-        out["auto_images_per_s"] = res["images_per_s"]
-        out["test_accuracy"]["auto"] = float((auto.predict_tensor(x).argmax(1) == y.numpy()).mean())
-        print(f"predict {res['ok']} JPEG files, --amp auto ({'bf16' if auto.amp else 'fp32'}): "
-              f"{res['images_per_s']:.0f} images/s; test accuracy {out['test_accuracy']['auto']:.4f}", flush=True)
-    print(f"TTA costs {out['plain_images_per_s'] / out['tta_images_per_s']:.1f}x the time of a plain pass; the default "
-          f"runs {out['auto_images_per_s'] / out['plain_images_per_s']:.2f}x the fp32 rate")
-    print(f"saved {save('predict_cpu', {'model': args.model, **out})}")
+            x = ds.images()
+        import torch
+
+        alone = model_alone(tmp / "files_run" / "checkpoint.pt", torch.from_numpy(x))
+        cat = str(DATA / "aries_star_galaxy" / "labels.csv")
+        default = run_child("files", str(tmp / "files_run" / "checkpoint.pt"), str(tmp / "f1.csv"), cat)
+        pool = run_child("files", str(tmp / "files_run" / "checkpoint.pt"), str(tmp / "f2.csv"), cat, "{}", "2")
+        results["files"] = {"model_alone_images_per_s": alone, "predict_default": default, "predict_workers_2": pool,
+                            "ratio_default": default["objects_per_s"] / alone,
+                            "ratio_workers_2": pool["objects_per_s"] / alone}
+        print(f"files ({len(x)} ARIES JPEGs): model alone {alone:.0f}/s; predict {default['objects_per_s']:.0f}/s "
+              f"({results['files']['ratio_default']:.2f}x), with --workers 2 {pool['objects_per_s']:.0f}/s "
+              f"({results['files']['ratio_workers_2']:.2f}x)", flush=True)
+        # 2. the sky
+        train_cat, train_bands = sky_mosaic(tmp / "train_sky", 1500, seed=1)
+        sky_h5 = tmp / "sky.h5"
+        import_sky(train_cat, sky_h5, bands={b: [p] for b, p in train_bands.items()}, show_progress=False)
+        train(RunConfig(dataset=str(sky_h5), model="efficientnet_lite0", setup="scratch", epochs=1),
+              tmp / "sky_run", progress=False)
+        with PreparedDataset(sky_h5) as ds:
+            xs = torch.from_numpy(ds.images())
+        sky_alone = model_alone(tmp / "sky_run" / "checkpoint.pt", torch.cat([xs] * 2))
+        results["sky"] = {"model_alone_images_per_s": sky_alone}
+        for n in (1000, args.big):
+            cat_n, bands_n = sky_mosaic(tmp / f"sky_{n}", n, seed=2)
+            r = run_child("sky", str(tmp / "sky_run" / "checkpoint.pt"), str(tmp / f"s{n}.fits"), str(cat_n),
+                          json.dumps(bands_n))
+            r["ratio"] = r["objects_per_s"] / sky_alone
+            results["sky"][str(n)] = r
+            print(f"sky, {n} objects on 4 tiles x 3 bands: {r['objects_per_s']:.0f}/s end to end ({r['ratio']:.2f}x "
+                  f"the model alone, {sky_alone:.0f}/s); parts {r['parts_objects_per_s']:.0f}/s; peak memory "
+                  f"{r['peak_rss_mb']:.0f} MB", flush=True)
+            for f in (tmp / f"sky_{n}").glob("*.fits"):
+                f.unlink()
+        small, big = results["sky"]["1000"]["peak_rss_mb"], results["sky"][str(args.big)]["peak_rss_mb"]
+        results["sky"]["memory_ratio_big_vs_1000"] = big / small
+        print(f"peak memory {args.big} vs 1000 objects: {big / small:.3f}x")
+    print(f"saved {save('predict_cpu', results)}")
 
 
 if __name__ == "__main__":

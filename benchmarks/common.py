@@ -99,3 +99,59 @@ def projection(rates: dict[str, float], eval_factor: float = 0.15) -> dict[str, 
     """Hours for the paper's 600 runs at a training throughput (images/s) per model: the images of
     :func:`paper_train_images`; validation passes add ``eval_factor`` of a training epoch's time."""
     return {m: paper_train_images(m) / rate * (1 + eval_factor) / 3600 for m, rate in rates.items()}
+
+
+def sky_mosaic(folder: str | Path, n: int, seed: int = 0, tiles: tuple[int, int] = (2, 2), tile: int = 2048,
+               bands: tuple[str, ...] = ("g", "r", "i"), overlap: int = 48) -> tuple[Path, dict[str, str]]:
+    """A synthetic survey: ``tiles`` tiles of ``tile`` x ``tile`` pixels per band (plain float32 FITS, one TAN
+    projection at 0.396"/px, each band's WCS shifted by a fraction of a pixel as SDSS bands are), with ``n``
+    objects (stars: a Gaussian PSF, galaxies: wider) at random positions over the mosaic, and their catalogue
+    (ra, dec, label, mag). Returns (catalogue path, {band: glob of its tiles})."""
+    import numpy as np
+    from astropy.io import fits
+    from astropy.table import Table
+    from astropy.wcs import WCS
+    from scipy import ndimage
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    step = tile - overlap
+    width, height = step * tiles[0] + overlap, step * tiles[1] + overlap
+
+    def wcs(x0: float, y0: float) -> WCS:
+        w = WCS(naxis=2)
+        w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+        w.wcs.crval = [150.0, 2.0]
+        w.wcs.crpix = [width / 2 + 0.5 - x0, height / 2 + 0.5 - y0]
+        w.wcs.cdelt = [-0.396 / 3600, 0.396 / 3600]
+        return w
+
+    x, y = rng.uniform(8, width - 8, n), rng.uniform(8, height - 8, n)
+    star = rng.random(n) < 0.5
+    mag = rng.uniform(16, 21, n)
+    sky = wcs(0, 0).pixel_to_world(x, y)
+    cat = folder / "catalog.fits"
+    Table({"ra": sky.ra.deg, "dec": sky.dec.deg, "label": np.where(star, "star", "galaxy"), "mag": mag}).write(
+        cat, overwrite=True)
+    flux = 10 ** (-0.4 * (mag - 22.5)) * 50
+    patterns = {}
+    for b, band in enumerate(bands):
+        shift = (0.3 * b, -0.2 * b)  # each band's own WCS, a fraction of a pixel off the first
+        for i in range(tiles[0]):
+            for j in range(tiles[1]):
+                x0, y0 = i * step, j * step
+                img = np.zeros((tile, tile), np.float32)
+                for kind, sigma in ((star, 1.4), (~star, 3.5)):
+                    layer = np.zeros((tile, tile), np.float32)
+                    px, py = np.rint(x[kind] - x0 + shift[0]).astype(int), np.rint(y[kind] - y0 + shift[1]).astype(int)
+                    inside = (px >= 0) & (px < tile) & (py >= 0) & (py < tile)
+                    np.add.at(layer, (py[inside], px[inside]), flux[kind][inside] * (1 + 0.2 * b))
+                    img += ndimage.gaussian_filter(layer, sigma)
+                img += rng.normal(0, 1.0, img.shape).astype(np.float32)
+                w = wcs(x0 - shift[0], y0 - shift[1])
+                hdr = w.to_header()
+                hdr["FILTER"] = band
+                fits.PrimaryHDU(img, hdr).writeto(folder / f"tile-{band}-{i}{j}.fits", overwrite=True)
+        patterns[band] = str(folder / f"tile-{band}-*.fits")
+    return cat, patterns

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -68,3 +69,70 @@ def tiny_h5(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny") / "tiny.h5"
     build_dataset(picked, out, ImageSpec(size=32), source={"kind": "test slice"}, show_progress=False)
     return out
+
+
+class RayCluster:
+    """Two Ray nodes started on this machine by :func:`two_node_ray`."""
+
+    def __init__(self, address: str, env: dict, head: Path, node: Path):
+        self.address, self.env, self.head, self.node = address, env, head, node
+
+    def run(self, cwd: Path, *args: str):
+        """Run a command in ``cwd`` with the cluster's token and its own astroclass cache (``cwd/cache``)."""
+        import subprocess
+
+        out = subprocess.run([str(a) for a in args], cwd=cwd, env={**self.env, "ASTROCLASS_CACHE": str(cwd / "cache")},
+                             capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return out
+
+
+@contextlib.contextmanager
+def two_node_ray(tmp_path: Path, driver: Path):
+    """A Ray cluster of two nodes on this machine, each with its own temp dir and working folder
+    (``tmp_path/head``, ``tmp_path/node``): the head has no CPU for actors, so they all run on the other node,
+    which does not see ``driver`` at all (an empty file system is mounted over it in its mount namespace), as a
+    node of a cluster without shared storage would not. Stopped on leaving."""
+    import secrets
+    import shutil
+    import socket
+    import subprocess
+    import sys
+
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    head, node = tmp_path / "head", tmp_path / "node"
+    for d in (head, node):
+        d.mkdir(parents=True)
+    temp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: Ray's socket paths have a length limit
+    token = temp / "token"  # the cluster's own token: nodes and driver authenticate with it
+    token.write_text(secrets.token_hex(32))
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token), "RAY_USAGE_STATS_ENABLED": "0",
+           "PYTHONPATH": os.pathsep.join(sys.path)}
+
+    def hidden(folder: Path, user: bool) -> list[str]:
+        """The start of a command line that runs the rest in a mount namespace where ``folder`` is empty (as root;
+        with ``user``, in a user namespace of its own, for a machine where the tests do not run as root)."""
+        return ["unshare", *(["--user", "--map-root-user"] if user else []), "--mount", "--propagation", "private",
+                "sh", "-c", f'mount -t tmpfs tmpfs "{folder}" && exec "$0" "$@"']
+
+    errors = []
+    for user in (False, True):
+        probe = subprocess.run([*hidden(driver, user), "test", "!", "-e", str(driver / "t.yaml")], capture_output=True)
+        if probe.returncode == 0:
+            break
+        errors.append(probe.stderr.decode().strip()[:200])
+    assert probe.returncode == 0, ("the test hides the driver's files from the other node with a mount namespace "
+                                   f"(util-linux unshare, as root or with user namespaces enabled): {errors}")
+    cluster = RayCluster(f"127.0.0.1:{port}", env, head, node)
+    try:
+        cluster.run(head, ray_bin, "start", "--disable-usage-stats", "--head", "--include-dashboard=false",
+                    f"--port={port}", "--num-cpus=0", f"--temp-dir={temp / 'h'}")
+        cluster.run(node, *hidden(driver, user), ray_bin, "start", "--disable-usage-stats",
+                    f"--address=127.0.0.1:{port}", "--num-cpus=2", f"--temp-dir={temp / 'n'}")
+        yield cluster
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], capture_output=True, timeout=120, env=env)
+        shutil.rmtree(temp, ignore_errors=True)

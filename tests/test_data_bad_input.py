@@ -276,7 +276,8 @@ def test_catalogue_paths_may_not_leave_its_folder(cli, tmp_path):
             w.writeheader()
             w.writerows(edited)
         assert_fails(cli, ["data", "import", "catalog", cat / "edited.csv", "-o", tmp_path / "o.h5",
-                           "--min-per-class", "1"], "edited.csv, row 4 (line 5)", shown, "is outside", "--allow-outside")
+                           "--min-per-class", "1"], "edited.csv, row 4 (line 5)", shown, "is outside",
+                     "--allow-outside")
         assert not (tmp_path / "o.h5").exists()
     edited = [dict(r) for r in rows]
     edited[3]["path"] = "../outside/stray.jpg"

@@ -8,7 +8,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from astroclass.data import PreparedDataset
 from astroclass.errors import AstroclassError
 from astroclass.experiments import GridOptions, GridSpec, Store, run_grid
 from astroclass.experiments.status import export, grid_status
+from conftest import two_node_ray
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -503,60 +503,18 @@ def test_a_ray_cluster_without_shared_storage_runs_a_grid_and_the_driver_gets_ev
     """Two Ray nodes on this machine, each with its own temp dir, working folder and dataset cache; the head
     node has no CPU for actors, so every run trains on the other node, which does not see the driver's
     folder (spec, dataset and experiment, named by relative paths at the driver) at all."""
-    import secrets
-    import socket
-
     from astroclass.report import build_report
 
-    ray_bin = str(Path(sys.executable).with_name("ray"))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    driver, head, node = tmp_path / "driver", tmp_path / "head", tmp_path / "node"
-    for d in (driver / "data", head, node):
-        d.mkdir(parents=True)
+    driver = tmp_path / "driver"
+    (driver / "data").mkdir(parents=True)
     shutil.copy(tiny_h5, driver / "data" / "tiny.h5")
     spec = write_spec(driver, Path("data/tiny.h5"), models=["test_resnet", "test_efficientnet"],
                       train={"epochs": 2, "batch_size": 16, "patience": 2})
-    temp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: Ray's socket paths have a length limit
-    token = temp / "token"  # the cluster's own token: nodes and driver authenticate with it
-    token.write_text(secrets.token_hex(32))
-    base = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token), "RAY_USAGE_STATS_ENABLED": "0",
-            "PYTHONPATH": os.pathsep.join(sys.path)}
-
-    def hidden(folder: Path, user: bool) -> list[str]:
-        """The start of a command line that runs the rest in a mount namespace where ``folder`` is empty (as root;
-        with ``user``, in a user namespace of its own, for a machine where the tests do not run as root)."""
-        return ["unshare", *(["--user", "--map-root-user"] if user else []), "--mount", "--propagation", "private",
-                "sh", "-c", f'mount -t tmpfs tmpfs "{folder}" && exec "$0" "$@"']
-
-    errors = []
-    for user in (False, True):
-        probe = subprocess.run([*hidden(driver, user), "test", "!", "-e", str(driver / "t.yaml")], capture_output=True)
-        if probe.returncode == 0:
-            break
-        errors.append(probe.stderr.decode().strip()[:200])
-    assert probe.returncode == 0, ("the test hides the driver's files from the other node with a mount namespace "
-                                   f"(util-linux unshare, as root or with user namespaces enabled): {errors}")
-
-    def run_in(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-        out = subprocess.run(list(args), cwd=cwd, env={**base, "ASTROCLASS_CACHE": str(cwd / "cache")},
-                             capture_output=True, text=True, timeout=600)
-        assert out.returncode == 0, out.stderr[-3000:]
-        return out
-
-    try:
-        run_in(head, ray_bin, "start", "--disable-usage-stats", "--head", "--include-dashboard=false",
-               f"--port={port}", "--num-cpus=0", f"--temp-dir={temp / 'h'}")
-        # the worker node does not see the driver's folder: an empty file system is mounted over it there
-        run_in(node, *hidden(driver, user), ray_bin, "start", "--disable-usage-stats", f"--address=127.0.0.1:{port}",
-               "--num-cpus=2", f"--temp-dir={temp / 'n'}")
+    with two_node_ray(tmp_path, driver) as cluster:
         # the driver: a relative spec, dataset and experiment folder, none of them in the nodes' folders
-        run_in(driver, sys.executable, "-m", "astroclass", "grid", "run", spec.name, "-e", "exp", "--engine", "ray",
-               "--ray-address", f"127.0.0.1:{port}", "--threads", "1", "--keep", "all", "-q")
-    finally:
-        subprocess.run([ray_bin, "stop", "--force"], capture_output=True, timeout=120, env=base)
-        shutil.rmtree(temp, ignore_errors=True)
+        cluster.run(driver, sys.executable, "-m", "astroclass", "grid", "run", spec.name, "-e", "exp", "--engine",
+                    "ray", "--ray-address", cluster.address, "--threads", "1", "--keep", "all", "-q")
+    head, node = cluster.head, cluster.node
     counts = Store(driver / "exp" / "store.sqlite").counts()
     assert counts == {"pending": 0, "running": 0, "done": 4, "failed": 0}
     runs = Store(driver / "exp" / "store.sqlite").runs()

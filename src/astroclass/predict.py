@@ -136,6 +136,8 @@ class Classifier:
 
     def read(self, path: str | Path) -> tuple[np.ndarray | None, str]:
         """One file with the training preprocessing: (array, "") or (None, reason)."""
+        from astroclass.classify import read_for_model
+
         return read_for_model(str(path), self.preprocessing())
 
     def preprocessing(self) -> tuple[dict, int, bool]:
@@ -145,30 +147,6 @@ class Classifier:
 def load(checkpoint: str | Path, device: str = "auto", amp: str = "auto") -> Classifier:
     """Load a trained checkpoint for prediction: ``astroclass.load("run/checkpoint.pt").predict(x)``."""
     return Classifier(checkpoint, device, amp)
-
-
-# ---------------------------------------------------------------------------------------------
-# one file
-
-
-def read_for_model(path: str, preprocessing: tuple[dict, int, bool]) -> tuple[np.ndarray | None, str]:
-    """Read one file as the model's training data was stored: (array, "") or (None, reason).
-
-    Runs in worker processes, so it takes plain values: (image spec dict, channels, float storage).
-    """
-    from astroclass.data.images import ImageSpec, read_image
-    from astroclass.errors import BadImageError
-
-    spec_dict, in_chans, float_store = preprocessing
-    try:
-        arr = read_image(path, ImageSpec.from_dict(spec_dict)).array
-    except BadImageError as exc:
-        return None, str(exc)
-    if arr.shape[0] != in_chans:
-        return None, f"{path}: has {arr.shape[0]} band(s); the model takes {in_chans}"
-    if float_store and arr.dtype == np.uint8:
-        arr = (arr.astype(np.float32) / 255).astype(np.float16)
-    return arr, ""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -110,12 +110,13 @@ ImagesOption = Annotated[list[str] | None, typer.Option(
     "--images", metavar="FILES",
     help="FITS images whose band their header names (2-D: FILTER or BAND; a cube: BANDS, one band per plane). "
          "Repeatable; combines with --band.")]
-RaCol = Annotated[str | None, typer.Option(help="Longitude column (default: the first of ra/dec, RA/DEC, RAJ2000/DEJ2000, "
-                                                "ALPHA_J2000/DELTA_J2000, ... or galactic l/b, glon/glat). Degrees "
-                                                "unless the column's unit says otherwise; sexagesimal text works.")]
+RaCol = Annotated[str | None, typer.Option(
+    help="Longitude column (default: the first of ra/dec, RA/DEC, RAJ2000/DEJ2000, ALPHA_J2000/DELTA_J2000, ... or "
+         "galactic l/b, glon/glat). Degrees unless the column's unit says otherwise; sexagesimal text works.")]
 DecCol = Annotated[str | None, typer.Option(help="Latitude column (see --ra-col).")]
-Frame = Annotated[str | None, typer.Option(help="Frame of the coordinates: icrs (default for RA/Dec), fk5, fk4, galactic "
-                                                "(default for l/b), or any other astropy knows.")]
+Frame = Annotated[str | None, typer.Option(
+    help="Frame of the coordinates: icrs (default for RA/Dec), fk5, fk4, galactic (default for l/b), or any other "
+         "astropy knows.")]
 Edge = Annotated[str, typer.Option(help="Objects whose cut-out reaches beyond an image's edge: 'pad' keeps them, "
                                         "filled with the local sky and flagged by cutout_coverage < 1; 'skip' leaves "
                                         "them out, with the reason.")]

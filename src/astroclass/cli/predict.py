@@ -16,10 +16,12 @@ Checkpoint = Annotated[Path, typer.Argument(help="A run's checkpoint.pt.")]
 
 def predict_cmd(checkpoint: Checkpoint,
                 inputs: Annotated[list[Path] | None, typer.Argument(
-                    metavar="INPUTS", help="Image or FITS files, folders, catalogues of image paths (--path-col; CSV, FITS table, "
+                    metavar="INPUTS",
+                    help="Image or FITS files, folders, catalogues of image paths (--path-col; CSV, FITS table, "
                          "VOTable, Parquet, ECSV), or prepared .h5 files. Not with --catalog.")] = None,
                 output: Annotated[Path | None, typer.Option(
-                    "--output", "-o", show_default=False, help="The classified catalogue: .csv, .fits, .parquet, .vot/.xml (VOTable) "
+                    "--output", "-o", show_default=False,
+                    help="The classified catalogue: .csv, .fits, .parquet, .vot/.xml (VOTable) "
                                            "or .ecsv, by its extension. Every input catalogue column is kept, then "
                                            "predicted, p_<class> per class, status and error. Required.")] = None,
                 catalog: Annotated[Path | None, typer.Option(

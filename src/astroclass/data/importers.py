@@ -136,8 +136,8 @@ def build_dataset(items: Sequence[Item], output: str | Path, spec: ImageSpec | N
     each item's file: (item index, array or None, band names, error, :func:`pixel_digest`) for every item, in
     any order (cut-outs from survey images come image by image).
 
-    ``class_names=[]`` makes an unlabelled dataset (labels -1, a random split): objects to classify, not to
-    train on."""
+    ``class_names=[]`` makes an unlabelled dataset (labels -1, every object in the test split): objects to
+    classify, not to train on."""
     import time
 
     spec = spec or ImageSpec()
@@ -245,7 +245,7 @@ def build_dataset(items: Sequence[Item], output: str | Path, spec: ImageSpec | N
         if empty:
             raise AstroclassError(f"class(es) {empty} have no readable images")
         split = stratified_split(labels, class_names, fractions, seed, groups) if labelled else \
-            stratified_split(np.zeros(len(labels), np.int64), ["objects"], fractions, seed, groups)
+            np.full(len(labels), 2, np.uint8)  # objects to classify: all of them held out
         for c, n in zip(class_names, present):
             if n < min_per_class:
                 report.warnings.append(f"class {c!r} has only {n} images (minimum {min_per_class})")

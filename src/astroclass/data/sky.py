@@ -135,7 +135,7 @@ def _open_images(path: str, selector: str | None, band: str | None, where: str) 
     from astropy.io import fits
 
     try:
-        with fits.open(path) as hdul:
+        with quiet_astropy(), fits.open(path) as hdul:
             if selector is not None:
                 key: int | str = int(selector) if selector.lstrip("-").isdigit() else selector
                 try:
@@ -160,7 +160,7 @@ def _open_images(path: str, selector: str | None, band: str | None, where: str) 
                 if name is None:
                     raise AstroclassError(f"{path}: its band is not in its header ({'/'.join(BAND_KEYWORDS)}): give "
                                           f"it with --band NAME={path}")
-                return [SkyImage(path, index, -1, name, shape)]  # type: ignore[arg-type]
+                return [SkyImage(path, index, -1, name, (shape[0], shape[1]))]
             if band is not None:
                 raise AstroclassError(f"{where}: {path} is a cube of {shape[0]} planes; give cubes with --images "
                                       f"(its bands named by the header keyword BANDS), not as one band")
@@ -361,7 +361,7 @@ def sky_parts(plan: CutoutPlan, objects: np.ndarray, rows: np.ndarray, spec: Ima
     groups: OrderedDict[tuple[int, ...], list[int]] = OrderedDict()
     for j, i in enumerate(objects):
         groups.setdefault(tuple(int(plan.image_of[b][i]) for b in plan.bands), []).append(j)
-    parts = []
+    parts: list[SkyPart] = []
     for key, members in groups.items():
         for s in range(0, len(members), part_size):
             js = np.array(members[s:s + part_size])
@@ -390,7 +390,7 @@ def _image_data(im: SkyImage) -> np.ndarray:
         _DATA.move_to_end(key)
         return _DATA[key]
     try:
-        with fits.open(im.path, memmap=False) as hdul:
+        with quiet_astropy(), fits.open(im.path, memmap=False) as hdul:  # "may have been truncated": said below
             data = hdul[im.hdu].data
             plane = np.asarray(data[im.plane] if im.plane >= 0 else data, dtype=np.float32)
     except Exception as exc:
@@ -405,9 +405,11 @@ def _image_data(im: SkyImage) -> np.ndarray:
 
 
 def _window(data: np.ndarray, x0: int, y0: int, w: int, h: int) -> np.ndarray:
-    """data[y0:y0+h, x0:x0+w] as float64, NaN where it lies off the image."""
-    out = np.full((h, w), np.nan)
+    """data[y0:y0+h, x0:x0+w] (float32), NaN where it lies off the image."""
     ny, nx = data.shape
+    if x0 >= 0 and y0 >= 0 and x0 + w <= nx and y0 + h <= ny:
+        return data[y0:y0 + h, x0:x0 + w]
+    out = np.full((h, w), np.nan, np.float32)
     xa, xb, ya, yb = max(x0, 0), min(x0 + w, nx), max(y0, 0), min(y0 + h, ny)
     if xa < xb and ya < yb:
         out[ya - y0:yb - y0, xa - x0:xb - x0] = data[ya:yb, xa:xb]
@@ -430,7 +432,7 @@ def _lanczos(t: np.ndarray) -> np.ndarray:
     normalised to sum 1 (a flat image stays flat)."""
     d = t[:, None] - np.arange(-LANCZOS_A + 1, LANCZOS_A + 1)[None, :]
     w = np.sinc(d) * np.sinc(d / LANCZOS_A)
-    return w / w.sum(axis=1, keepdims=True)
+    return (w / w.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def _shift_cut(data: np.ndarray, xy: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -442,10 +444,10 @@ def _shift_cut(data: np.ndarray, xy: np.ndarray, size: int) -> tuple[np.ndarray,
     fx, fy = np.floor(sx).astype(np.int64), np.floor(sy).astype(np.int64)
     tx, ty = sx - fx, sy - fy
     wx, wy = _lanczos(tx), _lanczos(ty)
-    out = np.zeros((n, size, size))
+    out = np.zeros((n, size, size), np.float32)
     cover = np.zeros(n)
     errors = [""] * n
-    wins = np.empty((n, span, span))
+    wins = np.empty((n, span, span), np.float32)
     for k in range(n):
         got = _filled(_window(data, int(fx[k]) - a + 1, int(fy[k]) - a + 1, span, span))
         if got is None:
@@ -498,7 +500,7 @@ def cut_part(part: SkyPart) -> tuple[np.ndarray, np.ndarray, list[str]]:
     spec = ImageSpec.from_dict(part.spec)
     n, nb = len(part.rows), len(part.images)
     size = spec.cutout_size or spec.size
-    raw = np.zeros((n, nb, size, size))
+    raw = np.zeros((n, nb, size, size), np.float32)
     cover = np.ones(n)
     errors = [""] * n
     eye = np.eye(2)
@@ -524,7 +526,8 @@ def cut_part(part: SkyPart) -> tuple[np.ndarray, np.ndarray, list[str]]:
     if good.any():
         names = tuple(im.band for im in part.images)
         try:
-            scaled = scale_bands(raw[good], spec, part.images[0].label(), names)
+            scaled = scale_bands(raw if good.all() else raw[good], spec, part.images[0].label(), names,
+                                 in_place=True)
         except BadImageError as exc:  # cannot happen after filling, but a bad row must not fail the rest
             return out, cover, [str(exc)] * n
         if size != spec.size:
@@ -537,8 +540,7 @@ def iter_cutouts(parts: Sequence[SkyPart], workers: int | None = None) -> Iterat
     """(part, :func:`cut_part` of it) for each part, in order, the parts cut in ``workers`` processes."""
     from astroclass.parallel import parallel_imap
 
-    for part, res in zip(parts, parallel_imap(cut_part, list(parts), (), workers, chunk=1, ahead=2)):
-        yield part, res
+    yield from zip(parts, parallel_imap(cut_part, list(parts), (), workers, chunk=1, ahead=2))
 
 
 # ---------------------------------------------------------------------------------------------
