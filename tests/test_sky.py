@@ -467,3 +467,58 @@ def test_bad_survey_input_gets_one_line_errors_or_failed_rows(crop4510, field390
     rows = list(csv.DictReader(open(tmp_path / "p.csv")))
     assert len(rows) == 562 and {r["status"] for r in rows} == {"failed"}
     assert all("frame-i.fits" in r["error"] and "unreadable FITS data" in r["error"] for r in rows)
+
+
+@pytest.mark.slow
+def test_a_ray_cluster_without_shared_storage_classifies_a_catalogue_and_resumes(field3900, tmp_path, monkeypatch):
+    """Two Ray nodes on this machine; the one that works does not see the driver's folder, where the catalogue,
+    the frames and the checkpoint are: the frames and the checkpoint reach it through the object store. A local
+    prediction killed after two parts leaves them done; run again on the cluster it classifies only the rest,
+    and its table equals an uninterrupted local run's."""
+    import sys
+
+    from astropy.table import Table
+
+    from astroclass import classify
+    from astroclass.predict import load
+    from conftest import two_node_ray
+
+    driver = tmp_path / "driver"
+    driver.mkdir()
+    for f in ("catalog.fits", "frame-u-003900-6-0269.fits.bz2", "frame-i-003900-6-0269.fits.bz2"):
+        shutil.copy(field3900["field"] / f, driver / f)
+    shutil.copy(field3900["ckpt"], driver / "model.pt")
+    monkeypatch.chdir(driver)
+    clf = load("model.pt")
+
+    def job():
+        return classify.sky_job(clf, "catalog.fits", images=["frame-*.fits.bz2"], part_size=128)
+
+    n_parts = len(job().parts)
+    full = classify.run_job(clf, job(), driver / "local.fits", progress=False)
+    real = classify.predict_parts
+
+    def dies_after_two(clf_, parts, tta, workers):
+        for k, item in enumerate(real(clf_, parts, tta, workers)):
+            if k == 2:
+                raise KeyboardInterrupt
+            yield item
+
+    monkeypatch.setattr(classify, "predict_parts", dies_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        classify.run_job(clf, job(), driver / "out.fits", progress=False)
+    monkeypatch.setattr(classify, "predict_parts", real)
+    assert len(list(driver.glob(".out.fits.parts/part-*.npz"))) == 2
+    with two_node_ray(tmp_path, driver) as cluster:
+        out = cluster.run(driver, sys.executable, "-m", "astroclass", "predict", "model.pt", "--catalog",
+                          "catalog.fits", "--images", "frame-*.fits.bz2", "--part-size", "128", "--engine", "ray",
+                          "--ray-address", cluster.address, "-o", "out.fits", "-q")
+    assert f"resuming: 2 of {n_parts} parts were done already" in out.stderr
+    assert f"{full['ok']} predicted, 0 failed" in out.stdout
+    got, want = Table.read(driver / "out.fits"), Table.read(driver / "local.fits")
+    assert (got["objid"] == want["objid"]).all() and list(got["predicted"]) == list(want["predicted"])
+    np.testing.assert_allclose(np.asarray(got["p_star"]), np.asarray(want["p_star"]), atol=1e-5)
+    assert not (driver / ".out.fits.parts").exists()
+    # the working node received the checkpoint and both frames into its own cache, each once
+    received = sorted(p.name for p in (cluster.node / "cache" / "files").glob("*/[!.]*"))
+    assert received == ["frame-i-003900-6-0269.fits.bz2", "frame-u-003900-6-0269.fits.bz2", "model.pt"]
