@@ -183,6 +183,42 @@ def test_a_plain_text_catalogue_with_repeated_positions(tmp_path, cli):
     assert len(set(rows.tolist())) == 1270
 
 
+def test_a_cube_and_a_tile_compressed_extension_give_the_cut_outs_their_planes_give(tmp_path):
+    """The 2MASS J, H, K mosaics share one pixel grid: stacked into a cube (BANDS = 'J,H,K', a third WCS axis)
+    they give the same cut-outs as the three files; K written tile-compressed (.fz) in an extension HDU gives
+    the same as K plain."""
+    from astropy.io import fits
+
+    from astroclass.data.images import ImageSpec
+    from astroclass.data.sky import import_sky
+
+    field = data_set("survey_fields/twomass_galactic_centre")
+    planes, header = [], None
+    for b in "jhk":
+        with fits.open(field / f"2MASS_{b}.fits.gz") as hdul:
+            planes.append(hdul[0].data.astype(np.float32))
+            header = header or hdul[0].header.copy()
+    cube = fits.PrimaryHDU(np.stack(planes), header)
+    cube.header["NAXIS"], cube.header["CTYPE3"], cube.header["BANDS"] = 3, "BAND", "J,H,K"
+    cube.writeto(tmp_path / "cube.fits")
+    with fits.open(field / "2MASS_k.fits.gz", do_not_scale_image_data=True) as hdul:  # int16 and BSCALE: lossless
+        k = fits.CompImageHDU(hdul[0].data, hdul[0].header, name="SCI")
+        fits.HDUList([fits.PrimaryHDU(), k]).writeto(tmp_path / "k.fits.fz")
+    kw = dict(ra_col="col1", dec_col="col2", spec=ImageSpec(size=16), duplicates="drop", show_progress=False)
+    import_sky(field / "sources.txt", tmp_path / "cube.h5", images=[str(tmp_path / "cube.fits")], **kw)
+    import_sky(field / "sources.txt", tmp_path / "files.h5",
+               bands={b.upper(): [str(field / f"2MASS_{b}.fits.gz")] for b in "jhk"}, **kw)
+    import_sky(field / "sources.txt", tmp_path / "fz.h5", bands={"K": [f"{tmp_path}/k.fits.fz[SCI]"]}, **kw)
+    import_sky(field / "sources.txt", tmp_path / "k.h5", bands={"K": [str(field / "2MASS_k.fits.gz")]}, **kw)
+    with PreparedDataset(tmp_path / "cube.h5") as a, PreparedDataset(tmp_path / "files.h5") as b:
+        assert a.band_names == b.band_names == ["J", "H", "K"] and len(a) > 500
+        np.testing.assert_array_equal(a.images(), b.images())
+    with PreparedDataset(tmp_path / "fz.h5") as a, PreparedDataset(tmp_path / "k.h5") as b:
+        assert list(a.column("cutout_hdu_K")) == [1] * len(a)
+        # the same pixels, scaled by BSCALE in another precision: the same to float16 rounding
+        np.testing.assert_allclose(a.images().astype(np.float32), b.images().astype(np.float32), atol=1e-3)
+
+
 def test_overlapping_images_give_each_object_the_one_where_it_lies_farthest_from_an_edge(tmp_path):
     """Two overlapping crops of one g frame: an object on both is cut from the crop where it is deeper
     inside."""

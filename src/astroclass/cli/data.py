@@ -25,6 +25,9 @@ Interval = Annotated[str, typer.Option(help="FITS interval per band: percentile 
 Percentile = Annotated[float, typer.Option(help="FITS percentile interval: keep the central P per cent of values.")]
 Magnitudes = Annotated[bool, typer.Option("--fits-magnitudes", help="FITS pixel values are magnitudes "
                                                                   "(smaller = brighter): convert to flux first.")]
+PadSquare = Annotated[bool, typer.Option("--pad-square", help="Pad images that are not square to a square with "
+                                                             "their median (centred); without it they are refused, "
+                                                             "never stretched.")]
 BandScaling = Annotated[str, typer.Option(help="FITS bands: 'per-band' scales each band on its own (each fills "
                                                "[0, 1]: colour is lost); 'joint' scales them together (Lupton et al. "
                                                "2004: colour kept).")]
@@ -40,14 +43,14 @@ Duplicates = Annotated[str, typer.Option(help="Identical images: 'together' keep
 
 
 def _common(size, channels, bands, stretch, interval, percentile, magnitudes, split, seed, workers, skip_bad, overwrite,
-            min_per_class, duplicates, band_scaling="per-band") -> dict:
+            min_per_class, duplicates, band_scaling="per-band", pad_square=False) -> dict:
     from astroclass.data.images import ImageSpec
     from astroclass.data.splits import parse_fractions
 
     spec = ImageSpec(size=size, channels=channels,
                      bands=tuple(b.strip() for b in bands.split(",") if b.strip()) if bands else None,
                      fits_interval=interval, fits_percentile=percentile, fits_stretch=stretch,
-                     fits_magnitudes=magnitudes, band_scaling=band_scaling)
+                     fits_magnitudes=magnitudes, band_scaling=band_scaling, pad_square=pad_square)
     return dict(spec=spec, fractions=parse_fractions(split), seed=seed, workers=workers, skip_bad=skip_bad,
                 overwrite=overwrite, min_per_class=min_per_class, duplicates=duplicates)
 
@@ -63,7 +66,7 @@ def import_folder_cmd(root: Annotated[Path, typer.Argument(help="ROOT/CLASS/imag
                       output: Output, size: Size = 76, channels: Channels = 3, bands: Bands = None,
                       stretch: Stretch = "asinh", interval: Interval = "percentile", percentile: Percentile = 99.5,
                       fits_magnitudes: Magnitudes = False, band_scaling: BandScaling = "per-band",
-                      split: Split = "0.8,0.1,0.1", seed: Seed = 0,
+                      pad_square: PadSquare = False, split: Split = "0.8,0.1,0.1", seed: Seed = 0,
                       workers: Workers = None, skip_bad: SkipBad = False, overwrite: Overwrite = False,
                       min_per_class: MinPerClass = 10, duplicates: Duplicates = "together"):
     """Import an ImageFolder-style tree: one sub-folder per class."""
@@ -71,7 +74,7 @@ def import_folder_cmd(root: Annotated[Path, typer.Argument(help="ROOT/CLASS/imag
 
     _done(import_folder(root, output, **_common(size, channels, bands, stretch, interval, percentile, fits_magnitudes,
                                                 split, seed, workers, skip_bad, overwrite, min_per_class, duplicates,
-                                                band_scaling)))
+                                                band_scaling, pad_square)))
 
 
 @import_app.command("catalog")
@@ -89,7 +92,7 @@ def import_catalog_cmd(catalog: Annotated[Path, typer.Argument(
                        size: Size = 76, channels: Channels = 3, bands: Bands = None, stretch: Stretch = "asinh",
                        interval: Interval = "percentile", percentile: Percentile = 99.5,
                        fits_magnitudes: Magnitudes = False, band_scaling: BandScaling = "per-band",
-                       split: Split = "0.8,0.1,0.1",
+                       pad_square: PadSquare = False, split: Split = "0.8,0.1,0.1",
                        seed: Seed = 0, workers: Workers = None, skip_bad: SkipBad = False, overwrite: Overwrite = False,
                        min_per_class: MinPerClass = 10, duplicates: Duplicates = "together"):
     """Import cut-out image files listed in a catalogue (CSV, FITS table, VOTable, Parquet, ECSV) with a path
@@ -99,7 +102,8 @@ def import_catalog_cmd(catalog: Annotated[Path, typer.Argument(
     _done(import_catalog(catalog, output, root=root, path_col=path_col, label_col=label_col, id_col=id_col,
                          allow_outside=allow_outside,
                          **_common(size, channels, bands, stretch, interval, percentile, fits_magnitudes, split,
-                                   seed, workers, skip_bad, overwrite, min_per_class, duplicates, band_scaling)))
+                                   seed, workers, skip_bad, overwrite, min_per_class, duplicates, band_scaling,
+                                   pad_square)))
 
 
 BandOption = Annotated[list[str] | None, typer.Option(

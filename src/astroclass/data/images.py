@@ -40,7 +40,7 @@ from PIL import Image, UnidentifiedImageError
 
 from astroclass.errors import BadImageError
 
-FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fz")
+FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz", ".fits.bz2", ".fit.bz2", ".fz")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
 FITS_STRETCHES = ("asinh", "linear", "sqrt", "log")
 FITS_INTERVALS = ("percentile", "minmax")
@@ -79,6 +79,9 @@ class ImageSpec:
     reference_band: str | None = None
     """Cut-outs from survey images: the band whose pixel grid the cut-out follows (the others are aligned on
     the sky to it)."""
+    pad_square: bool = False
+    """An image that is not square is padded to a square with its median (each band's), centred; without this,
+    it is refused: images are never stretched to a square."""
 
     def __post_init__(self) -> None:
         from astroclass.errors import AstroclassError
@@ -162,6 +165,14 @@ def _pil_to_array(im: Image.Image, spec: ImageSpec, where: str) -> np.ndarray:
         raise BadImageError(f"{where}: floating-point pixels, whose scale an image file does not say; store such "
                             f"data as FITS (astroclass then scales each band, see --stretch/--interval)")
     im = im.convert("L" if spec.channels == 1 else "RGB")
+    if im.width != im.height:
+        if not spec.pad_square:
+            raise BadImageError(_not_square(where, im.width, im.height))
+        side = max(im.size)
+        median = tuple(int(v) for v in np.median(np.asarray(im).reshape(-1, len(im.getbands())), axis=0))
+        square = Image.new(im.mode, (side, side), median[0] if im.mode == "L" else median)
+        square.paste(im, ((side - im.width) // 2, (side - im.height) // 2))
+        im = square
     if im.size != (spec.size, spec.size):
         im = im.resize((spec.size, spec.size), Image.Resampling.LANCZOS)
     arr = np.asarray(im, dtype=np.uint8)
@@ -170,6 +181,26 @@ def _pil_to_array(im: Image.Image, spec: ImageSpec, where: str) -> np.ndarray:
     else:
         arr = arr.transpose(2, 0, 1)
     return np.ascontiguousarray(arr)
+
+
+def _not_square(where: str, width: int, height: int) -> str:
+    hint = (" (a survey image? 'astroclass data import sky' cuts objects out of it at a catalogue's positions)"
+            if max(width, height) > 512 else "")
+    return (f"{where}: {width}x{height} pixels, not square; astroclass does not stretch images to a square: cut "
+            f"them square, or pass --pad-square to pad them with their median{hint}")
+
+
+def pad_to_square(data: np.ndarray) -> np.ndarray:
+    """(C, H, W) → (C, S, S), S = max(H, W), the image centred, each band padded with its finite median."""
+    c, h, w = data.shape
+    side = max(h, w)
+    out = np.empty((c, side, side), dtype=data.dtype)
+    for b in range(c):
+        finite = data[b][np.isfinite(data[b])]
+        out[b] = np.median(finite) if finite.size else np.nan
+    y0, x0 = (side - h) // 2, (side - w) // 2
+    out[:, y0:y0 + h, x0:x0 + w] = data
+    return out
 
 
 def _read_fits(path: Path, spec: ImageSpec) -> DecodedImage:
@@ -196,6 +227,10 @@ def _read_fits(path: Path, spec: ImageSpec) -> DecodedImage:
         idx = [_band_index(b, names, path) for b in spec.bands]
         data = data[idx]
         names = tuple(names[i] for i in idx)
+    if data.shape[1] != data.shape[2]:
+        if not spec.pad_square:
+            raise BadImageError(_not_square(str(path), data.shape[2], data.shape[1]))
+        data = pad_to_square(data)
     scaled = scale_bands(data[None], spec, str(path), names)[0]
     out = np.stack([resize_band(b, spec.size) for b in scaled]).astype(np.float16)
     return DecodedImage(np.ascontiguousarray(out), names)

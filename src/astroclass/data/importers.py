@@ -336,20 +336,18 @@ def folder_items(root: str | Path, skip_bad: bool = False, skipped: list | None 
 
 
 def read_table(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
-    """Columns and rows of a CSV or FITS table, values as strings."""
+    """Columns and rows of a catalogue, values as text: CSV read as written, every other format (FITS table,
+    VOTable, Parquet, ECSV, ASCII tables) through astropy."""
     path = Path(path)
     if not path.is_file():
         raise AstroclassError(f"{path}: catalogue not found")
-    if path.suffix.lower() in (".fits", ".fit", ".fts"):
-        from astropy.table import Table
+    if path.suffix.lower() != ".csv":
+        from astroclass.catalogs import read_catalog, text_column
 
-        try:
-            tab = Table.read(path)
-        except Exception as exc:
-            raise AstroclassError(f"{path}: not a readable FITS table ({exc})") from None
+        tab = read_catalog(path)
         cols = list(tab.colnames)
-        rows = [{c: (v.decode() if isinstance(v, bytes) else str(v)).strip() for c, v in zip(cols, r)} for r in tab]
-        return cols, rows
+        values = {c: text_column(tab, c) for c in cols}
+        return cols, [{c: values[c][i] for c in cols} for i in range(len(tab))]
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)

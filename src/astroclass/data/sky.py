@@ -124,7 +124,7 @@ def _wcs_of(path: str, hdu: int) -> Any:
     if key not in _WCS:
         from astropy.io import fits
 
-        with fits.open(path) as hdul:
+        with quiet_astropy(), fits.open(path) as hdul:
             _WCS[key] = _celestial(hdul[hdu].header, f"{path}[{hdu}]")
     return _WCS[key]
 
