@@ -3,9 +3,10 @@
 colour lost) against scaled jointly (Lupton et al. 2004, colour kept).
 
 For each split seed the field is cut out twice (the same objects in the same splits; 32-pixel cut-outs, 13",
-resampled to 76 pixels, so that the objects, most of them faint, fill more of the image), and efficientnet_lite0
-is fine-tuned from its packaged ImageNet weights with the modern recipe (TTA for the final metrics only), the same seed and epochs for both
-scalings; the test metrics are pooled over the seeds (paired: the same test objects). Usage:
+resampled to 76 pixels, so that the objects, most of them faint, fill more of the image), and
+efficientnet_lite0 is fine-tuned from its packaged ImageNet weights with the modern recipe (TTA for the final
+metrics only), the same seed and epochs for both scalings; the test metrics are pooled over the seeds
+(paired: the same test objects). Usage:
 python benchmarks/bench_sky_scaling.py [--seeds 4] [--epochs 20] [--cutout-size 32]
 """
 
