@@ -6,8 +6,11 @@
    2048x2048, TAN WCSs); the model alone vs `predict --catalog` straight from the FITS tiles, with 1,000 and
    100,000 objects, each in its own process, whose peak memory is read at its end.
 
-Rates from the sky are end to end (reading the catalogue, placing it on the tiles, reading them, cutting,
-classifying, writing the FITS table). Usage: python benchmarks/bench_predict.py [--big 100000]
+Each prediction runs in a fresh process; its rate is given end to end (from loading the model: reading the
+catalogue or listing the files, placing the catalogue on the tiles, reading, cutting, classifying, writing the
+table) and for its parts alone (what `predict` prints: reading and classifying). The model alone is measured
+just before and just after each prediction (this machine is shared: the ratio is to their mean). Usage:
+python benchmarks/bench_predict.py [--big 100000]
 """
 
 from __future__ import annotations
@@ -57,12 +60,20 @@ def child(args: list[str]) -> None:
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
-def run_child(*args: str) -> dict:
+def run_child(measure, *args: str) -> dict:
+    """One prediction in a fresh process, between two measurements of the model alone (``measure()``), with its
+    ratios to their mean."""
+    before = measure()
     out = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True,
                          env=src_env())
     if out.returncode != 0:
         sys.exit(out.stderr[-3000:])
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    after = measure()
+    mean = (before + after) / 2
+    result.update(model_alone_before=before, model_alone_after=after, ratio=result["objects_per_s"] / mean,
+                  parts_ratio=result["parts_objects_per_s"] / mean)
+    return result
 
 
 def main() -> None:
@@ -88,16 +99,21 @@ def main() -> None:
             x = ds.images()
         import torch
 
-        alone = model_alone(tmp / "files_run" / "checkpoint.pt", torch.from_numpy(x))
+        files_ck = tmp / "files_run" / "checkpoint.pt"
+        xt = torch.from_numpy(x)
+
+        def files_alone() -> float:
+            return model_alone(files_ck, xt)
+
         cat = str(DATA / "aries_star_galaxy" / "labels.csv")
-        default = run_child("files", str(tmp / "files_run" / "checkpoint.pt"), str(tmp / "f1.csv"), cat)
-        pool = run_child("files", str(tmp / "files_run" / "checkpoint.pt"), str(tmp / "f2.csv"), cat, "{}", "2")
-        results["files"] = {"model_alone_images_per_s": alone, "predict_default": default, "predict_workers_2": pool,
-                            "ratio_default": default["objects_per_s"] / alone,
-                            "ratio_workers_2": pool["objects_per_s"] / alone}
-        print(f"files ({len(x)} ARIES JPEGs): model alone {alone:.0f}/s; predict {default['objects_per_s']:.0f}/s "
-              f"({results['files']['ratio_default']:.2f}x), with --workers 2 {pool['objects_per_s']:.0f}/s "
-              f"({results['files']['ratio_workers_2']:.2f}x)", flush=True)
+        default = run_child(files_alone, "files", str(files_ck), str(tmp / "f1.csv"), cat)
+        pool = run_child(files_alone, "files", str(files_ck), str(tmp / "f2.csv"), cat, "{}", "1")
+        results["files"] = {"predict_default": default, "predict_in_process": pool}
+        for name, r in (("default (a process per core, taking turns with the model)", default),
+                        ("--workers 1 (read in the model's process)", pool)):
+            print(f"files ({len(x)} ARIES JPEGs), {name}: {r['objects_per_s']:.0f}/s end to end "
+                  f"({r['ratio']:.2f}x the model alone, {r['model_alone_before']:.0f}-{r['model_alone_after']:.0f}/s), "
+                  f"parts {r['parts_objects_per_s']:.0f}/s ({r['parts_ratio']:.2f}x)", flush=True)
         # 2. the sky
         train_cat, train_bands = sky_mosaic(tmp / "train_sky", 1500, seed=1)
         sky_h5 = tmp / "sky.h5"
@@ -106,17 +122,21 @@ def main() -> None:
               tmp / "sky_run", progress=False)
         with PreparedDataset(sky_h5) as ds:
             xs = torch.from_numpy(ds.images())
-        sky_alone = model_alone(tmp / "sky_run" / "checkpoint.pt", torch.cat([xs] * 2))
-        results["sky"] = {"model_alone_images_per_s": sky_alone}
+        sky_ck = tmp / "sky_run" / "checkpoint.pt"
+        xs2 = torch.cat([xs] * 2)
+
+        def sky_alone() -> float:
+            return model_alone(sky_ck, xs2)
+
+        results["sky"] = {}
         for n in (1000, args.big):
             cat_n, bands_n = sky_mosaic(tmp / f"sky_{n}", n, seed=2)
-            r = run_child("sky", str(tmp / "sky_run" / "checkpoint.pt"), str(tmp / f"s{n}.fits"), str(cat_n),
-                          json.dumps(bands_n))
-            r["ratio"] = r["objects_per_s"] / sky_alone
+            r = run_child(sky_alone, "sky", str(sky_ck), str(tmp / f"s{n}.fits"), str(cat_n), json.dumps(bands_n))
             results["sky"][str(n)] = r
             print(f"sky, {n} objects on 4 tiles x 3 bands: {r['objects_per_s']:.0f}/s end to end ({r['ratio']:.2f}x "
-                  f"the model alone, {sky_alone:.0f}/s); parts {r['parts_objects_per_s']:.0f}/s; peak memory "
-                  f"{r['peak_rss_mb']:.0f} MB", flush=True)
+                  f"the model alone, {r['model_alone_before']:.0f}-{r['model_alone_after']:.0f}/s); parts "
+                  f"{r['parts_objects_per_s']:.0f}/s ({r['parts_ratio']:.2f}x); peak memory {r['peak_rss_mb']:.0f} MB",
+                  flush=True)
             for f in (tmp / f"sky_{n}").glob("*.fits"):
                 f.unlink()
         small, big = results["sky"]["1000"]["peak_rss_mb"], results["sky"][str(args.big)]["peak_rss_mb"]

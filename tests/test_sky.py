@@ -307,6 +307,13 @@ def test_survey_images_to_a_classified_fits_catalogue_in_three_commands(field390
     via_h5 = Table.read(tmp_path / "h5.csv")
     assert (via_h5["objid"] == cat["objid"]).all()  # the dataset kept the catalogue's columns
     np.testing.assert_allclose(np.asarray(got["p_star"]), np.asarray(via_h5["p_star"]), atol=1e-5)
+    # and from Python, as in a notebook
+    import astroclass
+
+    table = astroclass.load(field3900["ckpt"]).classify_catalog(field / "catalog.fits", tmp_path / "api.ecsv",
+                                                                 images=[f"{field}/frame-*.fits.bz2"])
+    assert table.colnames == got.colnames and (tmp_path / "api.ecsv").is_file()
+    np.testing.assert_allclose(np.asarray(table["p_star"]), np.asarray(got["p_star"]), atol=1e-6)
 
 
 @pytest.mark.parametrize("suffix", [".parquet", ".vot", ".xml", ".ecsv", ".csv"])

@@ -485,7 +485,8 @@ def run_job(clf: Any, job: PredictJob, output: str | Path, tta: bool | None = No
             workers: int | None = None, progress: bool = True, engine: str = "local",
             ray_address: str | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Classify every part of ``job`` (resuming from the parts a killed run finished) and write the output
-    table. ``tta`` None: as the model's run evaluated. Returns counts, images/s and the output path."""
+    table. ``tta`` None: as the model's run evaluated. Returns counts, images/s, the output path and the table
+    written (an astropy ``Table``)."""
     from astroclass.catalogs import output_format, write_catalog
     from astroclass.progress import Bar
 
@@ -551,4 +552,4 @@ def run_job(clf: Any, job: PredictJob, output: str | Path, tta: bool | None = No
     store.remove()
     return {"ok": int(ok.sum()), "failed": int(n - ok.sum()), "seconds": seconds,
             "images_per_s": predicted / seconds if seconds > 0 else 0.0, "output": output, "tta": tta,
-            "resumed_parts": len(done)}
+            "resumed_parts": len(done), "table": table}

@@ -134,6 +134,19 @@ class Classifier:
         return self.predict_tensor(torch.from_numpy(np.stack(arrays)), tta) if arrays else \
             np.zeros((0, len(self.class_names)), np.float32)
 
+    def classify_catalog(self, catalog: str | Path, output: str | Path, bands: dict[str, list[str]] | None = None,
+                         images: Sequence[str] = (), overwrite: bool = False, progress: bool = False,
+                         **options: Any) -> Any:
+        """Classify a catalogue of positions straight from survey images (``bands``: {band: [file patterns]};
+        ``images``: file patterns whose headers name their bands), as ``astroclass predict --catalog`` does;
+        ``options``: ``ra_col``, ``dec_col``, ``frame``, ``edge``, ``part_size``. Writes ``output`` (its format
+        by its extension) and returns the table (astropy ``Table``): every catalogue column, then
+        ``cutout_coverage``, ``predicted``, ``p_<class>``, ``status`` and ``error``."""
+        from astroclass.classify import run_job, sky_job
+
+        job = sky_job(self, catalog, bands, images, **options)
+        return run_job(self, job, output, overwrite=overwrite, progress=progress)["table"]
+
     def read(self, path: str | Path) -> tuple[np.ndarray | None, str]:
         """One file with the training preprocessing: (array, "") or (None, reason)."""
         from astroclass.classify import read_for_model
