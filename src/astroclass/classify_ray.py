@@ -23,8 +23,6 @@ import numpy as np
 
 from astroclass.errors import AstroclassError
 
-CHUNK = 64 << 20
-"""Bytes per object-store object when a file travels to the nodes."""
 IN_FLIGHT = 2
 """Parts handed to each actor at a time (one classified while the next is received)."""
 
@@ -49,13 +47,9 @@ def _sha256(path: str | Path) -> str:
 
 def ship_file(ray: Any, path: str) -> FileShipment:
     """Put a file into the object store, chunk by chunk (the driver never holds it whole)."""
-    h, chunks, size = hashlib.sha256(), [], 0
-    with open(path, "rb") as fh:
-        while block := fh.read(CHUNK):
-            h.update(block)
-            chunks.append(ray.put(block))
-            size += len(block)
-    return FileShipment(path, h.hexdigest(), size, tuple(chunks))
+    from astroclass.shipping import put_file
+
+    return FileShipment(path, *put_file(ray, path))
 
 
 def file_cache() -> Path:
@@ -72,7 +66,7 @@ def receive_file(ray: Any, s: FileShipment) -> str:
     the node wait for it). The copy keeps the file's name, so its format is still told by its extension."""
     import fcntl
 
-    from astroclass.fileio import atomic_output
+    from astroclass.shipping import assemble
 
     key = (s.driver_path, s.sha256)
     if key in _SEEN:
@@ -87,16 +81,7 @@ def receive_file(ray: Any, s: FileShipment) -> str:
     with open(folder / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (target.is_file() and target.stat().st_size == s.size):
-            with atomic_output(target) as tmp:
-                h = hashlib.sha256()
-                with open(tmp, "wb") as fh:
-                    for ref in s.chunks:
-                        block = ray.get(ref)
-                        h.update(block)
-                        fh.write(block)
-                if h.hexdigest() != s.sha256:
-                    raise AstroclassError(f"{s.driver_path}: the copy received on this node differs from the "
-                                          f"driver's file (sha256 {h.hexdigest()[:12]}, expected {s.sha256[:12]})")
+            assemble(ray, s.chunks, target, s.sha256, s.driver_path)
     _SEEN[key] = str(target)
     return str(target)
 

@@ -212,18 +212,13 @@ def _declared_hash(path: Path) -> str | None:
 
 def ship_dataset(ray: Any, path: str) -> Shipment:
     """Put a dataset file into the object store, chunk by chunk (the driver never holds it whole)."""
-    import hashlib
+    from astroclass.shipping import put_file
 
     digest = _declared_hash(Path(path))
     if digest is None:
         raise AstroclassError(f"{path}: not a readable prepared dataset")
-    h, chunks, size = hashlib.sha256(), [], 0
-    with open(path, "rb") as fh:
-        while block := fh.read(SHIP_CHUNK):
-            h.update(block)
-            chunks.append(ray.put(block))
-            size += len(block)
-    return Shipment(path, digest, h.hexdigest(), size, tuple(chunks))
+    sha256, size, chunks = put_file(ray, path, SHIP_CHUNK)
+    return Shipment(path, digest, sha256, size, chunks)
 
 
 def receive_dataset(ray: Any, s: Shipment) -> str:
@@ -231,7 +226,6 @@ def receive_dataset(ray: Any, s: Shipment) -> str:
     shared storage) with the same content hash, else the node's cached copy, assembled from the object store
     and checked against the driver's sha256 the first time (one actor does it; the others wait for it)."""
     import fcntl
-    import hashlib
 
     if Path(s.driver_path).is_file() and _declared_hash(Path(s.driver_path)) == s.content_hash:
         return s.driver_path
@@ -242,16 +236,9 @@ def receive_dataset(ray: Any, s: Shipment) -> str:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if target.is_file() and target.stat().st_size == s.size:
             return str(target)
-        with atomic_output(target) as tmp:
-            h = hashlib.sha256()
-            with open(tmp, "wb") as fh:
-                for ref in s.chunks:
-                    block = ray.get(ref)
-                    h.update(block)
-                    fh.write(block)
-            if h.hexdigest() != s.sha256:
-                raise AstroclassError(f"{s.driver_path}: the copy received on this node differs from the driver's "
-                                      f"file (sha256 {h.hexdigest()[:12]}, expected {s.sha256[:12]})")
+        from astroclass.shipping import assemble
+
+        assemble(ray, s.chunks, target, s.sha256, s.driver_path)
     return str(target)
 
 
