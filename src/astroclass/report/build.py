@@ -143,15 +143,16 @@ def build_report(experiment: str | Path, output: str | Path) -> Path:
         if best:
             chosen[d] = max(best, key=lambda b: (b[3].value, -groups.index(b[0])))
         panels[d] = [(f"{display_name(m)} {s}" + (f" [{_short(g.label)}]" if several else ""), sm["test_accuracy"],
-                      *sm["test_accuracy_ci95"])
-                     for gi, g in enumerate(groups) for m, s, _ in ranked_cells(g, d)
+                      *sm["test_accuracy_ci95"], ch.value, (g, m, s) == chosen[d][:3])
+                     for gi, g in enumerate(groups) for m, s, ch in ranked_cells(g, d)
                      if (sm := group_summaries[gi].get((d, m, s))) and math.isfinite(sm["test_accuracy"])]
     page.h2("Which model should I use?")
     if any(panels.values()):
         page.img(plots.overview({d: r for d, r in panels.items() if r}, pdir / "overview.png"),
-                 "Test accuracy of every trained model and setup" + (" and option set" if several else "") +
-                 ", best first, with 95% intervals (Wilson's over the test images for one seed, Student-t over "
-                 "seeds for several). Blue: the best on the test images.")
+                 "Every trained model and setup" + (" and option set" if several else "") + " in order of "
+                 "validation accuracy, on which the model is chosen (blue: the chosen one); each point is its test "
+                 "accuracy with a 95% interval (" + CI_TEXT + "): a held-out estimate of how the model does, never "
+                 "used to choose.")
     page.ul([verdict(d, group_summaries[groups.index(g)][(d, m, s)],
                      f"{display_name(m)} ({s}" + (f", {g.label})" if several else ")"),
                      _runner_up_test(experiment, d, chosen[d], groups) if several else sig.get(d))
@@ -171,9 +172,7 @@ def build_report(experiment: str | Path, output: str | Path) -> Path:
                ["λ, γ, optimiser", "val acc", "test acc [95% interval]", "test balanced acc", "test macro-F1", "seeds"],
                rows,
                "The best model of each dataset (by validation accuracy, as the paper chooses), with its held-out test "
-               "metrics. 95% intervals: for one seed, Wilson's over the test images; for several, Student-t over the "
-               "seeds' test accuracies (n − 1 degrees of freedom), which with 2-3 seeds is wide, as it should be. "
-               "Runs are pooled only when their options differ in nothing but the seed (and device, evaluation batch "
+               "metrics. 95% intervals: " + CI_TEXT + ". Runs are pooled only when their options differ in nothing but the seed (and device, evaluation batch "
                "size, fusion)." + (" The options column says which option set the best runs had." if several else ""))
     if several:
         page.p(f"The runs differ in options besides the paper's axes and the seed, so they form {len(groups)} option "
@@ -323,6 +322,11 @@ def _beyond_table(tables: Tables, summaries: dict) -> Table:
               "class: the rarer in training) and balanced accuracy at the threshold chosen on validation.", records,
               sum(s["n_seeds"] for s in summaries.values()), list(records[0]) if records else [], wide=_beyond_wide)
     return tables.label_table(t)
+
+
+CI_TEXT = ("for one seed, Wilson's over the test images; for several, Student-t over the seeds' test accuracies "
+           "(n − 1 degrees of freedom), which with 2-3 seeds is wide, as it should be")
+"""How the report's test-accuracy intervals are made, said in every caption that shows one."""
 
 
 def _runner_up_test(experiment: Path, d: str, chosen: tuple, groups: list[Tables]) -> dict[str, Any]:

@@ -48,25 +48,26 @@ def heatmap(values: dict[tuple[str, str], float], datasets: list[str], models: l
     return save(fig, path)
 
 
-def overview(panels: dict[str, list[tuple[str, float, float, float]]], path: Path) -> Path:
-    """Test accuracy with its 95% interval per candidate (label, value, low, high), best first, one panel
-    per dataset: the report's first picture."""
+def overview(panels: dict[str, list[tuple[str, float, float, float, float, bool]]], path: Path) -> Path:
+    """Per candidate (label, test accuracy, its 95% interval low and high, validation accuracy, chosen), one
+    panel per dataset, in order of validation accuracy (on which the model is chosen; the chosen one in blue),
+    each point its test accuracy with the interval: the report's first picture."""
     plt = _plt()
     heights = [max(1, len(rows)) * 0.32 + 0.9 for rows in panels.values()]
     fig, axes = plt.subplots(len(panels), 1, figsize=(7.5, sum(heights)), squeeze=False,
                              gridspec_kw={"height_ratios": heights})
     for ax, (d, rows) in zip(axes[:, 0], panels.items()):
-        rows = sorted(rows, key=lambda r: -r[1])
+        rows = sorted(rows, key=lambda r: -r[4])  # stable: ties keep the ranking's order
         y = np.arange(len(rows))[::-1]
         vals = np.array([r[1] for r in rows])
         lo = np.array([r[2] if math.isfinite(r[2]) else r[1] for r in rows])
         hi = np.array([r[3] if math.isfinite(r[3]) else r[1] for r in rows])
-        colours = ["tab:blue" if i == 0 else "tab:grey" for i in range(len(rows))]
+        colours = ["tab:blue" if r[5] else "tab:grey" for r in rows]
         for yi, v, a, b, c in zip(y, vals, lo, hi, colours):
             ax.errorbar([v], [yi], xerr=[[v - a], [b - v]], fmt="o", color=c, elinewidth=2, capsize=3, ms=5)
         for yi, v in zip(y, vals):
             ax.annotate(f"{v:.3f}", (v, yi), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
-        ax.set_yticks(y, [r[0] for r in rows], fontsize=8)
+        ax.set_yticks(y, [f"{r[0]} (val {r[4]:.3f})" for r in rows], fontsize=8)
         ax.set_ylim(-0.7, len(rows) - 0.3)
         ax.set_title(d, fontsize=9, loc="left")
         ax.grid(axis="x", alpha=0.3)

@@ -132,10 +132,12 @@ def verdict(d: str, summary: dict[str, Any], name: str, sig: dict[str, Any] | No
         return f"{head}; it was not tested against the runner-up {other} on the same images."
     p = sig["p_value"]
     if p < 0.05 and sig["a_only"] > sig["b_only"]:
-        return f"{head}; it is significantly better than the runner-up {other} (McNemar p = {p:.2g})."
+        return (f"{head}; it is significantly better than the runner-up {other} on the test images "
+                f"(McNemar p = {p:.2g}).")
     if p < 0.05:
-        return (f"{head}, chosen on validation data, but the runner-up {other} is significantly better on the test "
-                f"images (McNemar p = {p:.2g}): prefer {other}.")
+        return (f"{head}, chosen on validation data. On the test images the runner-up {other} did significantly "
+                f"better (McNemar p = {p:.2g}); that is information, not a choice: a test set used to choose is "
+                f"no longer a held-out estimate. More validation data or seeds would tell the two apart.")
     return (f"{head}; the runner-up {other} is not significantly different (McNemar p = {p:.2g}): either will do, "
             f"and more test images or seeds would be needed to tell them apart.")
 

@@ -1,7 +1,8 @@
 """The paper's Tables 2–12, computed from the runs of a results store.
 
 Values are validation accuracies (the paper's metric). With several seeds, a setting's value is
-the mean over its seeds. "Best" picks the highest value; ties (equal values) go to the setting
+the mean over the seeds that every setting it is compared with has finished (a cell marked * left runs
+on other seeds out). "Best" picks the highest value; ties (equal values) go to the setting
 that comes first in the canonical order: λ ascending, then γ ascending, then optimiser in the
 order rmsprop, adam, radam, sgd. Table 7 averages the epoch of the best validation loss over the
 scratch runs of each (dataset, model, optimiser): the optimiser drives the whole of a scratch
@@ -129,11 +130,15 @@ class RunRow:
 
 @dataclass
 class Choice:
-    """The winning setting of a cell, its value (mean over seeds) and the runs behind it."""
+    """The winning setting of a cell, its value (mean over the seeds compared) and the runs behind it (those of
+    the seeds compared); ``left_out``: runs of the compared settings on seeds not every setting has, which the
+    comparison leaves out so that a setting with fewer finished seeds is not favoured (or disfavoured) by
+    chance."""
 
     setting: Setting
     value: float
     runs: list[RunRow]
+    left_out: int = 0
 
 
 @dataclass
@@ -237,12 +242,20 @@ class Tables:
 
     # -- choices ---------------------------------------------------------------------------
     def best(self, key: CellKey, allowed: Callable[[Setting], bool]) -> Choice | None:
+        """The allowed setting of a cell with the highest mean validation accuracy, compared over the seeds every
+        allowed setting has (over all their runs where they share no seed)."""
         options = [(s, rs) for s, rs in self.cells.get(key, {}).items() if allowed(s)]
         if not options:
             return None
         options.sort(key=lambda o: setting_order(o[0]))
-        s, rs = max(options, key=lambda o: (sum(r.val_accuracy for r in o[1]) / len(o[1]), -options.index(o)))
-        return Choice(s, sum(r.val_accuracy for r in rs) / len(rs), rs)
+        common = set.intersection(*({r.seed for r in rs} for _, rs in options))
+        if common:
+            compared = [(s, [r for r in rs if r.seed in common]) for s, rs in options]
+        else:
+            compared = options
+        left_out = sum(len(rs) for _, rs in options) - sum(len(rs) for _, rs in compared)
+        s, rs = max(compared, key=lambda o: (sum(r.val_accuracy for r in o[1]) / len(o[1]), -compared.index(o)))
+        return Choice(s, sum(r.val_accuracy for r in rs) / len(rs), rs, left_out)
 
     def preset(self, key: CellKey) -> Choice | None:
         return self.best(key, lambda s: s == PRESET)
@@ -267,24 +280,29 @@ class Tables:
             ch = pick(k)
             n += sum(len(rs) for s, rs in self.cells.get(k, {}).items() if candidates(s))
             rec = {"dataset": k[0], "model": display_name(k[1]), "setup": k[2],
-                   "val_accuracy": ch.value if ch else float("nan"), "n_runs": len(ch.runs) if ch else 0}
+                   "val_accuracy": ch.value if ch else float("nan"), "n_runs": len(ch.runs) if ch else 0,
+                   "left_out": ch.left_out if ch else 0}
             if ch:
                 rec.update(l2_lambda=ch.setting[0], maxnorm_gamma=ch.setting[1], optimizer=ch.setting[2])
             records.append(rec)
-        cols = ["dataset", "model", "setup", "val_accuracy", "n_runs"]
+        cols = ["dataset", "model", "setup", "val_accuracy", "n_runs", "left_out"]
         extra = {"reg": ["l2_lambda", "maxnorm_gamma"], "opt": ["optimizer"],
                  "all": ["l2_lambda", "maxnorm_gamma", "optimizer"]}
         cols[4:4] = extra.get(settings, [])
 
         def cell(r):
-            v = fmt(r["val_accuracy"])
+            v = fmt(r["val_accuracy"]) + ("*" if r.get("left_out") else "")
             if settings == "reg" and "l2_lambda" in r:
                 v += f" ({r['l2_lambda']:g},{r['maxnorm_gamma']:g})"
             if settings == "opt" and "optimizer" in r:
                 v += f" ({OPT_SHORT.get(r['optimizer'], r['optimizer'])})"
             return v
 
-        return Table(key, title, records, n, cols, wide=lambda t: self._wide(t.records, cell))
+        table = Table(key, title, records, n, cols, wide=lambda t: self._wide(t.records, cell))
+        if any(r["left_out"] for r in records):
+            table.notes.append("*: the settings compared in this cell have different seeds finished; they are compared "
+                               "over the seeds all of them have (left_out: the runs on other seeds).")
+        return table
 
     def _diff_table(self, key: str, title: str, a: Table, b: Table) -> Table:
         records = []
