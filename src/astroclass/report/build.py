@@ -137,7 +137,7 @@ def build_report(experiment: str | Path, output: str | Path) -> Path:
     several = len(groups) > 1
     pdir = output / "plots"
     chosen = {}  # dataset -> the best cell by validation accuracy over all option sets
-    panels: dict[str, list[tuple[str, float, float, float]]] = {}
+    panels: dict[str, list[tuple[str, float, float, float, float, bool]]] = {}
     for d in dict.fromkeys(d for g in groups for d in g.datasets):
         best = [(g, *ranked[0]) for g in groups if (ranked := ranked_cells(g, d))]
         if best:
@@ -172,8 +172,9 @@ def build_report(experiment: str | Path, output: str | Path) -> Path:
                ["λ, γ, optimiser", "val acc", "test acc [95% interval]", "test balanced acc", "test macro-F1", "seeds"],
                rows,
                "The best model of each dataset (by validation accuracy, as the paper chooses), with its held-out test "
-               "metrics. 95% intervals: " + CI_TEXT + ". Runs are pooled only when their options differ in nothing but the seed (and device, evaluation batch "
-               "size, fusion)." + (" The options column says which option set the best runs had." if several else ""))
+               "metrics. 95% intervals: " + CI_TEXT + ". Runs are pooled only when their options differ in nothing but "
+               "the seed (and device, evaluation batch size, fusion)." +
+               (" The options column says which option set the best runs had." if several else ""))
     if several:
         page.p(f"The runs differ in options besides the paper's axes and the seed, so they form {len(groups)} option "
                f"sets that are never pooled: " + "; ".join(f"{g.label} ({len(g.runs)} run(s))" for g in groups) +

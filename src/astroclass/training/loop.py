@@ -145,9 +145,12 @@ class GroupTrainer:
     def __init__(self, configs: list[RunConfig], out_dirs: list[str | Path], progress: bool = True,
                  on_epoch: Callable[[int, dict], None] | None = None,
                  on_finish: Callable[[int, dict, list], None] | None = None,
-                 heartbeat: Callable[[], None] | None = None, cache: WorkerCache | None = None):
+                 heartbeat: Callable[[], None] | None = None, cache: WorkerCache | None = None,
+                 clock: Callable[[], float] = time.perf_counter):
+        """``clock``: the seconds the group's timings and its budget are measured in (a test hands its own)."""
         if not configs or len(configs) != len(out_dirs):
             raise AstroclassError("a training group needs one output folder per run config")
+        self.clock = clock
         self.configs = [c.validate() for c in configs]
         keys = {fuse_key(c.to_dict()) for c in self.configs}
         if len(keys) > 1:
@@ -226,7 +229,7 @@ class GroupTrainer:
     def run(self) -> list[RunResult]:
         from astroclass.models import set_trainable
 
-        t_start = time.perf_counter()
+        t_start = self.clock()
         c0 = self.configs[0]
         self.device = resolve_device(c0.device)
         self.fast = c0.speed(self.device)
@@ -238,7 +241,9 @@ class GroupTrainer:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         self.t_start = t_start
-        self.budget = parse_duration(c0.budget) if c0.budget else None
+        # the budget is each run's: a group of G fused runs has G times it (each run's share of the wall time is
+        # what it would have had alone, so fusing never costs a run epochs)
+        self.budget = parse_duration(c0.budget) * len(self.configs) if c0.budget else None
         self.epoch_limit: int | None = None  # the budget's epochs for the last phase, once sized
         self.first_epoch_seconds = 0.0
         data, dev = self.cache.data.get(c0, self.device)
@@ -254,16 +259,16 @@ class GroupTrainer:
             r.result.storage = data.storage
             r.result.train_counts = {c: int(n) for c, n in zip(data.class_names, np.bincount(y_train.numpy(),
                                                                                              minlength=k))}
-        self.seconds["setup"] = time.perf_counter() - t_start
+        self.seconds["setup"] = self.clock() - t_start
         phases: list[tuple[str, str | list[str], int | None, bool]]
         if c0.setup == "scratch":
             phases = [("train", "all", None, True)]
         else:
             from astroclass.models import unfreeze_parameters
 
-            phases = [("head", [], c0.head_epochs, False),
-                      ("finetune", unfreeze_parameters(c0.model, self.model.backbone, c0.unfreeze, c0.finetune_bn),
-                       None, True)]
+            phases = [("head", [], c0.head_epochs, False)] if c0.head_epochs > 0 else []  # 0: no head phase
+            phases.append(("finetune", unfreeze_parameters(c0.model, self.model.backbone, c0.unfreeze,
+                                                           c0.finetune_bn), None, True))
         self.runs = runs
         try:
             for phase, trainable, fixed_epochs, early in phases:
@@ -326,23 +331,23 @@ class GroupTrainer:
             epoch += 1
             if self.heartbeat is not None:
                 self.heartbeat()
-            t0 = time.perf_counter()
+            t0 = self.clock()
             stats = self._train_epoch(active, xt, yt, phase, epoch)
-            self.seconds["train"] += time.perf_counter() - t0
+            self.seconds["train"] += self.clock() - t0
             with self._ema_weights():  # validated, kept as best and finished: the averaged weights
                 self._after_epoch(active, stats, phase, epoch, t0, fixed_epochs, last, xv, yv)
-            t_regroup = time.perf_counter()
+            t_regroup = self.clock()
             self._compact()
-            self.seconds["regroup"] += time.perf_counter() - t_regroup
+            self.seconds["regroup"] += self.clock() - t_regroup
 
     def _after_epoch(self, active: list[_Run], stats: dict, phase: str, epoch: int, t0: float,
                      fixed_epochs: int | None, last: bool, xv: Images, yv: torch.Tensor) -> None:
         """Validate the epoch's weights; record, stop, fail or finish each run."""
-        t_val = time.perf_counter()
+        t_val = self.clock()
         val = self._val(active, xv, yv)
-        val_seconds = time.perf_counter() - t_val
+        val_seconds = self.clock() - t_val
         self.seconds["validation"] += val_seconds
-        seconds = time.perf_counter() - t0
+        seconds = self.clock() - t0
         if self.budget is not None and last and fixed_epochs is None:
             self._size_to_budget(epoch, seconds, val_seconds, active)
         for r in active:
@@ -369,22 +374,23 @@ class GroupTrainer:
         return cfg.epochs if self.epoch_limit is None else min(cfg.epochs, self.epoch_limit)
 
     def _size_to_budget(self, epoch: int, epoch_seconds: float, val_seconds: float, active: list[_Run]) -> None:
-        """Size the last phase's epochs to the budget after its first epoch (training and validation timed), and
-        after every later one lower them if epochs got slower; never raise them (a cosine schedule sized to them
-        would rise again). What is left must also hold the final evaluation on val and test (about two
-        validations, each 8 times one of these where only the final evaluation uses TTA) and writing the
-        outputs."""
+        """Size the last phase's epochs to the group's budget (each run's times the runs) after its first epoch
+        (training and validation timed), and after every later one lower them if epochs got slower; never raise
+        them (a cosine schedule sized to them would rise again). What is left must also hold the final evaluation
+        on val and test (about two validations, each 8 times one of these where only the final evaluation uses
+        TTA) and writing the outputs."""
         assert self.budget is not None
         c0 = self.configs[0]
         final_eval = 2 * val_seconds * (TTA_VIEWS if c0.tta and not c0.epoch_tta else 1)
-        left = self.budget - (time.perf_counter() - self.t_start) - final_eval - 2.0
+        left = self.budget - (self.clock() - self.t_start) - final_eval - 2.0
         fit = epoch + max(0, math.floor(left / max(epoch_seconds, 1e-6)))
         if self.epoch_limit is None or fit < self.epoch_limit:
             self.epoch_limit = fit
         if epoch == 1:
             self.first_epoch_seconds = round(epoch_seconds, 3)
         for r in active:
-            r.result.environment["budget"] = {"seconds": self.budget, "epochs": self._epochs(r.cfg),
+            r.result.environment["budget"] = {"seconds": self.budget / len(self.configs),
+                                              "group_runs": len(self.configs), "epochs": self._epochs(r.cfg),
                                               "first_epoch_seconds": self.first_epoch_seconds}
 
     def _train_epoch(self, active: list[_Run], x: Images, y: torch.Tensor, phase: str,
@@ -595,11 +601,11 @@ class GroupTrainer:
         seconds = r.result.environment["seconds"]
         evaluate(self.evaluator, self.data, r.cfg, self.device, self.fast, r.result, r.out_dir, seconds)
         if "budget" in r.result.environment:  # how much of it the run used, its final evaluation included
-            r.result.environment["budget"]["seconds_used"] = round(time.perf_counter() - self.t_start, 3)
+            r.result.environment["budget"]["seconds_used"] = round(self.clock() - self.t_start, 3)
         r.result.status = "done"
-        t0 = time.perf_counter()
+        t0 = self.clock()
         save_checkpoint(self.evaluator, self.data, r.cfg, r.result, r.out_dir)
-        seconds["checkpoint"] = round(time.perf_counter() - t0, 3)
+        seconds["checkpoint"] = round(self.clock() - t0, 3)
         write_result(r.out_dir, r.result)
         if self.on_finish:
             self.on_finish(r.index, r.result.to_dict(), r.history)
@@ -694,10 +700,11 @@ def train_group(configs: list[RunConfig], out_dirs: list[str | Path], progress: 
     return GroupTrainer(configs, out_dirs, progress, on_finish=on_finish, heartbeat=heartbeat, cache=cache).run()
 
 
-def train(config: RunConfig, out_dir: str | Path, progress: bool = True,
-          on_epoch: Callable[[dict], None] | None = None) -> RunResult:
+def train(config: RunConfig, out_dir: str | Path, progress: bool = True, on_epoch: Callable[[dict], None] | None = None,
+          clock: Callable[[], float] = time.perf_counter) -> RunResult:
     """Run one training run; outputs: config.yaml, history.csv, checkpoint.pt, predictions.npz, result.json.
-    Raises :class:`TrainingFailed` (after writing result.json and the history) when the run fails."""
+    Raises :class:`TrainingFailed` (after writing result.json and the history) when the run fails. ``clock``:
+    what its timings and budget are measured with."""
     out = Path(out_dir)
     if config.setup == "pretrained":
         from astroclass.models import resolve_unfreeze
@@ -706,7 +713,8 @@ def train(config: RunConfig, out_dir: str | Path, progress: bool = True,
     if out.exists() and not out.is_dir():
         raise AstroclassError(f"{out}: exists and is not a folder; a run writes a folder of outputs (choose "
                               f"another -o)")
-    trainer = GroupTrainer([config], [out_dir], progress, on_epoch=(lambda i, row: on_epoch(row)) if on_epoch else None)
+    trainer = GroupTrainer([config], [out_dir], progress, on_epoch=(lambda i, row: on_epoch(row)) if on_epoch else None,
+                           clock=clock)
     result = trainer.run()[0]
     if result.status != "done":
         raise TrainingFailed(result.error)
