@@ -14,11 +14,14 @@ include_top=False``, 76x76x3 input). ResNeXt50 is not in Keras 3: its tail is wr
 keras-applications 1.0.8 ``resnet_common.py`` (``block3``), whose blocks end in a chain, so depth order is
 the code order. Keras names auto-numbered layers per session (``conv2d_93``); Keras 2.2 counted from 1, so
 the paper's session named the same layer ``conv2d_94``; the names are for reading, the order is what counts.
+keras-applications 1.0.8 (its last release) builds ResNeXt's grouped convolution as a depthwise convolution
+and a sum over the multiplier (a Lambda between two Reshapes): measured with Keras 3, that is a depthwise
+convolution with the multiplier's kernels summed, not a grouped one (``RESNEXT_NOTE``).
 
 Each Keras layer maps to the timm parameters holding its trainable weights (``[]`` for layers without
 any). Keras' BatchNormalization with ``scale=False`` (InceptionV3, InceptionResNetV2) trains only beta:
-the timm layer's ``bias``. ResNeXt's ``_2_conv`` (depthwise) plus the constant ``_2_gconv`` are timm's one
-grouped ``conv2``: its weight belongs to ``_2_conv``; ``_2_gconv`` holds nothing to train.
+the timm layer's ``bias``. ResNeXt's ``_2_conv`` (depthwise, as many weights) maps to timm's grouped
+``conv2``.
 """
 
 from __future__ import annotations
@@ -31,11 +34,11 @@ from pathlib import Path
 import yaml
 
 TAIL = 20
-RESNEXT_NOTE = ("keras:7 trains 6 of these layers: the 7th from the end, conv5_block3_2_gconv, is "
-                "keras-applications' constant grouping convolution (trainable=False in its source, nothing to "
-                "train in timm's grouped conv2); a Keras loop setting layers[-7:] trainable would have made it "
-                "trainable, a mixing of the depthwise outputs timm's grouped convolution cannot learn. astroclass "
-                "keeps it constant.")
+RESNEXT_NOTE = ("keras-applications 1.0.8 builds the 3x3 stage of each block as a depthwise convolution "
+                "(multiplier 32) whose outputs a Lambda sums per input channel: a depthwise convolution, not "
+                "the grouped one of ResNeXt (and of timm's conv2, which holds its weights here). Its later, "
+                "unreleased code made it grouped with a constant Conv2D, _2_gconv. keras:7 trains the same "
+                "weights with either: _2_bn, _3_conv and _3_bn of the last block.")
 OUT = Path(__file__).resolve().parents[1] / "src/astroclass/reference/keras_tails.yaml"
 
 
@@ -56,22 +59,28 @@ def keras_tails() -> dict:
 
 
 def resnext50_tail() -> tuple[int, list]:
-    """conv5_block2 and conv5_block3 of keras-applications' ResNeXt50 (filters 1024, groups 32, c = 32)."""
-    def block(b: str, cin: int) -> list:
+    """conv5_block2 and conv5_block3 of keras-applications 1.0.8's ResNeXt50 (filters 1024, groups 32, c = 32).
+
+    1.0.8, the last release (the one Keras 2.2 and 2.3 load), builds each block's 3x3 stage as a DepthwiseConv2D
+    (multiplier c), a Reshape to (groups, c, c), a Lambda ``_2_reduce`` summing the last axis and a Reshape back:
+    three layers without weights. (The repository's later, unreleased code replaced them by one constant
+    Conv2D, ``_2_gconv``.) Reshape layers are auto-named; Keras 2.2 numbered them from 1, two per block."""
+    def block(b: str, cin: int, k: int) -> list:
         return [(f"{b}_1_conv", "Conv2D", [["kernel", [1, 1, cin, 1024]]]),
                 (f"{b}_1_bn", "BatchNormalization", [["gamma", [1024]], ["beta", [1024]]]),
                 (f"{b}_1_relu", "Activation", []), (f"{b}_2_pad", "ZeroPadding2D", []),
                 (f"{b}_2_conv", "DepthwiseConv2D", [["depthwise_kernel", [3, 3, 1024, 32]]]),
-                (f"{b}_2_gconv", "Conv2D", []),  # trainable=False in the source: a constant grouping matrix
+                (f"reshape_{2 * k - 1}", "Reshape", []), (f"{b}_2_reduce", "Lambda", []),
+                (f"reshape_{2 * k}", "Reshape", []),
                 (f"{b}_2_bn", "BatchNormalization", [["gamma", [1024]], ["beta", [1024]]]),
                 (f"{b}_2_relu", "Activation", []),
                 (f"{b}_3_conv", "Conv2D", [["kernel", [1, 1, 1024, 2048]]]),
                 (f"{b}_3_bn", "BatchNormalization", [["gamma", [2048]], ["beta", [2048]]]),
                 (f"{b}_add", "Add", []), (f"{b}_out", "Activation", [])]
-    layers = block("conv5_block2", 2048) + block("conv5_block3", 2048)
+    layers = block("conv5_block2", 2048, 15) + block("conv5_block3", 2048, 16)
     # the whole model: stem (conv1_pad, conv1_conv, conv1_bn, conv1_relu, pool1_pad, pool1_pool) + 16 blocks
-    # of 12 layers + 2 shortcut layers (conv, bn) in the first block of each of the 4 stages
-    return 6 + 16 * 12 + 4 * 2, layers[-TAIL:]
+    # of 14 layers + 2 shortcut layers (conv, bn) in the first block of each of the 4 stages
+    return 6 + 16 * 14 + 4 * 2, layers[-TAIL:]
 
 
 def timm_params(model: str, name: str, kind: str, weights: list) -> list[str]:
