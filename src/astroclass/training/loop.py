@@ -189,7 +189,7 @@ class GroupTrainer:
             np.random.seed(cfg.seed % 2**32)
             gen = torch.Generator().manual_seed(cfg.seed)
             model = build_model(cfg.model, data.num_classes, in_chans=data.channels, input_size=data.size,
-                                pooling=cfg.pooling, weights=cfg.resolved_weights())
+                                pooling=cfg.pooling, weights=cfg.resolved_weights(), init=cfg.resolved_init())
             states.append(model.state_dict())
             if template is None:
                 template = model.to(self.device)
@@ -201,6 +201,7 @@ class GroupTrainer:
                                environment=environment(self.device))
             result.environment["speed"] = {**self.fast, "amp": str(self.fast["amp"]).replace("torch.", "")
                                            if self.fast["amp"] else None, "fused": len(self.configs)}
+            result.environment["init"] = cfg.resolved_init()
             if cfg.setup == "pretrained":
                 from astroclass.models import resolve_unfreeze
 
@@ -412,6 +413,7 @@ class GroupTrainer:
         weights = torch.stack([r.weights if r else active[0].weights for r in by_slot])
         smoothing = torch.tensor([r.cfg.label_smoothing if r else 0.0 for r in by_slot], device=self.device) \
             if any(r.cfg.label_smoothing for r in active) else None
+        clip = self.configs[0].keras_loss_clip()  # paper_exact: the group's runs share it
         live_idx = torch.tensor([r.slot for r in active], device=self.device)
         augment = [(r.gen, r.cfg.augment_shift) if r is not None and r.cfg.augment else None for r in by_slot]
         n = len(y)
@@ -444,7 +446,7 @@ class GroupTrainer:
             with torch.autocast(self.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None,
                                 cache_enabled=not graphed):  # a graph must cast the weights in every replay
                 logits = self.forward(xb, masks)
-            losses = run_losses(logits, yb, weights, smoothing) + lam * model.l2_penalty()
+            losses = run_losses(logits, yb, weights, smoothing, clip) + lam * model.l2_penalty()
             slots.zero_grads(set_to_none=drop_grads)
             losses.index_select(0, live_idx).sum().backward()
             slots.bind_grads(self.names)
@@ -512,7 +514,7 @@ class GroupTrainer:
         penalty = self.model.l2_penalty().tolist()
         yt = y.cpu().numpy()
         return {r.index: val_scores(probs[r.slot], yt, r.cfg.l2 * penalty[r.slot] if r.cfg.l2 > 0 else 0.0,
-                                    r.cfg.monitor) for r in active}
+                                    r.cfg.monitor, r.cfg.keras_loss_clip()) for r in active}
 
     # -- the moving average of the weights (ema) ------------------------------------------------
     def _ema_track(self) -> None:

@@ -238,15 +238,20 @@ def dropout_masks(generators: list[torch.Generator | None], batch: int, device: 
 
 
 def run_losses(logits: torch.Tensor, y: torch.Tensor, weights: torch.Tensor,
-               smoothing: torch.Tensor | None = None) -> torch.Tensor:
+               smoothing: torch.Tensor | None = None, clip: float | None = None) -> torch.Tensor:
     """Each run's training loss before L2: its (class-weighted) mean cross-entropy over its batch.
 
     logits (G·B, K) run-major, y (G·B,), weights (G, K) (ones for an unweighted run) → (G,). Equal to
     ``F.cross_entropy(logits_r, y_r, weight=w_r)`` for every run r. ``smoothing`` (G,): run r's label
     smoothing ε_r, each image's loss being (1 - ε) · its cross-entropy + ε · the mean over classes of
-    -log p (``F.cross_entropy(..., label_smoothing=ε)`` for an unweighted run), weighted by its class."""
+    -log p (``F.cross_entropy(..., label_smoothing=ε)`` for an unweighted run), weighted by its class. ``clip``:
+    Keras' cross-entropy, -log of the softmax clipped to [clip, 1 - clip] (no gradient where it is clipped;
+    no label smoothing then)."""
     g = weights.shape[0]
-    if smoothing is None:
+    if clip is not None:
+        p = torch.softmax(logits.float(), dim=1).gather(1, y.view(-1, 1)).view(g, -1)
+        nll = -torch.log(p.clamp(clip, 1 - clip))
+    elif smoothing is None:
         nll = F.cross_entropy(logits.float(), y, reduction="none").view(g, -1)
     else:
         logp = F.log_softmax(logits.float(), dim=1)
@@ -269,13 +274,16 @@ def lr_factor(cfg: RunConfig, step: int, steps_per_epoch: int, epochs: int) -> f
     return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / total)))
 
 
-def val_scores(probs: np.ndarray, y: np.ndarray, l2_term: float, monitor: str) -> tuple[float, float, float]:
+def val_scores(probs: np.ndarray, y: np.ndarray, l2_term: float, monitor: str,
+               clip: float | None = None) -> tuple[float, float, float]:
     """(val loss as Keras reports it: cross-entropy plus the L2 term, val accuracy, the value early
-    stopping minimises) for one run's softmax outputs on the validation split."""
+    stopping minimises) for one run's softmax outputs on the validation split; ``clip``: probabilities clipped
+    to [clip, 1 - clip] first, as Keras does (else only kept above 1e-12, away from log 0)."""
     from astroclass.metrics import balanced_accuracy_and_macro_f1, confusion
 
-    ce = float(F.nll_loss(torch.log(torch.from_numpy(probs).clamp_min(1e-12)), torch.from_numpy(y)).item()) \
-        if len(y) else float("nan")
+    p = torch.from_numpy(probs)
+    p = p.clamp(clip, 1 - clip) if clip is not None else p.clamp_min(1e-12)
+    ce = float(F.nll_loss(torch.log(p), torch.from_numpy(y)).item()) if len(y) else float("nan")
     ce += l2_term
     pred = probs.argmax(1)
     value = ce
