@@ -46,7 +46,8 @@ def main() -> None:
                     p, y = pred["test_probs"].argmax(1), pred["test_labels"]
                     majority = int(np.bincount(pred["val_labels"]).argmax())
                     row = {"model": model, "init": init, "seed": seed, "val_accuracy": res.val["accuracy"],
-                           "test_accuracy": res.test["accuracy"], "test_balanced_accuracy": res.test["balanced_accuracy"],
+                           "test_accuracy": res.test["accuracy"],
+                           "test_balanced_accuracy": res.test["balanced_accuracy"],
                            "test_share_predicted_majority": float((p == majority).mean()),
                            "majority_share": float((y == majority).mean()), "best_epoch": res.best_epoch,
                            "seconds": round(time.perf_counter() - t0, 1)}
@@ -55,7 +56,8 @@ def main() -> None:
                           f"{row['test_accuracy']:.3f} (balanced {row['test_balanced_accuracy']:.3f}), majority class "
                           f"for {100 * row['test_share_predicted_majority']:.0f}% of the test images "
                           f"({row['seconds']:.0f} s)", flush=True)
-    print("\nmodel               init   mean test acc  mean balanced  runs at the majority class (>= 99% of test images)")
+    print("\nmodel               init   mean test acc  mean balanced  runs at the majority class "
+          "(>= 99% of test images)")
     summary = {}
     for model in args.models.split(","):
         for init in ("timm", "keras"):
