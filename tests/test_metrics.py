@@ -137,3 +137,26 @@ def test_a_split_without_one_class_gets_one_definition_everywhere_and_no_warning
         balanced_accuracy_and_macro_f1(confusion(y_test, pred_t, 2))
     assert t["test"]["recall"] == {"star": float((pred_t == 0).mean()), "galaxy": 0.0}
     assert np.isnan(t["test_roc_auc"])
+
+
+def test_an_interval_over_seeds_holds_the_test_images_error_and_is_never_zero_width():
+    """Three seeds at 0.950, 0.951 and 0.952 on the same 500 images: Student-t over the seeds alone gives
+    [0.9485, 0.9535], as if the 500 images were the whole sky; with the images' sampling error the interval is
+    at least one seed's Wilson interval, [0.927, 0.966]. Tied seeds still get a width."""
+    import numpy as np
+
+    from astroclass.metrics import seeds_and_images_interval, seeds_interval, student_t_interval, wilson_interval
+
+    accs = [0.950, 0.951, 0.952]
+    t_lo, t_hi = student_t_interval(accs)
+    assert (round(t_lo, 4), round(t_hi, 4)) == (0.9485, 0.9535)
+    w_lo, w_hi = wilson_interval(round(0.951 * 500), 500)
+    lo, hi = seeds_interval(accs, 500)
+    assert lo <= w_lo < 0.93 and hi >= w_hi > 0.965
+    # from the runs' predictions: three seeds right on 475, 476 and 476 of 500 images
+    correct = np.array([np.arange(500) < right for right in (475, 476, 476)])
+    b_lo, b_hi = seeds_and_images_interval(correct)
+    assert b_lo <= w_lo < 0.93 and b_hi >= w_hi > 0.965
+    tied = seeds_and_images_interval(np.ones((3, 200), bool))
+    assert tied[0] < 1 and tied[1] == 1  # all right on 200 images: not a certainty
+    assert seeds_and_images_interval(correct, seed=0) == seeds_and_images_interval(correct, seed=0)

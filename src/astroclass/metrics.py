@@ -83,6 +83,43 @@ def student_t_interval(values, level: float = 0.95) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
+SEEDS_INTERVAL = ("a bootstrap over the seeds and the test images together (both sampled with replacement, "
+                  "2000 times), widened where needed to the Wilson interval over the test images, so that it "
+                  "holds both sources of error and is never narrower than one seed's")
+"""How a mean accuracy over several seeds gets its 95% interval (:func:`seeds_and_images_interval`), in words."""
+
+
+def seeds_and_images_interval(correct: np.ndarray, level: float = 0.95, n_boot: int = 2000,
+                              seed: int = 0) -> tuple[float, float]:
+    """95% interval of the mean accuracy of k runs (seeds) on the same n test images, from ``correct`` (k, n):
+    each bootstrap replicate draws k seeds and n images with replacement (the same images for every seed drawn)
+    and takes the mean accuracy; the percentile interval, joined with the Wilson interval of the mean accuracy
+    over the n images (never zero width: tied seeds still carry the images' sampling error)."""
+    c = np.asarray(correct, dtype=np.float64)
+    k, n = c.shape
+    rng = np.random.default_rng(seed)
+    reps = np.empty(n_boot)
+    for b in range(n_boot):
+        weights = np.bincount(rng.integers(0, n, n), minlength=n)  # the images drawn, as counts
+        per_seed = c @ weights / n
+        reps[b] = per_seed[rng.integers(0, k, k)].mean()
+    alpha = (1 - level) / 2
+    lo, hi = np.quantile(reps, [alpha, 1 - alpha])
+    w_lo, w_hi = wilson_interval(int(round(c.mean() * n)), n, level)
+    return float(min(lo, w_lo)), float(max(hi, w_hi))
+
+
+def seeds_interval(accuracies, n: int, level: float = 0.95) -> tuple[float, float]:
+    """95% interval of a mean accuracy over seeds when the runs' predictions are not at hand: Student-t over the
+    seeds' accuracies joined with the Wilson interval of the mean over the n test images (never zero width)."""
+    v = np.asarray(accuracies, dtype=np.float64)
+    lo, hi = student_t_interval(v, level)
+    w_lo, w_hi = wilson_interval(int(round(v.mean() * n)), n, level) if n else (float("nan"), float("nan"))
+    if np.isnan(lo):
+        return w_lo, w_hi
+    return (float(min(lo, w_lo)), float(max(hi, w_hi))) if n else (lo, hi)
+
+
 def confusion_bootstrap(cm: np.ndarray, n_boot: int = 1000, seed: int = 0,
                         level: float = 0.95) -> dict[str, list[float]]:
     """Percentile bootstrap intervals of balanced accuracy and macro-F1 over test images, from the confusion

@@ -19,6 +19,7 @@ from astroclass.errors import AstroclassError
 from astroclass.experiments.runner import open_experiment
 from astroclass.experiments.store import first_line
 from astroclass.fileio import atomic_write_text
+from astroclass.metrics import SEEDS_INTERVAL
 from astroclass.modelnames import display_name
 from astroclass.report import plots
 from astroclass.report.scaling import scaling_answer, scaling_curves
@@ -125,7 +126,8 @@ def build_report(experiment: str | Path, output: str | Path) -> Path:
         return html_path
 
     groups = _variants(done, spec_order)
-    group_summaries = [{k: summarise_choice(ch) for k in g.keys() if (ch := g.best_overall(k))} for g in groups]
+    group_summaries = [{k: summarise_choice(ch, experiment) for k in g.keys() if (ch := g.best_overall(k))}
+                       for g in groups]
     tables, summaries = groups[0], group_summaries[0]
     all_tables = tables.all()
     vs_paper = compare_with_paper(all_tables)
@@ -173,7 +175,8 @@ def build_report(experiment: str | Path, output: str | Path) -> Path:
                rows,
                "The best model of each dataset (by validation accuracy, as the paper chooses), with its held-out test "
                "metrics. 95% intervals: " + CI_TEXT + ". Runs are pooled only when their options differ in nothing but "
-               "the seed (and device, evaluation batch size, fusion)." +
+               "the seed (and device, evaluation batch size, fusion), and they resolved to the same precision and "
+               "storage order." +
                (" The options column says which option set the best runs had." if several else ""))
     if several:
         page.p(f"The runs differ in options besides the paper's axes and the seed, so they form {len(groups)} option "
@@ -318,15 +321,15 @@ def _beyond_table(tables: Tables, summaries: dict) -> Table:
             "test_macro_f1": sm["test_macro_f1"], "test_ece": sm["test_ece"], "test_roc_auc": sm["test_roc_auc"],
             "test_pr_auc": sm["test_pr_auc"],
             "threshold_test_balanced_accuracy": sm["threshold_test_balanced_accuracy"]})
-    t = Table("beyond", "Table 8's chosen settings on the held-out test set: mean ± std over seeds, 95% interval, "
-              "balanced accuracy, macro-F1, expected calibration error; for two classes ROC-AUC, PR-AUC (positive "
+    t = Table("beyond", "Table 8's chosen settings on the held-out test set: mean ± std over seeds, 95% interval ("
+              + CI_TEXT + "), balanced accuracy, macro-F1, expected calibration error; for two classes ROC-AUC, PR-AUC (positive "
               "class: the rarer in training) and balanced accuracy at the threshold chosen on validation.", records,
               sum(s["n_seeds"] for s in summaries.values()), list(records[0]) if records else [], wide=_beyond_wide)
     return tables.label_table(t)
 
 
-CI_TEXT = ("for one seed, Wilson's over the test images; for several, Student-t over the seeds' test accuracies "
-           "(n − 1 degrees of freedom), which with 2-3 seeds is wide, as it should be")
+CI_TEXT = ("for one seed, Wilson's over the test images; for several, " + SEEDS_INTERVAL +
+           " (without saved predictions: Student-t over the seeds, joined with Wilson's)")
 """How the report's test-accuracy intervals are made, said in every caption that shows one."""
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from astroclass.metrics import student_t_interval
+from astroclass.metrics import SEEDS_INTERVAL, seeds_and_images_interval, seeds_interval
 from astroclass.modelnames import display_name
 from astroclass.report.tables import OPT_SHORT, Choice, Tables
 
@@ -22,8 +22,10 @@ def load_predictions(experiment: Path, run_id: str) -> dict[str, np.ndarray] | N
         return {k: z[k] for k in z.files}
 
 
-def summarise_choice(ch: Choice) -> dict[str, Any]:
-    """Val and test metrics of a chosen setting over its seeds: mean, std and a 95% interval."""
+def summarise_choice(ch: Choice, experiment: Path | None = None) -> dict[str, Any]:
+    """Val and test metrics of a chosen setting over its seeds: mean, std and a 95% interval of the test accuracy
+    (one seed: Wilson's over the test images; several: :data:`~astroclass.metrics.SEEDS_INTERVAL`, from the
+    runs' saved predictions in ``experiment``, or without them Student-t over the seeds joined with Wilson's)."""
     def vals(split: str, name: str) -> list[float]:
         return [float(r.metrics[split][name]) for r in ch.runs if name in r.metrics.get(split, {})]
 
@@ -43,9 +45,32 @@ def summarise_choice(ch: Choice) -> dict[str, Any]:
         out["test_accuracy_ci95"] = (float(ci[0]), float(ci[1]))
         out["ci_kind"] = "Wilson interval over test images"
     else:
-        out["test_accuracy_ci95"] = student_t_interval(vals("test", "accuracy"))
-        out["ci_kind"] = f"Student-t interval over {len(ch.runs)} seeds ({len(ch.runs) - 1} degrees of freedom)"
+        correct = _test_correctness(experiment, ch.runs) if experiment is not None else None
+        if correct is not None:
+            out["test_accuracy_ci95"] = seeds_and_images_interval(correct)
+            out["ci_kind"] = f"over {len(ch.runs)} seeds: {SEEDS_INTERVAL}"
+        else:
+            n = int(min((r.metrics.get("test") or {}).get("n", 0) for r in ch.runs))
+            out["test_accuracy_ci95"] = seeds_interval(vals("test", "accuracy"), n)
+            out["ci_kind"] = (f"Student-t over {len(ch.runs)} seeds ({len(ch.runs) - 1} degrees of freedom), joined "
+                              f"with the Wilson interval over the test images")
     return out
+
+
+def _test_correctness(experiment: Path, runs: list) -> np.ndarray | None:
+    """(runs, test images) whether each run got each test image right, where every run's predictions are saved
+    on the same test images; else None."""
+    rows, index = [], None
+    for r in runs:
+        pred = load_predictions(experiment, r.id)
+        if pred is None or "test_probs" not in pred:
+            return None
+        if index is None:
+            index = pred["test_index"]
+        elif not np.array_equal(index, pred["test_index"]):
+            return None
+        rows.append(pred["test_probs"].argmax(1) == pred["test_labels"])
+    return np.array(rows) if rows else None
 
 
 def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict[str, Any]:

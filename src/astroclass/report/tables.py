@@ -69,6 +69,23 @@ def variant_of(config: dict[str, Any]) -> tuple:
     return tuple(out)
 
 
+RESOLVED_DEFAULTS = {"precision": "fp32", "storage": "memory"}
+"""What a run resolved to that changes its numbers though its options say the same (an amp: auto run is bf16 on a
+GPU and fp32 on most CPUs; a streamed run visits its images in another order), with the value a variant leaves
+out."""
+
+
+def resolved_of(metrics: dict[str, Any]) -> tuple:
+    """A run's :data:`RESOLVED_DEFAULTS` facts where they differ from the defaults, as (key, value) pairs."""
+    amp = ((metrics.get("environment") or {}).get("speed") or {}).get("amp")
+    out = []
+    if amp:
+        out.append(("precision", str(amp)))
+    if metrics.get("storage") == "stream":
+        out.append(("storage", "stream"))
+    return tuple(out)
+
+
 def without_fraction(variant: tuple) -> tuple:
     """A variant less its train_fraction: variants equal but for it are points of one data-scaling curve."""
     return tuple((k, v) for k, v in variant if k != "train_fraction")
@@ -79,7 +96,7 @@ def variant_values(variant: tuple, keys: Sequence[str]) -> dict[str, Any]:
     from astroclass.training import RunConfig
 
     d = dict(variant)
-    return {k: d.get(k, RunConfig.defaults().get(k)) for k in keys}
+    return {k: d.get(k, RESOLVED_DEFAULTS.get(k, RunConfig.defaults().get(k))) for k in keys}
 
 
 def variant_text(variant: tuple, keys: Sequence[str] | None = None) -> str:
@@ -119,7 +136,9 @@ class RunRow:
 
     @property
     def variant(self) -> tuple:
-        return variant_of(self.config)
+        """Runs pool as repeats only when these are equal: their options besides the axes and the seed, and what
+        they resolved to (precision, storage order)."""
+        return tuple(sorted(variant_of(self.config) + resolved_of(self.metrics)))
 
     @classmethod
     def from_store(cls, r: dict[str, Any]) -> RunRow:
