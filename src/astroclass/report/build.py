@@ -321,9 +321,10 @@ def _beyond_table(tables: Tables, summaries: dict) -> Table:
             "test_macro_f1": sm["test_macro_f1"], "test_ece": sm["test_ece"], "test_roc_auc": sm["test_roc_auc"],
             "test_pr_auc": sm["test_pr_auc"],
             "threshold_test_balanced_accuracy": sm["threshold_test_balanced_accuracy"]})
-    t = Table("beyond", "Table 8's chosen settings on the held-out test set: mean ± std over seeds, 95% interval ("
-              + CI_TEXT + "), balanced accuracy, macro-F1, expected calibration error; for two classes ROC-AUC, PR-AUC (positive "
-              "class: the rarer in training) and balanced accuracy at the threshold chosen on validation.", records,
+    t = Table("beyond", "Table 8's chosen settings on the held-out test set: mean ± std over seeds, 95% interval "
+              "(" + CI_TEXT + "), balanced accuracy, macro-F1, expected calibration error; for two classes ROC-AUC, "
+              "PR-AUC (positive class: the rarer in training) and balanced accuracy at the threshold chosen on "
+              "validation.", records,
               sum(s["n_seeds"] for s in summaries.values()), list(records[0]) if records else [], wide=_beyond_wide)
     return tables.label_table(t)
 
