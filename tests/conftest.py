@@ -136,3 +136,16 @@ def two_node_ray(tmp_path: Path, driver: Path):
     finally:
         subprocess.run([ray_bin, "stop", "--force"], capture_output=True, timeout=120, env=env)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def small76_h5(tmp_path_factory) -> Path:
+    """20 stars and 20 galaxies of ARIES at the paper's 76 px (for the backbones that need 75 px or more)."""
+    from astroclass.data import ImageSpec, build_dataset
+    from astroclass.data.importers import catalog_items
+
+    items = catalog_items(data_set("aries_star_galaxy") / "labels.csv")
+    picked = [it for it in items if it.label == "star"][:20] + [it for it in items if it.label == "galaxy"][:20]
+    out = tmp_path_factory.mktemp("small76") / "small76.h5"
+    build_dataset(picked, out, ImageSpec(size=76), source={"kind": "test slice"}, show_progress=False)
+    return out

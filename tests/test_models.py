@@ -475,21 +475,15 @@ def test_keras_clipped_cross_entropy_has_no_gradient_beyond_the_clip():
     assert 0 < loss[0].item() < 2e-7  # -log(1 - 1e-7) in float32, as Keras computes it
 
 
-def test_keras_built_inception_trains_fused_with_its_scales_fixed_at_one(tmp_path):
+def test_keras_built_inception_trains_fused_with_its_scales_fixed_at_one(small76_h5, tmp_path):
     """InceptionV3 from scratch with init keras, two runs fused: its batch norms' β and statistics train, their
     γ (Keras: scale=False) stays exactly 1; each run records its initialisation, and its checkpoint predicts
     as its own evaluation did (the checkpoint is rebuilt with Keras' batch norms)."""
     import astroclass
-    from astroclass.data import ImageSpec, build_dataset
-    from astroclass.data.importers import catalog_items
     from astroclass.training import RunConfig
     from astroclass.training.loop import GroupTrainer
-    from conftest import data_set
 
-    items = catalog_items(data_set("aries_star_galaxy") / "labels.csv")
-    picked = [it for it in items if it.label == "star"][:20] + [it for it in items if it.label == "galaxy"][:20]
-    h5 = tmp_path / "d76.h5"
-    build_dataset(picked, h5, ImageSpec(size=76), source={"kind": "test slice"}, show_progress=False)
+    h5 = small76_h5
     cfgs = [RunConfig(dataset=str(h5), model="inception_v3", init="keras", epochs=1, batch_size=16, seed=s, amp="off",
                       fuse="2") for s in (0, 1)]
     results = GroupTrainer(cfgs, [tmp_path / "r0", tmp_path / "r1"], progress=False).run()
