@@ -94,10 +94,17 @@ class Dataset:
         x = np.asarray(images)
         if x.ndim != 4 or x.shape[2] != x.shape[3]:
             raise AstroclassError(f"images must be (N, C, S, S) square images, got shape {x.shape}")
+        if not len(x):
+            raise AstroclassError("no images: a dataset needs at least a few images of each class")
         if x.dtype != np.uint8:
-            if not np.issubdtype(x.dtype, np.floating) or not np.isfinite(x).all() or x.min() < 0 or x.max() > 1:
-                raise AstroclassError(f"images must be uint8, or finite floats in [0, 1]; got {x.dtype} "
-                                      f"values in [{np.nanmin(x):g}, {np.nanmax(x):g}]")
+            if not np.issubdtype(x.dtype, np.floating):
+                raise AstroclassError(f"images must be uint8, or floats in [0, 1]; got {x.dtype}")
+            bad = ~np.isfinite(x).reshape(len(x), -1).all(axis=1)
+            if bad.any():
+                raise AstroclassError(f"{int(bad.sum())} image(s) hold NaN or infinite values (the first: image "
+                                      f"{int(np.flatnonzero(bad)[0])}); replace them (e.g. by the band's median)")
+            if x.min() < 0 or x.max() > 1:
+                raise AstroclassError(f"float images must be in [0, 1]; got values in [{x.min():g}, {x.max():g}]")
             x = x.astype(np.float16)
         y = list(labels)
         if len(y) != len(x):

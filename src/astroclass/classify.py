@@ -123,6 +123,8 @@ class PredictJob:
     describe: dict[str, Any] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
     """Files the parts read (images, datasets): what a Ray node without shared storage is sent."""
+    inputs: list[str] = field(default_factory=list)
+    """The job's other inputs (catalogues), which its output may not replace."""
 
 
 def _stat(path: str | Path) -> list[Any]:
@@ -237,7 +239,7 @@ def files_job(clf: Any, inputs: Sequence[str | Path], path_col: str = "path", id
         start = stop
     files += sorted({k[1] for k in kinds if k[0] == "file"})
     return PredictJob(table, parts, describe={"kind": "files", "inputs": describe, "path_col": path_col,
-                                              "id_col": id_col}, files=files)
+                                              "id_col": id_col}, files=files, inputs=[str(i) for i in inputs])
 
 
 def sky_job(clf: Any, catalog: str | Path, bands: Mapping[str, Sequence[str]] | None = None,
@@ -270,7 +272,8 @@ def sky_job(clf: Any, catalog: str | Path, bands: Mapping[str, Sequence[str]] | 
                 "coordinates": list(sky.positions.columns), "frame": sky.positions.frame, "edge": edge,
                 "part_size": part_size}
     extra = {"cutout_coverage": np.full(len(sky.table), np.nan, np.float32)}
-    return PredictJob(sky.table, parts, {r: why for r, why in sky.reasons.items()}, extra, describe, used)
+    return PredictJob(sky.table, parts, {r: why for r, why in sky.reasons.items()}, extra, describe, used,
+                      [str(catalog)])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -488,14 +491,12 @@ def run_job(clf: Any, job: PredictJob, output: str | Path, tta: bool | None = No
     table. ``tta`` None: as the model's run evaluated. Returns counts, images/s, the output path and the table
     written (an astropy ``Table``)."""
     from astroclass.catalogs import output_format, write_catalog
+    from astroclass.fileio import check_output
     from astroclass.progress import Bar
 
     output = Path(output)
     output_format(output)
-    if output.exists() and not overwrite:
-        raise AstroclassError(f"{output}: output exists (pass --overwrite to replace it)")
-    if not output.parent.is_dir():
-        raise AstroclassError(f"{output.parent}: output folder does not exist")
+    check_output(output, overwrite, [*job.files, *job.inputs, clf.path], "output")
     if engine not in ("local", "ray"):
         raise AstroclassError(f"engine must be local or ray, got {engine!r}")
     if tta is None:

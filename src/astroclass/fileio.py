@@ -8,7 +8,7 @@ import glob
 import os
 import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -89,6 +89,33 @@ def scratch_file(target: str | Path) -> Iterator[Path]:
         yield Path(name)
     finally:
         Path(name).unlink(missing_ok=True)
+
+
+def check_output(path: str | Path, overwrite: bool = False, inputs: Sequence[str | Path] = (),
+                 what: str = "output") -> Path:
+    """The one check of every file astroclass is asked to write, before any work: never one of the command's
+    ``inputs`` (whatever ``overwrite`` says), not an existing file unless ``overwrite``, never a folder, and in
+    a folder that exists and may be written. Returns the path."""
+    path = Path(path)
+    for inp in inputs:
+        p = Path(inp)
+        try:
+            same = path.exists() and p.exists() and os.path.samefile(path, p)
+        except OSError:
+            same = False
+        if same or os.path.abspath(path) == os.path.abspath(p):
+            raise AstroclassError(f"{path}: is also an input of this command; astroclass never writes over its "
+                                  f"inputs: choose another {what}")
+    if path.is_dir():
+        raise AstroclassError(f"{path}: is a folder; the {what} is a file")
+    if path.exists() and not overwrite:
+        raise AstroclassError(f"{path}: {what} exists (pass --overwrite to replace it)")
+    parent = path.parent
+    if not parent.is_dir():
+        raise AstroclassError(f"{parent}: folder does not exist (cannot write {path.name})")
+    if not os.access(parent, os.W_OK):
+        raise AstroclassError(f"{parent}: not writable (cannot write {path.name})")
+    return path
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -123,6 +123,11 @@ class Classifier:
                                   f"{tuple(t.shape)}")
         if not len(t):
             return np.zeros((0, len(self.class_names)), np.float32)
+        if t.is_floating_point():
+            bad = ~torch.isfinite(t).reshape(len(t), -1).all(dim=1)
+            if bool(bad.any()):
+                raise AstroclassError(f"{int(bad.sum())} image(s) hold NaN or infinite values (the first: image "
+                                      f"{int(torch.nonzero(bad)[0])}): their probabilities would be NaN")
         return predict_probs(self.model, t, self.device, batch_size, channels_last=True,
                              amp=torch.bfloat16 if self.amp else None, tta=tta)
 
@@ -184,10 +189,19 @@ class _WithSoftmax(torch.nn.Module):
         return torch.softmax(self.model(x), dim=1)
 
 
-def export(clf: Classifier, onnx: str | Path | None = None, torchscript: str | Path | None = None) -> list[Path]:
-    """Export the model (input: float32 (N, C, H, W) in [0, 1]; output: class probabilities)."""
+def export(clf: Classifier, onnx: str | Path | None = None, torchscript: str | Path | None = None,
+           overwrite: bool = False) -> list[Path]:
+    """Export the model (input: float32 (N, C, H, W) in [0, 1]; output: class probabilities); an output that
+    exists is replaced only with ``overwrite``, and never when it is the checkpoint itself."""
+    from astroclass.fileio import check_output
+
     if onnx is None and torchscript is None:
         raise AstroclassError("nothing to export: give --onnx and/or --torchscript")
+    if onnx is not None and torchscript is not None and Path(onnx) == Path(torchscript):
+        raise AstroclassError(f"{onnx}: --onnx and --torchscript name the same file")
+    for out in (onnx, torchscript):
+        if out is not None:
+            check_output(out, overwrite, [clf.path], "export")
     from astroclass.models import matmul_1x1
 
     plain = copy.deepcopy(clf.model).cpu().to(memory_format=torch.contiguous_format)

@@ -267,7 +267,34 @@ class RunConfig:
                 "matmul_1x1": self.channels_last and device.type == "cpu", "fused_optimizer": True,
                 "grouped_kernels": device.type == "cuda"}
 
+    def _check_types(self) -> None:
+        """Every option of the type its field declares (an int, a finite float, a str, a bool; None where
+        allowed): a spec value of the wrong shape or a NaN is an error naming the option, before any work."""
+        import math
+
+        for f in fields(self):
+            v = getattr(self, f.name)
+            kinds = [k.strip() for k in str(f.type).split("|")]
+            if v is None:
+                if "None" in kinds:
+                    continue
+                raise AstroclassError(f"{f.name} must be given (a {kinds[0]}), got nothing")
+            kind = kinds[0]
+            if kind == "bool":
+                ok = isinstance(v, bool)
+            elif kind == "int":
+                ok = isinstance(v, int) and not isinstance(v, bool)
+            elif kind == "float":
+                ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+                if ok and not math.isfinite(v):
+                    raise AstroclassError(f"{f.name} must be a finite number, got {v}")
+            else:  # str: numbers are taken as their text (fuse: 4, budget: 300)
+                ok = isinstance(v, (str, int, float)) and not isinstance(v, bool)
+            if not ok:
+                raise AstroclassError(f"{f.name} must be a single {kind} value, got {v!r} ({type(v).__name__})")
+
     def validate(self) -> RunConfig:
+        self._check_types()
         if self.setup not in SETUPS:
             raise AstroclassError(f"setup must be one of {SETUPS}, got {self.setup!r}")
         if self.optimizer not in OPTIMIZERS:
@@ -334,10 +361,12 @@ class RunConfig:
         self.fuse = str(self.fuse)
         if self.fuse not in ("auto", "off") and not (self.fuse.isdigit() and int(self.fuse) >= 1):
             raise AstroclassError(f"fuse must be auto, off or a group size >= 1, got {self.fuse!r}")
-        if self.lr is not None and not self.lr > 0:
-            raise AstroclassError(f"lr must be a positive number, got {self.lr}")
-        if not self.finetune_lr > 0:
-            raise AstroclassError(f"finetune_lr must be a positive number, got {self.finetune_lr}")
+        if self.lr is not None and not 0 < self.lr <= 10:
+            raise AstroclassError(f"lr must be a positive learning rate up to 10, got {self.lr}")
+        if not 0 < self.finetune_lr <= 10:
+            raise AstroclassError(f"finetune_lr must be a positive learning rate up to 10, got {self.finetune_lr}")
+        if not 0 <= self.finetune_momentum < 1:
+            raise AstroclassError(f"finetune_momentum must be in [0, 1), got {self.finetune_momentum}")
         if not 0 < self.train_fraction <= 1:
             raise AstroclassError(f"train_fraction must be in (0, 1], got {self.train_fraction}")
         return self
@@ -399,10 +428,9 @@ class RunConfig:
         if "dataset" not in d:
             raise AstroclassError(f"{where}: 'dataset' is required")
         try:
-            d = apply_recipe(d)
+            return cls(**apply_recipe(d)).validate()
         except AstroclassError as exc:
             raise AstroclassError(f"{where}: {exc}") from None
-        return cls(**d).validate()
 
     def to_yaml(self, path: str | Path) -> None:
         atomic_write_text(Path(path), yaml.safe_dump(self.to_dict(), sort_keys=False))

@@ -212,8 +212,13 @@ def import_galaxy10_cmd(h5: Annotated[Path, typer.Argument(help="Galaxy10_DECals
 def info_cmd(file: Annotated[Path, typer.Argument(help="A prepared dataset (.h5).")],
              preview: Annotated[Path | None, typer.Option(help="Write a contact sheet PNG of random examples "
                                                                   "per class.")] = None,
-             per_class: Annotated[int, typer.Option(help="Examples per class in the preview.")] = 8):
+             per_class: Annotated[int, typer.Option(help="Examples per class in the preview.")] = 8,
+             overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the preview if it exists.")] = False):
     """Classes, counts per split, image shape and dtype, provenance; optionally a contact sheet."""
+    if preview is not None:
+        from astroclass.fileio import check_output
+
+        check_output(preview, overwrite, [file], "preview")
     from rich.console import Console
     from rich.table import Table
 

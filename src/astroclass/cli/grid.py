@@ -109,12 +109,16 @@ def status_cmd(spec: SpecArg, experiment: Experiment = None, data: DataOpt = Non
 
 @grid_app.command("export")
 def export_cmd(experiment: Annotated[Path, typer.Argument(help="Experiment folder (with store.sqlite).")],
-               output: Annotated[Path, typer.Option("--output", "-o", help="runs.csv or runs.parquet")]):
+               output: Annotated[Path, typer.Option("--output", "-o", help="runs.csv or runs.parquet")],
+               overwrite: Annotated[bool, typer.Option("--overwrite",
+                                                       help="Replace the output if it exists.")] = False):
     """Every run of an experiment as one flat table (CSV, or Parquet with pyarrow)."""
     from astroclass.experiments.runner import open_experiment
     from astroclass.experiments.status import export
+    from astroclass.fileio import check_output
 
     store = open_experiment(experiment, create=False)
+    check_output(output, overwrite, [Path(experiment) / "store.sqlite"], "export")
     typer.echo(f"wrote {export(store, output)}")
 
 

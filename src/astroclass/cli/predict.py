@@ -122,10 +122,12 @@ def info_cmd(checkpoint: Checkpoint,
 
 def export_cmd(checkpoint: Checkpoint,
                onnx: Annotated[Path | None, typer.Option(help="Write an ONNX model here.")] = None,
-               torchscript: Annotated[Path | None, typer.Option(help="Write a TorchScript model here.")] = None):
+               torchscript: Annotated[Path | None, typer.Option(help="Write a TorchScript model here.")] = None,
+               overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the outputs if they exist "
+                                                                           "(never the checkpoint).")] = False):
     """Export a trained model to ONNX and/or TorchScript (input float32 (N, C, H, W) in [0, 1], output
     class probabilities)."""
     from astroclass.predict import export, load
 
-    for path in export(load(checkpoint, "cpu"), onnx, torchscript):
+    for path in export(load(checkpoint, "cpu"), onnx, torchscript, overwrite=overwrite):
         typer.echo(f"wrote {path}")

@@ -140,12 +140,12 @@ def build_dataset(items: Sequence[Item], output: str | Path, spec: ImageSpec | N
     classify, not to train on."""
     import time
 
+    from astroclass.fileio import check_output
+
     spec = spec or ImageSpec()
     output = Path(output)
-    if output.exists() and not overwrite:
-        raise AstroclassError(f"{output}: output exists (pass --overwrite to replace it)")
-    if not output.parent.is_dir():
-        raise AstroclassError(f"{output.parent}: output folder does not exist")
+    check_output(output, overwrite, sorted({it.source for it in items} | ({str(source["path"])} if
+                                                                          source.get("path") else set())), "output")
     if duplicates not in DUPLICATE_POLICIES:
         raise AstroclassError(f"duplicates policy must be one of {DUPLICATE_POLICIES}, got {duplicates!r}")
     if not items:
@@ -154,6 +154,9 @@ def build_dataset(items: Sequence[Item], output: str | Path, spec: ImageSpec | N
     if class_names is None:
         class_names = sorted({it.label for it in items})
     labelled = bool(class_names)
+    if labelled and len(class_names) < 2:
+        raise AstroclassError(f"{source.get('path', 'source')}: one class only ({list(class_names)}): a classifier "
+                              f"needs at least two (an import without labels makes a dataset of objects to classify)")
     class_index = {c: i for i, c in enumerate(class_names)}
     unknown = sorted({it.label for it in items} - set(class_index)) if labelled else []
     if unknown:
@@ -348,6 +351,8 @@ def read_table(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
         cols = list(tab.colnames)
         values = {c: text_column(tab, c) for c in cols}
         return cols, [{c: values[c][i] for c in cols} for i in range(len(tab))]
+    from astroclass.catalogs import row_name
+
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
@@ -355,6 +360,11 @@ def read_table(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
             rows = list(reader)
     except (UnicodeDecodeError, csv.Error) as exc:
         raise AstroclassError(f"{path}: not a readable CSV file ({exc})") from None
+    for i, row in enumerate(rows):
+        if None in row:  # csv.DictReader puts fields beyond the header's under None
+            n = len(cols) + len(row[None])
+            raise AstroclassError(f"{row_name(path, i)}: {n} fields, the header has {len(cols)}: a comma inside a "
+                                  f"value? quote the value (\"spiral, barred\")")
     return cols, rows
 
 

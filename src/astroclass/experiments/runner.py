@@ -40,6 +40,15 @@ class GridOptions:
     fuse: str | None = None
     """auto, off or a group size; None: the spec's ``fuse`` run option (default auto)."""
 
+    def __post_init__(self) -> None:
+        for name in ("workers", "per_gpu", "threads", "max_attempts", "ray_num_cpus"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise AstroclassError(f"--{name.replace('_', '-')} must be a whole number of at least 1, got {v}")
+        if not self.lease_s > 0 or not self.heartbeat_s > 0:
+            raise AstroclassError(f"lease and heartbeat must be positive seconds, got {self.lease_s}, "
+                                  f"{self.heartbeat_s}")
+
 
 def store_path(experiment: str | Path) -> Path:
     return Path(experiment) / "store.sqlite"

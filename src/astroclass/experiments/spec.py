@@ -31,6 +31,8 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
+import re
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -125,9 +127,16 @@ class GridSpec:
         spec = cls(name=str(d.get("name") or "grid"), datasets=datasets, models=[str(m) for m in _list(d, "models")],
                    source=where, train=dict(d.get("train") or {}),
                    axes={k: _list(d["axes"], k) for k in d.get("axes") or {}})
+        if not re.fullmatch(r"[\w.+-]+", spec.name) or spec.name in (".", ".."):
+            raise AstroclassError(f"{where}: name {spec.name!r} must be a plain folder name (letters, digits, '_', "
+                                  f"'.', '+', '-'): the experiment's store goes to experiments/NAME")
         for key in ("setups", "l2", "maxnorm", "optimizers", "seeds"):
             if key in d:
                 setattr(spec, key, _list(d, key))
+        lists = [(k, getattr(spec, k)) for k in ("models", "setups", "l2", "maxnorm", "optimizers", "seeds")]
+        for key, values in lists + [(f"axes: {k}", v) for k, v in spec.axes.items()]:
+            if values is not None and not values:
+                raise AstroclassError(f"{where}: {key}: an empty list runs nothing; give at least one value")
         for value in spec.setups:
             if value not in SETUPS:
                 raise AstroclassError(f"{where}: setups: {value!r} is not one of {list(SETUPS)}")
@@ -146,8 +155,12 @@ class GridSpec:
             except AstroclassError as exc:
                 raise AstroclassError(f"{where}: models: {exc}") from None
         runs = spec.expand()
-        for cfg in runs[:1]:  # one full config validates the shared options
-            RunConfig.from_dict({**cfg.config, "dataset": "x"}, where)
+        checked = set()
+        for cfg in runs:  # every run's options: the shared ones and each axis value
+            key = json.dumps({k: v for k, v in cfg.config.items() if k != "dataset"}, sort_keys=True, default=str)
+            if key not in checked:
+                checked.add(key)
+                RunConfig.from_dict({**cfg.config, "dataset": "x"}, where)
         from astroclass.modelnames import resolve_unfreeze
 
         for model, unfreeze in sorted({(r.config["model"], str(r.config["unfreeze"])) for r in runs
@@ -214,6 +227,6 @@ def _list(d: dict, key: str) -> list:
 
 
 def _number(where: str, key: str, v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise AstroclassError(f"{where}: {key}: {v!r} is not a number")
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise AstroclassError(f"{where}: {key}: {v!r} is not a finite number")
     return float(v)

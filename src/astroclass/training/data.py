@@ -271,6 +271,8 @@ def load_run_data(cfg: RunConfig, budget: int | None = None) -> RunData:
         if cfg.classes:
             names, mapping = parse_classes(cfg.classes, ds.class_names)
             labels = np.array([mapping.get(int(v), -1) for v in labels], dtype=np.int64)
+        if len(names) < 2:
+            raise AstroclassError(f"{ds.path}: one class only ({names}): a classifier needs at least two")
         rows_of = {}
         for split in ("train", "val", "test"):
             rows = ds.indices(split)
