@@ -386,7 +386,8 @@ def test_grouped_kernels_in_bf16_train_each_run_as_alone_to_rounding(name, tiny_
     alone = [train(c, tmp_path / f"alone{i}", progress=False) for i, c in enumerate(configs)]
     fused = train_group(configs, [tmp_path / f"fused{i}" for i in range(2)], progress=False)
     for i, (a, f) in enumerate(zip(alone, fused)):
-        assert f.status == "done" and f.environment["speed"]["grouped_kernels"] and f.environment["speed"]["amp"]
+        assert a.status == f.status == "done"
+        assert f.environment["speed"]["grouped_kernels"] and f.environment["speed"]["amp"]
         ha, hf = _history(tmp_path / f"alone{i}"), _history(tmp_path / f"fused{i}")
         assert [(r["phase"], r["epoch"]) for r in ha] == [(r["phase"], r["epoch"]) for r in hf] == [("finetune", "1")]
         for key in ("train_loss", "val_loss"):
