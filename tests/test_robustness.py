@@ -154,3 +154,25 @@ def test_nan_images_are_named_not_turned_into_nan_probabilities(run_dir):
         clf.predict(x)
     with pytest.raises(AstroclassError, match="hold NaN"):
         astroclass.Dataset.from_arrays(x, ["a", "b", "a"])
+
+
+def test_a_full_disk_while_importing_is_one_line_and_leaves_nothing_half_written(tmp_path, cli, monkeypatch):
+    """The disk fills up while the dataset is written (an injected ENOSPC at the HDF5 write): one line naming
+    the file and what to do, exit 1, no output and no temporary left; an earlier output is intact."""
+    import errno
+
+    from astroclass.data import prepared
+
+    root = data_set("aries_star_galaxy")
+    out = tmp_path / "d.h5"
+    earlier = tmp_path / "d.h5"
+    earlier.write_bytes(b"an earlier output")
+
+    def full(self, images):
+        raise OSError(errno.ENOSPC, "No space left on device", str(self.path))
+
+    monkeypatch.setattr(prepared.PreparedWriter, "append", full)
+    code, _, err = cli("data", "import", "catalog", root / "labels.csv", "-o", out, "--overwrite")
+    assert code == 1 and one_line(err) and "no space left on the device" in err and str(out) in err
+    assert earlier.read_bytes() == b"an earlier output"
+    assert [p.name for p in tmp_path.iterdir()] == ["d.h5"]  # no temporary left behind

@@ -13,3 +13,32 @@ class AstroclassError(Exception):
 
 class BadImageError(AstroclassError):
     """One image could not be read or is unusable (missing, truncated, all-NaN, wrong bands)."""
+
+
+def os_error_text(exc: BaseException) -> str | None:
+    """One line for an error of the machine rather than of astroclass (a full disk, a read-only or forbidden
+    folder, a damaged file read by a library), naming the file where known; None for anything else (a bug)."""
+    import errno
+
+    if isinstance(exc, OSError):
+        where = exc.filename or ""
+        head = f"{where}: " if where else ""
+        advice = {errno.ENOSPC: "no space left on the device: free some and run the command again (what it was "
+                                "writing was removed; earlier outputs are intact)",
+                  errno.EDQUOT: "disk quota exceeded: free some and run the command again",
+                  errno.EROFS: "a read-only file system: write the output elsewhere (-o)",
+                  errno.EACCES: "permission denied: write the output elsewhere, or fix the folder's permissions",
+                  errno.EPERM: "operation not permitted: write the output elsewhere"}.get(exc.errno or -1)
+        if advice:
+            return head + advice
+        text = " ".join(str(exc).split())
+        if "filter returned failure" in text or "Can't synchronously read data" in text or "HDF5" in text:
+            return (f"{head}a damaged block in an HDF5 file ({text[:160]}); import the dataset again from its "
+                    f"sources")
+        return None
+    import sqlite3
+
+    if isinstance(exc, sqlite3.DatabaseError):
+        return (f"the results store is damaged ({' '.join(str(exc).split())[:160]}); see 'astroclass grid status' "
+                f"for the store's path, and recover it from a copy or run the grid into a new experiment folder")
+    return None

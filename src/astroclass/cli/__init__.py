@@ -13,7 +13,7 @@ from astroclass.cli.grid import grid_app
 from astroclass.cli.predict import export_cmd, model_app, predict_cmd
 from astroclass.cli.report import report_cmd
 from astroclass.cli.train import train_cmd
-from astroclass.errors import AstroclassError
+from astroclass.errors import AstroclassError, os_error_text
 
 app = typer.Typer(
     name="astroclass",
@@ -50,3 +50,9 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         typer.secho("interrupted", fg=typer.colors.RED, err=True)
         sys.exit(130)
+    except Exception as exc:  # the machine's errors (full disk, read-only folder, damaged files): one line
+        text = os_error_text(exc)
+        if text is None:
+            raise
+        typer.secho(f"error: {text}", fg=typer.colors.RED, err=True)
+        sys.exit(1)
