@@ -1,7 +1,9 @@
 """The one exception type astroclass raises for problems a user can fix.
 
 Every message names the file, row or field at fault. The command-line interface prints it
-without a traceback and exits with status 1; any other exception is a bug in astroclass.
+without a traceback and exits with status 1, as it does for the machine's own errors that
+:func:`os_error_text` recognises (a full disk, a read-only folder, a damaged file); any other
+exception is a bug in astroclass.
 """
 
 from __future__ import annotations
