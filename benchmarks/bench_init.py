@@ -1,6 +1,6 @@
 """Scratch backbones with timm's initialisation vs Keras' (``init timm`` vs ``init keras``), the paper's preset
 (λ 0.1, γ 0, Adam), on the real ARIES star/galaxy cutouts at 76 px: the same seeds, data and epochs for both.
-Which backbones stay at the majority class under each? (The paper's Table 2 on SG: VGG16 and
+Which runs end at one class (the majority or the minority) under each? (The paper's Table 2 on SG: VGG16 and
 InceptionResNetV2 at the majority class, 0.562; DenseNet121 and ResNeXt50 learn.)
 
 CPU-sized: a stratified part of the training split (``--fraction``), ``--epochs`` epochs, no early stopping,
@@ -19,6 +19,25 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import PAPER_NAMES, import_real, save  # noqa: E402
+
+
+def summarise(rows: list[dict], models: list[str]) -> dict:
+    """Per backbone and initialisation: mean test accuracy and balanced accuracy, and the runs that predict one
+    class for (nearly) every test image, the majority or the minority class."""
+    print("\nmodel               init   mean test acc  mean balanced  runs at one class (>= 99% of test images)")
+    summary = {}
+    for model in models:
+        for init in ("timm", "keras"):
+            rs = [r for r in rows if r["model"] == model and r["init"] == init]
+            one_class = sum(r["test_share_predicted_majority"] >= 0.99 or r["test_share_predicted_majority"] <= 0.01
+                            for r in rs)
+            s = {"test_accuracy": float(np.mean([r["test_accuracy"] for r in rs])),
+                 "test_balanced_accuracy": float(np.mean([r["test_balanced_accuracy"] for r in rs])),
+                 "at_one_class": int(one_class), "runs": len(rs)}
+            summary[f"{model}/{init}"] = s
+            print(f"{PAPER_NAMES[model]:18s}  {init:5s}  {s['test_accuracy']:.3f}          "
+                  f"{s['test_balanced_accuracy']:.3f}          {one_class} of {len(rs)}")
+    return summary
 
 
 def main() -> None:
@@ -56,20 +75,7 @@ def main() -> None:
                           f"{row['test_accuracy']:.3f} (balanced {row['test_balanced_accuracy']:.3f}), majority class "
                           f"for {100 * row['test_share_predicted_majority']:.0f}% of the test images "
                           f"({row['seconds']:.0f} s)", flush=True)
-    print("\nmodel               init   mean test acc  mean balanced  runs at the majority class "
-          "(>= 99% of test images)")
-    summary = {}
-    for model in args.models.split(","):
-        for init in ("timm", "keras"):
-            rs = [r for r in rows if r["model"] == model and r["init"] == init]
-            collapsed = sum(r["test_share_predicted_majority"] >= 0.99 for r in rs)
-            summary[f"{model}/{init}"] = {"test_accuracy": float(np.mean([r["test_accuracy"] for r in rs])),
-                                          "test_balanced_accuracy": float(np.mean([r["test_balanced_accuracy"]
-                                                                                   for r in rs])),
-                                          "at_majority": collapsed, "runs": len(rs)}
-            s = summary[f"{model}/{init}"]
-            print(f"{PAPER_NAMES[model]:18s}  {init:5s}  {s['test_accuracy']:.3f}          "
-                  f"{s['test_balanced_accuracy']:.3f}          {collapsed} of {len(rs)}")
+    summary = summarise(rows, args.models.split(","))
     print(f"saved {save('init_cpu', {'args': vars(args), 'rows': rows, 'summary': summary})}")
 
 
