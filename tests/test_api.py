@@ -62,13 +62,13 @@ def test_bad_arguments_get_the_cli_messages(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (40, 3, 16, 16), dtype=np.uint8)
     ds = astroclass.Dataset.from_arrays(x, ["a", "b"] * 20)
-    with pytest.raises(AstroclassError, match="lr must be a positive number, got -1"):
+    with pytest.raises(AstroclassError, match="lr must be a positive learning rate up to 10, got -1"):
         astroclass.fit(ds, model="test_resnet", lr=-1)
     with pytest.raises(AstroclassError, match=r"unknown key\(s\) \['learning_rate'\]"):
         astroclass.fit(ds, learning_rate=0.1)
     with pytest.raises(AstroclassError, match=r"\(N, C, S, S\) square images"):
         astroclass.Dataset.from_arrays(x[:, :, :, :8], ["a", "b"] * 20)
-    with pytest.raises(AstroclassError, match=r"finite floats in \[0, 1\]"):
+    with pytest.raises(AstroclassError, match=r"float images must be in \[0, 1\]; got values in \[0, 255\]"):
         astroclass.Dataset.from_arrays(x.astype(np.float32), ["a", "b"] * 20)
     with pytest.raises(AstroclassError, match="40 images but 3 labels"):
         astroclass.Dataset.from_arrays(x, ["a", "b", "a"])

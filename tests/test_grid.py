@@ -56,7 +56,7 @@ def test_paper_spec_expands_to_600_runs_per_seed_with_stable_ids(tmp_path):
     ({"optimizers": ["lamb"]}, "'lamb' is not one of ['rmsprop', 'adam', 'radam', 'sgd', 'adamw']"),
     ({"setups": ["finetune"]}, "'finetune' is not one of ['scratch', 'pretrained']"),
     ({"train": {"epoch": 3}}, "unknown train option(s) ['epoch']"),
-    ({"l2": ["none"]}, "l2: 'none' is not a number"),
+    ({"l2": ["none"]}, "l2: 'none' is not a finite number"),
     ({"models": ["vgg61"]}, "unknown model 'vgg61'"),
 ])
 def test_bad_specs_name_the_key_and_allowed_values(tmp_path, change, message):

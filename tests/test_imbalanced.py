@@ -116,8 +116,8 @@ def test_monitor_choice_drives_early_stopping(tiny_h5, tmp_path, monkeypatch):
     seen = []
     original = loop.val_scores
 
-    def spy(probs, y, l2_term, monitor):
-        out = original(probs, y, l2_term, monitor)
+    def spy(probs, y, l2_term, monitor, clip=None):
+        out = original(probs, y, l2_term, monitor, clip)
         seen.append((out, f1_score(y, probs.argmax(1), average="macro", zero_division=0)))
         return out
 

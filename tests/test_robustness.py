@@ -112,7 +112,7 @@ def test_grid_workers_must_be_at_least_one(tiny_h5, tmp_path, cli):
     assert code == 1 and "--workers must be a whole number of at least 1" in err and one_line(err)
 
 
-def test_one_class_is_refused_at_import_and_by_fit(tmp_path, cli):
+def test_one_class_imports_with_a_warning_and_is_refused_by_training_and_fit(tmp_path, cli):
     import astroclass
 
     root = data_set("aries_star_galaxy")
@@ -123,8 +123,10 @@ def test_one_class_is_refused_at_import_and_by_fit(tmp_path, cli):
         w = csv.DictWriter(fh, fieldnames=["path", "label"])
         w.writeheader()
         w.writerows({"path": str(root / r["path"]), "label": "star"} for r in stars)
-    code, _, err = cli("data", "import", "catalog", cat, "--allow-outside", "-o", tmp_path / "one.h5")
-    assert code == 1 and "one class only" in err and not (tmp_path / "one.h5").exists()
+    code, out, err = cli("data", "import", "catalog", cat, "--allow-outside", "-o", tmp_path / "one.h5")
+    assert code == 0 and "one class only (['star'])" in out + err and "not to train" in out + err
+    code, _, err = cli("train", tmp_path / "one.h5", "--model", "test_resnet", "-o", tmp_path / "run")
+    assert code == 1 and "one class only" in err and one_line(err) and not (tmp_path / "run" / "result.json").exists()
     x = np.random.default_rng(0).integers(0, 255, (30, 3, 32, 32), dtype=np.uint8)
     with pytest.raises(AstroclassError, match="one class only"):
         ds = astroclass.Dataset.from_arrays(x, ["star"] * 30)

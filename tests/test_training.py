@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 
 import numpy as np
 import pytest
@@ -294,8 +295,19 @@ def test_configs_of_earlier_versions_still_load(tmp_path):
         GridSpec.load(tmp_path / "bad.yaml")
 
 
-def test_nan_loss_marks_the_run_failed_and_keeps_history(tiny_h5, tmp_path):
-    cfg = RunConfig(dataset=str(tiny_h5), model="test_resnet", optimizer="sgd", lr=1e30, epochs=3, batch_size=16)
+def test_nan_loss_marks_the_run_failed_and_keeps_history(tiny_h5, tmp_path, monkeypatch):
+    import astroclass.models as models
+
+    built = models.build_model
+
+    def diverged(*args, **kwargs):  # a model whose weights have blown up: its first loss is not finite
+        model = built(*args, **kwargs)
+        with torch.no_grad():
+            next(model.parameters()).fill_(math.inf)
+        return model
+
+    monkeypatch.setattr(models, "build_model", diverged)
+    cfg = RunConfig(dataset=str(tiny_h5), model="test_resnet", optimizer="sgd", epochs=3, batch_size=16)
     with pytest.raises(TrainingFailed, match="epoch 1"):
         train(cfg, tmp_path / "nan", progress=False)
     saved = json.loads((tmp_path / "nan" / "result.json").read_text())
@@ -397,8 +409,8 @@ def test_mixed_precision_keeps_the_head_logits_and_losses_in_fp32(tiny_h5, tmp_p
 
 def test_non_positive_learning_rates_are_refused_with_one_line(cli, tiny_h5):
     code, _, err = cli("train", tiny_h5, "--model", "test_resnet", "--lr", "-1")
-    assert code == 1 and "lr must be a positive number, got -1.0" in err and "Traceback" not in err
-    with pytest.raises(AstroclassError, match="finetune_lr must be a positive number"):
+    assert code == 1 and "lr must be a positive learning rate up to 10, got -1.0" in err and "Traceback" not in err
+    with pytest.raises(AstroclassError, match="finetune_lr must be a positive learning rate up to 10, got 0"):
         RunConfig(dataset="x", finetune_lr=0).validate()
 
 

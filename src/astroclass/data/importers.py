@@ -154,9 +154,9 @@ def build_dataset(items: Sequence[Item], output: str | Path, spec: ImageSpec | N
     if class_names is None:
         class_names = sorted({it.label for it in items})
     labelled = bool(class_names)
-    if labelled and len(class_names) < 2:
-        raise AstroclassError(f"{source.get('path', 'source')}: one class only ({list(class_names)}): a classifier "
-                              f"needs at least two (an import without labels makes a dataset of objects to classify)")
+    if labelled and len(class_names) < 2:  # fine to classify and to check predictions against; training refuses it
+        report.warnings.append(f"one class only ({list(class_names)}): a dataset to classify and to check "
+                               f"predictions against, not to train a classifier on (that needs two classes)")
     class_index = {c: i for i, c in enumerate(class_names)}
     unknown = sorted({it.label for it in items} - set(class_index)) if labelled else []
     if unknown:

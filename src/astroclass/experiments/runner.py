@@ -8,6 +8,7 @@ from the attempt's own folder when the store records its result).
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -45,9 +46,9 @@ class GridOptions:
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise AstroclassError(f"--{name.replace('_', '-')} must be a whole number of at least 1, got {v}")
-        if not self.lease_s > 0 or not self.heartbeat_s > 0:
-            raise AstroclassError(f"lease and heartbeat must be positive seconds, got {self.lease_s}, "
-                                  f"{self.heartbeat_s}")
+        for name, v in (("lease", self.lease_s), ("heartbeat", self.heartbeat_s)):
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise AstroclassError(f"--{name} must be a positive number of seconds, got {v}")
 
 
 def store_path(experiment: str | Path) -> Path:
