@@ -336,7 +336,7 @@ def test_skipped_list_is_written_before_the_dataset_and_restored_if_that_fails(t
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
-def test_a_temporary_left_by_a_killed_import_is_removed_by_the_next(cli, tmp_path):
+def test_temporaries_left_by_killed_writes_are_removed_by_the_next_write_in_their_folder(cli, tmp_path):
     import socket
     import subprocess
     import sys
@@ -348,8 +348,12 @@ def test_a_temporary_left_by_a_killed_import_is_removed_by_the_next(cli, tmp_pat
     stale.write_bytes(b"\0" * 1000)  # what a SIGKILL during the write leaves
     live = tmp_path / f".o.h5.{host}-{os.getpid()}.q9z1.tmp"  # a writer that is still running: kept
     live.write_bytes(b"\0")
+    other = tmp_path / f".preview.png.{host}-{int(dead.stdout)}.m3p0.tmp"  # another output's, as dead: removed
+    other.write_bytes(b"\0")
+    remote = tmp_path / f".o.h5.another-host-{int(dead.stdout)}.a1b2.tmp"  # another host's writer: not ours to judge
+    remote.write_bytes(b"\0")
     assert cli("data", "import", "catalog", cat / "labels.csv", "-o", tmp_path / "o.h5", "--min-per-class", "1")[0] == 0
-    assert not stale.exists() and live.exists()
+    assert not stale.exists() and not other.exists() and live.exists() and remote.exists()
 
 
 def test_killing_the_parent_of_an_import_stops_its_decoding_workers(tmp_path):
@@ -400,3 +404,5 @@ def test_killing_the_parent_of_an_import_stops_its_decoding_workers(tmp_path):
     alive = [p for p in pool if Path(f"/proc/{p}/stat").exists()
              and Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"]
     assert alive == [], f"decode processes outlived their parent: {alive}"
+    # the decoded images' working file has no name: nothing of the killed import is left on disk
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jpg", "b.jpg", "cat.csv"]

@@ -43,6 +43,18 @@ def test_exports_never_replace_the_checkpoint_nor_an_existing_file_unasked(run_d
     assert code == 0 and existing.stat().st_size > 1000
 
 
+def tiny_grid(dataset: Path, folder: Path) -> Path:
+    """A one-run grid trained into ``folder / 'exp'``; returns its spec."""
+    from astroclass.experiments import GridOptions, GridSpec, run_grid
+
+    spec = folder / "g.yaml"
+    spec.write_text(yaml.safe_dump({"name": "g", "datasets": {"SG": str(dataset)}, "models": ["test_resnet"],
+                                    "setups": ["scratch"], "l2": [0.0], "maxnorm": [0.0], "optimizers": ["adam"],
+                                    "train": {"epochs": 1, "batch_size": 16}}))
+    run_grid(GridSpec.load(spec), folder / "exp", GridOptions(threads=1), progress=False)
+    return spec
+
+
 def test_previews_and_grid_exports_never_replace_an_existing_file_unasked(tiny_h5, tmp_path, cli):
     png = tmp_path / "exists.png"
     png.write_bytes(b"not mine to replace")
@@ -50,13 +62,7 @@ def test_previews_and_grid_exports_never_replace_an_existing_file_unasked(tiny_h
     assert code == 1 and "exists" in err and png.read_bytes() == b"not mine to replace"
     code, _, err = cli("data", "info", tiny_h5, "--preview", tiny_h5, "--overwrite")
     assert code == 1 and "is also an input" in err
-    from astroclass.experiments import GridOptions, GridSpec, run_grid
-
-    spec = tmp_path / "g.yaml"
-    spec.write_text(yaml.safe_dump({"name": "g", "datasets": {"SG": str(tiny_h5)}, "models": ["test_resnet"],
-                                    "setups": ["scratch"], "l2": [0.0], "maxnorm": [0.0], "optimizers": ["adam"],
-                                    "train": {"epochs": 1, "batch_size": 16}}))
-    run_grid(GridSpec.load(spec), tmp_path / "exp", GridOptions(threads=1), progress=False)
+    tiny_grid(tiny_h5, tmp_path)
     out = tmp_path / "exists.csv"
     out.write_text("mine")
     code, _, err = cli("grid", "export", tmp_path / "exp", "-o", out)
@@ -178,3 +184,143 @@ def test_a_full_disk_while_importing_is_one_line_and_leaves_nothing_half_written
     assert code == 1 and one_line(err) and "no space left on the device" in err and str(out) in err
     assert earlier.read_bytes() == b"an earlier output"
     assert [p.name for p in tmp_path.iterdir()] == ["d.h5"]  # no temporary left behind
+
+
+@pytest.mark.parametrize("damage", ["CAST(X'7b22ff22' AS TEXT)", "'{\"val_accuracy\": 0.5'"])
+def test_a_results_store_with_a_damaged_row_is_named_by_every_reader(tiny_h5, tmp_path, cli, damage):
+    """Bytes changed inside a run's text (no longer UTF-8, or no longer JSON): status, export and report end
+    in one line naming the store, the run and how to recover, and change nothing."""
+    import sqlite3
+
+    spec = tiny_grid(tiny_h5, tmp_path)
+    store = tmp_path / "exp" / "store.sqlite"
+    with sqlite3.connect(store) as db:
+        db.execute(f"UPDATE runs SET metrics = {damage}")
+    before = store.read_bytes()
+    for args in (("grid", "status", spec, "-e", tmp_path / "exp"), ("grid", "export", tmp_path / "exp", "-o",
+                 tmp_path / "r.csv"), ("report", tmp_path / "exp", "-o", tmp_path / "r.html")):
+        code, _, err = cli(*args)
+        assert code == 1 and one_line(err) and "results store is damaged" in err and str(store) in err, (args, err)
+        assert ".recover" in err and not (tmp_path / "r.csv").exists() and not (tmp_path / "r.html").exists()
+    assert store.read_bytes() == before
+
+
+def test_a_prepared_file_with_a_damaged_block_is_found_by_data_info_and_named_by_train(tiny_h5, tmp_path, cli):
+    """Bytes overwritten inside a compressed chunk of images: data info reads every image and names the
+    damaged rows (exit 1); train stops with one line naming the file, before writing a result."""
+    import shutil
+
+    import h5py
+
+    bad = tmp_path / "bad.h5"
+    shutil.copy(tiny_h5, bad)
+    with h5py.File(bad, "r") as f:
+        chunk_rows = f["images"].chunks[0]
+        info = f["images"].id.get_chunk_info(0)
+    with open(bad, "r+b") as fh:
+        fh.seek(info.byte_offset + info.size // 2)
+        fh.write(bytes(64))
+    code, out, err = cli("data", "info", bad)
+    assert code == 1 and f"rows 0-{chunk_rows - 1}" in err and "damaged block" in err and one_line(err)
+    code, out, err = cli("data", "info", tiny_h5)
+    assert code == 0 and "images read back" in out
+    code, _, err = cli("train", bad, "--model", "test_resnet", "--epochs", "1", "-o", tmp_path / "run")
+    assert code == 1 and one_line(err) and str(bad) in err and "damaged" in err
+    assert not (tmp_path / "run" / "result.json").exists()
+
+
+def test_a_run_that_never_started_leaves_no_folder_and_a_failed_run_folder_can_be_reused(tiny_h5, tmp_path, cli,
+                                                                                         monkeypatch):
+    """A bad model name or weights file ends before any result: no folder that looks like a run is left. A
+    run that failed on a NaN loss keeps its result and history, and its -o can be trained into again."""
+    import math
+
+    import torch
+
+    import astroclass.models as models
+
+    code, _, err = cli("train", tiny_h5, "--model", "resnet18", "--weights", tmp_path / "missing.pt", "--setup",
+                       "pretrained", "-o", tmp_path / "w")
+    assert code == 1 and one_line(err) and "missing.pt" in err and not (tmp_path / "w").exists()
+    built = models.build_model
+
+    def diverged(*args, **kwargs):
+        model = built(*args, **kwargs)
+        with torch.no_grad():
+            next(model.parameters()).fill_(math.inf)
+        return model
+
+    monkeypatch.setattr(models, "build_model", diverged)
+    out = tmp_path / "nan"
+    code, _, err = cli("train", tiny_h5, "--model", "test_resnet", "--epochs", "1", "--batch-size", "16", "-o", out)
+    assert code == 1 and "epoch 1" in err and '"failed"' in (out / "result.json").read_text()
+    monkeypatch.setattr(models, "build_model", built)
+    code, _, err = cli("train", tiny_h5, "--model", "test_resnet", "--epochs", "1", "--batch-size", "16", "-o", out)
+    assert code == 0, err
+    assert '"done"' in (out / "result.json").read_text()
+    code, _, err = cli("train", tiny_h5, "--model", "test_resnet", "--epochs", "1", "-o", out)
+    assert code == 1 and "holds a finished run already" in err
+
+
+def test_an_interrupted_run_leaves_no_half_written_folder(tiny_h5, tmp_path, monkeypatch):
+    """Ctrl-C (KeyboardInterrupt) in the middle of the first epoch: the new run folder is removed."""
+    import astroclass.training.loop as loop
+    from astroclass.training import RunConfig, train
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "run_losses", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(RunConfig(dataset=str(tiny_h5), model="test_resnet", epochs=1, batch_size=16), tmp_path / "r",
+              progress=False)
+    assert not (tmp_path / "r").exists()
+
+
+class _Payload:
+    """A pickle that would create a file when unpickled."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_checkpoint_or_weights_file_carrying_code_is_refused_whole_and_never_runs(tiny_h5, tmp_path, cli):
+    import torch
+
+    marker = tmp_path / "ran"
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "astroclass", "state_dict": _Payload(marker)}, evil)
+    code, _, err = cli("predict", evil, tiny_h5, "-o", tmp_path / "p.csv")
+    assert code == 1 and one_line(err) and "asks to run posix.system when it is loaded" in err
+    assert err.rstrip().endswith("as .safetensors)")  # the message is whole, not cut mid-sentence
+    code, _, err = cli("train", tiny_h5, "--model", "resnet18", "--setup", "pretrained", "--weights", evil,
+                       "-o", tmp_path / "r")
+    assert code == 1 and one_line(err) and "this weights file asks to run posix.system" in err
+    assert not marker.exists() and not (tmp_path / "r").exists()
+
+
+def test_a_link_in_the_catalogue_folder_to_a_file_outside_it_is_refused_by_name(tmp_path, cli):
+    import shutil
+
+    root = data_set("aries_star_galaxy")
+    rows = list(csv.DictReader(open(root / "labels.csv")))
+    rows = [r for r in rows if r["label"] == "star"][:12] + [r for r in rows if r["label"] == "galaxy"][:12]
+    folder = tmp_path / "cat"
+    folder.mkdir()
+    for i, r in enumerate(rows):
+        shutil.copy(root / r["path"], folder / f"{i}.png")
+    outside = tmp_path / "elsewhere.png"
+    shutil.copy(root / rows[0]["path"], outside)
+    (folder / "link.png").symlink_to(outside)
+    with open(folder / "labels.csv", "w") as fh:
+        fh.write("path,label\n" + "".join(f"{i}.png,{r['label']}\n" for i, r in enumerate(rows)) + "link.png,star\n")
+    code, _, err = cli("data", "import", "catalog", folder / "labels.csv", "-o", tmp_path / "o.h5")
+    assert code == 1 and one_line(err) and "row 25 (line 26): 'link.png' is a link to" in err and "outside" in err
+    assert not (tmp_path / "o.h5").exists()
+    code, _, err = cli("data", "import", "catalog", folder / "labels.csv", "--allow-outside", "-o", tmp_path / "o.h5")
+    assert code == 0, err

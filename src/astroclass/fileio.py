@@ -1,10 +1,9 @@
 """Writing outputs atomically: readers never see a half-written file, and a failed or interrupted
 write leaves whatever was at the target before untouched (and no temporary file behind; one left by a
-killed process is removed by the next write of the same target)."""
+killed process is removed by the next write into the same folder)."""
 
 from __future__ import annotations
 
-import glob
 import os
 import socket
 import tempfile
@@ -35,14 +34,17 @@ def _temporary_prefix(target: Path) -> str:
 
 
 def remove_stale_temporaries(target: str | Path) -> list[Path]:
-    """Remove the temporaries of ``target`` left by processes of this host that no longer exist (a killed
-    write); those of live writers are kept. Returns the removed paths."""
-    target = Path(target)
-    host = _temporary_prefix(target)
+    """Remove the temporaries in ``target``'s folder left by processes of this host that no longer exist (a
+    killed write of any output there); those of live writers, and other hosts', are kept. Returns the
+    removed paths."""
+    import re
+
+    folder = Path(target).parent
+    ours = re.compile(rf"^\..+\.{re.escape(socket.gethostname())}-(\d+)\.[^.]+\.tmp$")
     removed = []
-    for p in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
-        pid = p.name[len(host):].split(".", 1)[0]
-        if p.name.startswith(host) and pid.isdigit() and not pid_alive(int(pid)):
+    for p in folder.glob(".*.tmp"):
+        m = ours.match(p.name)
+        if m and not pid_alive(int(m.group(1))):
             p.unlink(missing_ok=True)
             removed.append(p)
     return removed
@@ -78,17 +80,12 @@ def atomic_output(target: str | Path) -> Iterator[Path]:
 
 
 @contextmanager
-def scratch_file(target: str | Path) -> Iterator[Path]:
-    """A working file beside ``target`` (same disk), named like its temporaries so that one left by a killed
-    process is removed by the next write of ``target``; removed when the block ends, whatever happens."""
-    target = Path(target)
-    fd, name = tempfile.mkstemp(prefix=f"{_temporary_prefix(target)}{os.getpid()}.scratch.", suffix=".tmp",
-                                dir=target.parent)
-    os.close(fd)
-    try:
-        yield Path(name)
-    finally:
-        Path(name).unlink(missing_ok=True)
+def scratch_file(target: str | Path) -> Iterator[int]:
+    """A working file beside ``target`` (same disk), open for reading and writing, as a descriptor. It has
+    no name: the system frees it when it is closed or its process ends, even a killed one, so it never
+    outlives its work."""
+    with tempfile.TemporaryFile(dir=Path(target).parent) as fh:
+        yield fh.fileno()
 
 
 def check_output(path: str | Path, overwrite: bool = False, inputs: Sequence[str | Path] = (),

@@ -436,6 +436,32 @@ def download_weights(url: str, cache_dir: str | Path | None = None, timeout: flo
     return target
 
 
+def load_torch_file(path: Path, what: str) -> Any:
+    """A torch file loaded with ``weights_only=True``: tensors and plain containers only, never code. A file
+    that would run code when unpickled is refused with the object it names; any other failure says what
+    the file is not."""
+    import pickle
+    import re
+    import warnings
+
+    try:
+        with warnings.catch_warnings():  # torch's notes on pickle protocols: the error below says what matters
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        text = " ".join(str(exc).split())
+        named = re.search(r"GLOBAL (\S+)", text)
+        if named:
+            raise AstroclassError(f"{path}: this {what} asks to run {named.group(1)} when it is loaded; astroclass "
+                                  f"loads only tensors and plain values, never code, so it was not loaded (use "
+                                  f"files from sources you trust, saved by astroclass or as .safetensors)") from None
+        raise AstroclassError(f"{path}: not a readable {what} (not a torch file, or a damaged one)") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise
+        raise AstroclassError(f"{path}: not a readable {what} ({' '.join(str(exc).split())[:200]})") from None
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from .safetensors, or from a torch file loaded with weights_only=True (no pickle code)."""
     path = Path(path)
@@ -447,10 +473,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
             sd = load_file(str(path))
         else:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
+            sd = load_torch_file(path, "weights file")
+    except AstroclassError:
+        raise
     except Exception as exc:
-        raise AstroclassError(f"{path}: not a readable weights file, or one that needs arbitrary code to "
-                              f"unpickle, which astroclass refuses ({type(exc).__name__}: {str(exc)[:160]})") from None
+        raise AstroclassError(f"{path}: not a readable weights file ({type(exc).__name__}: "
+                              f"{' '.join(str(exc).split())[:200]})") from None
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):

@@ -23,6 +23,7 @@ import torch
 from astroclass import __version__
 from astroclass.errors import AstroclassError
 from astroclass.fileio import atomic_output
+from astroclass.models import load_torch_file
 from astroclass.training import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, predict_probs
 
 CARD_REQUIRED = ("model", "class_names", "in_chans", "input_size", "image_spec")
@@ -34,11 +35,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise AstroclassError(f"{path}: checkpoint not found")
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise AstroclassError(f"{path}: not a readable astroclass checkpoint, or one that needs arbitrary code to "
-                              f"unpickle, which astroclass refuses ({type(exc).__name__}: {str(exc)[:160]})") from None
+    ck = load_torch_file(path, "checkpoint")
     if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
         raise AstroclassError(f"{path}: not an astroclass checkpoint (no model card); use --weights to load a bare "
                               f"state dict into a backbone")

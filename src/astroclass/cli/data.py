@@ -213,8 +213,11 @@ def info_cmd(file: Annotated[Path, typer.Argument(help="A prepared dataset (.h5)
              preview: Annotated[Path | None, typer.Option(help="Write a contact sheet PNG of random examples "
                                                                   "per class.")] = None,
              per_class: Annotated[int, typer.Option(help="Examples per class in the preview.")] = 8,
-             overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the preview if it exists.")] = False):
-    """Classes, counts per split, image shape and dtype, provenance; optionally a contact sheet."""
+             overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the preview if it exists.")] = False,
+             check: Annotated[bool, typer.Option(help="Read every image once and list the rows of damaged blocks "
+                                                      "(exit 1 if any).")] = True):
+    """Classes, counts per split, image shape and dtype, provenance; every image read once to find damage;
+    optionally a contact sheet."""
     if preview is not None:
         from astroclass.fileio import check_output
 
@@ -241,6 +244,23 @@ def info_cmd(file: Annotated[Path, typer.Argument(help="A prepared dataset (.h5)
         console.print(f"bands: {ds.band_names or '(8-bit image channels)'}; image spec: {ds.spec.to_dict()}")
         console.print(f"split seed: {ds.attrs.get('split_seed')}; content hash: {ds.content_hash}; "
                       f"astroclass {ds.attrs.get('astroclass_version')}")
+        if check:
+            from astroclass.errors import AstroclassError
+            from astroclass.progress import Bar
+
+            with Bar(console.is_terminal, len(ds), "reading every image") as bar:
+                read = [0]
+
+                def advance(done: int) -> None:
+                    bar.advance(done - read[0])
+                    read[0] = done
+
+                bad = ds.damaged_rows(advance)
+            if bad:
+                rows = ", ".join(f"{a}-{b}" for a, b in bad[:10]) + (" …" if len(bad) > 10 else "")
+                raise AstroclassError(f"{file}: {sum(b - a + 1 for a, b in bad)} images in {len(bad)} damaged "
+                                      f"block(s), rows {rows}: import the dataset again from its sources")
+            console.print(f"all {len(ds)} images read back")
         if preview is not None:
             from astroclass.data.preview import contact_sheet
 

@@ -56,7 +56,7 @@ def train_cmd(
     if output is None:
         output = Path("runs") / (f"{dataset.stem}-{cfg.model}-{cfg.setup}-{cfg.optimizer}-l2{cfg.l2:g}-"
                                  f"mn{cfg.maxnorm:g}-s{cfg.seed}")
-    if (output / "result.json").exists() and not overwrite:
+    if (output / "result.json").exists() and not overwrite and _status(output / "result.json") != "failed":
         raise AstroclassError(f"{output}: holds a finished run already (pass --overwrite, or choose -o)")
     result = train(cfg, output, progress=not quiet)
     v, t = result.val, result.test
@@ -75,6 +75,16 @@ def train_cmd(
                    f"epoch took {budget['first_epoch_seconds']:.0f} s, and it ended after "
                    f"{budget['seconds_used']:.0f} s; a smaller model, fewer images or a longer budget fit it")
     typer.echo(f"outputs in {output}")
+
+
+def _status(result: Path) -> str | None:
+    """A run folder's status ("done", "failed"), None when its result cannot be read (kept, as finished)."""
+    import json
+
+    try:
+        return json.loads(result.read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 # typer reads the parameters from the signature: the hand-written ones above, then one per run option

@@ -102,10 +102,7 @@ class _Scratch:
     def add(self, image: np.ndarray) -> tuple[tuple, int]:
         key = (image.shape, image.dtype.str)
         if key not in self.files:
-            path = self.stack.enter_context(scratch_file(self.output))
-            fd = os.open(path, os.O_RDWR)
-            self.stack.callback(os.close, fd)
-            self.files[key] = (fd, 0)
+            self.files[key] = (self.stack.enter_context(scratch_file(self.output)), 0)
         fd, rows = self.files[key]
         os.write(fd, np.ascontiguousarray(image).tobytes())
         self.files[key] = (fd, rows + 1)
@@ -373,9 +370,15 @@ def catalog_path(root: Path, rel: str, where: str, allow_outside: bool = False) 
     or climbing out with ``..``) is an error naming ``where`` unless ``allow_outside``: a catalogue from
     elsewhere must not make astroclass read files its user did not mean to give it."""
     full = Path(os.path.normpath(root / rel))
-    if not allow_outside and not Path(os.path.abspath(full)).is_relative_to(os.path.abspath(root)):
+    if allow_outside:
+        return full
+    if not Path(os.path.abspath(full)).is_relative_to(os.path.abspath(root)):
         raise AstroclassError(f"{where}: {rel!r} is outside {root}, the folder the catalogue's paths are relative "
                               f"to (pass --allow-outside to read files elsewhere)")
+    target = os.path.realpath(full)  # a link inside the folder may lead out of it
+    if not Path(target).is_relative_to(os.path.realpath(root)):
+        raise AstroclassError(f"{where}: {rel!r} is a link to {target}, outside {root}, the folder the catalogue's "
+                              f"paths are relative to (pass --allow-outside to read files elsewhere)")
     return full
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -250,7 +250,9 @@ class PreparedDataset:
         self.content_hash: str = str(f.attrs["content_hash"])
         self.source: dict = json.loads(f.attrs.get("source", "{}"))
         self.options: dict = json.loads(f.attrs.get("options", "{}"))
-        self._images = f["images"][()] if in_memory else f["images"]
+        self._images = f["images"]
+        if in_memory:
+            self._images = self.images()
 
     # -- shape -------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -303,16 +305,36 @@ class PreparedDataset:
         return np.flatnonzero(self.split_codes == SPLITS.index(split))
 
     def images(self, index: np.ndarray | slice | None = None) -> np.ndarray:
-        if index is None:
-            return self._images[()]
-        if isinstance(index, np.ndarray):
-            if len(index) == 0:
-                return np.zeros((0,) + self.image_shape, dtype=self.dtype)
-            order = np.argsort(index, kind="stable")
-            out = np.empty((len(index),) + self.image_shape, dtype=self.dtype)
-            out[order] = self._images[np.sort(index)]
-            return out
-        return self._images[index]
+        try:
+            if index is None:
+                return self._images[()]
+            if isinstance(index, np.ndarray):
+                if len(index) == 0:
+                    return np.zeros((0,) + self.image_shape, dtype=self.dtype)
+                order = np.argsort(index, kind="stable")
+                out = np.empty((len(index),) + self.image_shape, dtype=self.dtype)
+                out[order] = self._images[np.sort(index)]
+                return out
+            return self._images[index]
+        except OSError as exc:  # a damaged compressed block: name the file and how to find the rows
+            raise AstroclassError(f"{self.path}: its images cannot be read ({' '.join(str(exc).split())[:120]}): "
+                                  f"the file is damaged; `astroclass data info {self.path}` lists the damaged "
+                                  f"rows; import the dataset again from its sources") from None
+
+    def damaged_rows(self, progress: Callable[[int], None] | None = None) -> list[tuple[int, int]]:
+        """Read every block of images once; the [first, last] rows of each block that cannot be read (a
+        damaged compressed chunk). ``progress`` is called with the images read so far."""
+        bad: list[tuple[int, int]] = []
+        step = self.chunk_rows
+        for start in range(0, len(self), step):
+            stop = min(len(self), start + step)
+            try:
+                self._file["images"][start:stop]
+            except OSError:
+                bad.append((start, stop - 1))
+            if progress is not None:
+                progress(stop)
+        return bad
 
     def split_arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         idx = self.indices(split)

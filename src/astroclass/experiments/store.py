@@ -395,15 +395,23 @@ class Store:
             where.append("dataset=? AND model=? AND setup=?")
             args.extend(cell)
         sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(where) if where else "")
-        out = []
+        out: list[dict[str, Any]] = []
         wanted = set(ids) if ids is not None else None
-        for r in self.db.execute(sql + " ORDER BY rowid", args):
-            if wanted is not None and r["id"] not in wanted:
-                continue
-            d = dict(r)
-            d["config"] = json.loads(d["config"])
-            d["metrics"] = json.loads(d["metrics"]) if d["metrics"] else {}
-            out.append(d)
+        try:
+            for r in self.db.execute(sql + " ORDER BY rowid", args):
+                if wanted is not None and r["id"] not in wanted:
+                    continue
+                d = dict(r)
+                for key, empty in (("config", None), ("metrics", {})):
+                    try:
+                        d[key] = json.loads(d[key]) if d[key] or empty is None else empty
+                    except (json.JSONDecodeError, TypeError) as exc:
+                        raise self._damaged(f"run {d['id']}: its {key} is not readable JSON: {exc}",
+                                            "Nothing was changed") from None
+                out.append(d)
+        except sqlite3.OperationalError as exc:  # bytes changed inside a row's text: not UTF-8 any more
+            raise self._damaged(f"a row after run {out[-1]['id'] if out else '(the first)'}: {exc}",
+                                "Nothing was changed") from None
         return out
 
     def history(self, rid: str) -> list[dict[str, Any]]:

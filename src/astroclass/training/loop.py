@@ -715,9 +715,17 @@ def train(config: RunConfig, out_dir: str | Path, progress: bool = True, on_epoc
     if out.exists() and not out.is_dir():
         raise AstroclassError(f"{out}: exists and is not a folder; a run writes a folder of outputs (choose "
                               f"another -o)")
+    created = not out.exists()
     trainer = GroupTrainer([config], [out_dir], progress, on_epoch=(lambda i, row: on_epoch(row)) if on_epoch else None,
                            clock=clock)
-    result = trainer.run()[0]
+    try:
+        result = trainer.run()[0]
+    except BaseException:  # a run that never got to a result (a bad model, weights or file, an interrupt)
+        if created and not (out / "result.json").exists():
+            import shutil
+
+            shutil.rmtree(out, ignore_errors=True)  # leaves no folder that looks like a run
+        raise
     if result.status != "done":
         raise TrainingFailed(result.error)
     return result
