@@ -324,3 +324,28 @@ def test_a_link_in_the_catalogue_folder_to_a_file_outside_it_is_refused_by_name(
     assert not (tmp_path / "o.h5").exists()
     code, _, err = cli("data", "import", "catalog", folder / "labels.csv", "--allow-outside", "-o", tmp_path / "o.h5")
     assert code == 0, err
+
+
+def test_a_worker_reports_a_full_disk_to_the_driver_as_the_machines_not_the_runs(tiny_h5, tmp_path, monkeypatch):
+    """The worker side of a full disk (injected at the checkpoint write; tests/test_full_disk.py fills a real
+    one): every run of the group comes back as the machine's failure, one line, no traceback."""
+    import errno
+
+    import astroclass.training.loop as loop
+    from astroclass.experiments.workers import GroupJob, execute_group
+    from astroclass.training import WorkerCache
+
+    def full(model, data, cfg, result, out_dir):
+        raise OSError(errno.ENOSPC, "No space left on device", str(out_dir / "checkpoint.pt"))
+
+    monkeypatch.setattr(loop, "save_checkpoint", full)
+    cfg = {"dataset": str(tiny_h5), "model": "test_resnet", "epochs": 1, "batch_size": 16}
+    job = GroupJob("k", [(f"r{i}", {**cfg, "seed": i}, str(tmp_path / f"r{i}")) for i in range(2)], "cpu",
+                   threads=1, fuse="off")
+    seen: dict[str, dict] = {}
+    execute_group(job, lambda rid, outcome: seen.__setitem__(rid, outcome), None, WorkerCache())
+    assert sorted(seen) == ["r0", "r1"]
+    for outcome in seen.values():
+        text = outcome["machine"]
+        assert "no space left on the device" in text and "Traceback" not in text and "\n" not in text
+        assert outcome["result"]["status"] == "failed"

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from astroclass.errors import AstroclassError
+from astroclass.errors import AstroclassError, os_error_text
 
 PART_SIZE = 512
 """Objects per part: the unit of reading, of prediction and of resuming."""
@@ -526,19 +526,39 @@ def run_job(clf: Any, job: PredictJob, output: str | Path, tta: bool | None = No
         log(f"resuming: {len(done)} of {len(job.parts)} parts were done already")
     t0 = time.perf_counter()
     predicted = 0
-    with Bar(progress, sum(len(p.rows) for p in todo), "classifying") as bar:
-        if engine == "ray":
-            from astroclass.classify_ray import predict_parts_ray
+    try:
+        with Bar(progress, sum(len(p.rows) for p in todo), "classifying") as bar:
+            if engine == "ray":
+                from astroclass.classify_ray import predict_parts_ray
 
-            results = predict_parts_ray(clf, job, todo, tta, ray_address)
-        else:
-            results = predict_parts(clf, todo, tta, workers or default_workers(clf.device))
-        for part, p, errs, ext in results:
-            store.save(part.index, part.rows, p, errs, ext)
-            keep(part.rows, p, errs, ext)
-            predicted += len(part.rows)
-            bar.advance(len(part.rows))
-    seconds = time.perf_counter() - t0
+                results = predict_parts_ray(clf, job, todo, tta, ray_address)
+            else:
+                results = predict_parts(clf, todo, tta, workers or default_workers(clf.device))
+            for part, p, errs, ext in results:
+                store.save(part.index, part.rows, p, errs, ext)
+                keep(part.rows, p, errs, ext)
+                predicted += len(part.rows)
+                bar.advance(len(part.rows))
+        seconds = time.perf_counter() - t0
+        table = _output_table(clf, job, probs, errors, extra)
+        write_catalog(table, output, card_meta(clf, tta))
+    except OSError as exc:  # a full disk: the parts finished are kept, and the same command continues from them
+        text = os_error_text(OSError(exc.errno, exc.strerror, str(output)))
+        if text is None:
+            raise
+        raise AstroclassError(f"{text}; the {len(store.done())} of {len(job.parts)} parts finished are kept in "
+                              f"{store.folder}, and the same command continues from them") from None
+    store.remove()
+    ok = table["status"] == "ok"
+    return {"ok": int(ok.sum()), "failed": int(n - ok.sum()), "seconds": seconds,
+            "images_per_s": predicted / seconds if seconds > 0 else 0.0, "output": output, "tta": tta,
+            "resumed_parts": len(done), "table": table}
+
+
+def _output_table(clf: Any, job: PredictJob, probs: np.ndarray, errors: list[str],
+                  extra: dict[str, np.ndarray]) -> Any:
+    """The catalogue with each object's class, probabilities, status and error added."""
+    k = len(clf.class_names)
     ok = np.array([not e for e in errors], dtype=bool) & np.isfinite(probs).all(axis=1)
     table = job.table.copy(copy_data=False)
     for name, values in extra.items():
@@ -549,8 +569,4 @@ def run_job(clf: Any, job: PredictJob, output: str | Path, tta: bool | None = No
         table[f"p_{clf.class_names[c]}"] = probs[:, c]
     table["status"] = np.where(ok, "ok", "failed")
     table["error"] = [e if not good else "" for e, good in zip(errors, ok)]
-    write_catalog(table, output, card_meta(clf, tta))
-    store.remove()
-    return {"ok": int(ok.sum()), "failed": int(n - ok.sum()), "seconds": seconds,
-            "images_per_s": predicted / seconds if seconds > 0 else 0.0, "output": output, "tta": tta,
-            "resumed_parts": len(done), "table": table}
+    return table

@@ -40,6 +40,11 @@ def os_error_text(exc: BaseException) -> str | None:
         return None
     import sqlite3
 
+    if isinstance(exc, sqlite3.OperationalError) and "disk is full" in str(exc):
+        return ("the results store cannot be written: no space left on the device: free some and run the command "
+                "again (the store keeps every result recorded before)")
+    if isinstance(exc, sqlite3.OperationalError) and "readonly" in str(exc):
+        return "the results store is on a read-only file system or folder: run the grid into a writable one (-e)"
     if isinstance(exc, sqlite3.DatabaseError):
         return (f"the results store is damaged ({' '.join(str(exc).split())[:160]}); see 'astroclass grid status' "
                 f"for the store's path, and recover it from a copy or run the grid into a new experiment folder")

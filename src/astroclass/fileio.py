@@ -130,3 +130,21 @@ def save_figure(fig, path: str | Path, **kw) -> Path:
     with atomic_output(path) as tmp:
         fig.savefig(tmp, format=fmt, **kw)
     return path
+
+
+def torch_save(obj: object, path: str | Path, shown: str | Path | None = None) -> None:
+    """``torch.save`` through a Python file, so that a failed write (a full disk) is the OSError it is,
+    naming ``shown`` (default ``path``: the file the user knows, where ``path`` is its temporary), rather than
+    torch's "enforce fail" with no cause."""
+    import torch
+
+    try:
+        with open(path, "wb") as fh:
+            torch.save(obj, fh)
+    except RuntimeError as exc:
+        cause = exc.__context__
+        while cause is not None and not isinstance(cause, OSError):
+            cause = cause.__context__
+        if isinstance(cause, OSError):
+            raise OSError(cause.errno, cause.strerror, str(shown or path)) from None
+        raise

@@ -104,7 +104,10 @@ class _Scratch:
         if key not in self.files:
             self.files[key] = (self.stack.enter_context(scratch_file(self.output)), 0)
         fd, rows = self.files[key]
-        os.write(fd, np.ascontiguousarray(image).tobytes())
+        try:
+            os.write(fd, np.ascontiguousarray(image).tobytes())
+        except OSError as exc:  # a full disk: named by the output, beside which the working file lies
+            raise OSError(exc.errno, exc.strerror, str(self.output)) from None
         self.files[key] = (fd, rows + 1)
         return key, rows
 

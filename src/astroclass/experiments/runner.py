@@ -7,10 +7,12 @@ from the attempt's own folder when the store records its result).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import shutil
+import sqlite3
 import time
 import uuid
 from dataclasses import dataclass
@@ -105,6 +107,14 @@ def attempt_dir(experiment: Path, rid: str, token: str) -> Path:
     return experiment / "runs" / rid / f".attempt-{token}"
 
 
+def drop_attempt(experiment: Path, rid: str, token: str) -> None:
+    """Remove an attempt's folder, and the run's folder if that leaves it empty."""
+    folder = attempt_dir(experiment, rid, token)
+    shutil.rmtree(folder, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        folder.parent.rmdir()
+
+
 def adopt_attempt(experiment: Path, rid: str, token: str, result: dict | None = None) -> None:
     """Make ``runs/<id>/`` hold exactly the attempt's files (stale files of earlier attempts removed,
     other attempts' folders too); ``result``: a result.json to write there (a failure the driver saw)."""
@@ -167,7 +177,7 @@ def run_grid(spec: GridSpec, experiment: str | Path, options: GridOptions | None
                                               f"({exc})")
             result = {"status": "failed", "error": str(exc)}
         if not recorded:
-            shutil.rmtree(attempt_dir(experiment, rid, token), ignore_errors=True)
+            drop_attempt(experiment, rid, token)
         elif result.get("status") == "done":
             apply_keep_policy(store, experiment, rid, options.keep)
         held.pop(rid, None)
@@ -196,8 +206,16 @@ def run_grid(spec: GridSpec, experiment: str | Path, options: GridOptions | None
                 groups[token] = {"device": device, "runs": {rid for rid, _ in claimed}}
             if not groups:
                 break
+            machine = None
             for kind, token, rid, outcome in engine.wait(timeout=options.heartbeat_s):
                 group = groups[token]
+                if kind == "run" and outcome.get("machine"):  # a full disk: not the run's fault, no attempt used
+                    group["runs"].discard(rid)
+                    store.release({rid: token})
+                    drop_attempt(experiment, rid, token)
+                    held.pop(rid, None)
+                    machine = outcome["machine"]
+                    continue
                 if kind == "run":
                     group["runs"].discard(rid)
                     record(rid, token, outcome)
@@ -208,6 +226,9 @@ def run_grid(spec: GridSpec, experiment: str | Path, options: GridOptions | None
                     record(left, token, failed(why), driver_error=True)
                 free.append(group["device"])
                 del groups[token]
+            if machine:
+                raise AstroclassError(f"{machine}. The grid stopped; its unfinished runs are pending again (no "
+                                      f"attempt used): `grid run` continues them")
             if time.time() - last_beat >= options.heartbeat_s and held:
                 lost = store.heartbeat(held, options.lease_s)
                 for rid in lost:
@@ -215,8 +236,13 @@ def run_grid(spec: GridSpec, experiment: str | Path, options: GridOptions | None
                                  f"not be recorded here")
                 last_beat = time.time()
     except BaseException:
-        store.release(held)
         engine.shutdown(kill=True)
+        try:
+            store.release(held)
+            for rid, token in held.items():
+                drop_attempt(experiment, rid, token)
+        except (AstroclassError, sqlite3.Error):  # the store cannot be written (a full disk): leases expire
+            pass
         display.close()
         raise
     engine.shutdown()

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from astroclass.errors import AstroclassError
+from astroclass.errors import AstroclassError, os_error_text
 from astroclass.parallel import exit_with
 
 AUTO_GROUP = 24
@@ -42,6 +42,11 @@ class GroupJob:
 
 def failed(error: str, history: list | None = None) -> dict[str, Any]:
     return {"result": {"status": "failed", "error": error}, "history": history or []}
+
+
+def machine_failed(text: str) -> dict[str, Any]:
+    """A run that could not finish for a reason of the machine's (a full disk), not its own."""
+    return {**failed(text), "machine": text}
 
 
 def execute_group(job: GroupJob, emit: Callable[[str, dict], None], heartbeat: Callable[[], None] | None,
@@ -88,11 +93,14 @@ def execute_group(job: GroupJob, emit: Callable[[str, dict], None], heartbeat: C
             cache.clear()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
+            machine = os_error_text(exc)  # the machine's (a full disk): the driver stops the grid, no attempt used
             for rid, _, _ in chunk:
                 if rid not in reported:
-                    report(rid, failed(f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
+                    report(rid, machine_failed(machine) if machine else
+                           failed(f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
             for rid, _, _ in rest:
-                report(rid, failed("not trained: the worker stopped after an error in another run of its group"))
+                report(rid, machine_failed(machine) if machine else
+                       failed("not trained: the worker stopped after an error in another run of its group"))
             rest = []
         pending = rest
     return ok
@@ -104,7 +112,10 @@ def _report_run(report: Callable[[str, dict], None], ids: list[str], i: int, res
 
 
 def _send_run(conn, key: Any, rid: str, outcome: dict) -> None:
-    conn.send(("run", key, rid, outcome))
+    try:
+        conn.send(("run", key, rid, outcome))
+    except OSError:  # the driver is gone (it stopped the grid, or was killed): nobody to tell
+        raise SystemExit(0) from None
 
 
 def worker_main(conn, parent_pid: int, max_groups: int) -> None:
@@ -123,6 +134,9 @@ def worker_main(conn, parent_pid: int, max_groups: int) -> None:
         if job is None:
             return
         ok = execute_group(job, functools.partial(_send_run, conn, job.key), None, cache)
-        conn.send(("done", job.key, ok and n < max_groups - 1, None))
+        try:
+            conn.send(("done", job.key, ok and n < max_groups - 1, None))
+        except OSError:  # the driver is gone
+            return
         if not ok:
             return

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from astroclass import __version__
-from astroclass.fileio import atomic_output, atomic_write_text
+from astroclass.fileio import atomic_output, atomic_write_text, torch_save
 from astroclass.training.config import RunConfig, RunResult
 from astroclass.training.data import RunData
 from astroclass.training.method import predict_probs
@@ -95,8 +95,8 @@ def save_checkpoint(model: torch.nn.Module, data: RunData, cfg: RunConfig, resul
     }
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_output(out_dir / "checkpoint.pt") as tmp:
-        torch.save({"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, "card": card,
-                    "state_dict": state}, tmp)
+        torch_save({"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, "card": card,
+                    "state_dict": state}, tmp, out_dir / "checkpoint.pt")
 
 
 def _headline(m: dict) -> dict:

@@ -1,0 +1,98 @@
+"""A disk that really fills up: a small tmpfs mounted for the test (where the machine lets a test mount one;
+tests/test_robustness.py injects the same error where it does not). Every command ends in one line naming
+the file and what to do, leaves nothing half-written, and continues once space is freed."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import data_set
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB file system at tmp_path / 'disk', unmounted afterwards."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"this machine does not let a test mount a small file system ({done.stderr.decode().strip()})")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def fill(disk: Path, leave: int) -> Path:
+    """A file taking all of ``disk`` but ``leave`` bytes."""
+    import os
+
+    filler = disk / "filler"
+    st = os.statvfs(disk)
+    filler.write_bytes(bytes(max(0, st.f_bavail * st.f_frsize - leave)))
+    return filler
+
+
+def one_line(err: str) -> bool:
+    return err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_train_on_a_full_disk_names_the_checkpoint_and_leaves_no_run_folder(tiny_h5, small_disk, cli):
+    code, _, err = cli("train", tiny_h5, "--model", "test_resnet", "--epochs", "1", "--batch-size", "16", "-q",
+                       "-o", small_disk / "run")
+    assert code == 1 and one_line(err), err
+    assert f"{small_disk / 'run' / 'checkpoint.pt'}: no space left on the device" in err
+    assert list(small_disk.iterdir()) == []
+
+
+def test_import_on_a_full_disk_names_the_output_and_leaves_nothing(small_disk, cli):
+    code, _, err = cli("data", "import", "catalog", data_set("aries_star_galaxy") / "labels.csv", "-o",
+                       small_disk / "d.h5")
+    assert code == 1 and one_line(err) and f"{small_disk / 'd.h5'}: no space left on the device" in err
+    assert list(small_disk.iterdir()) == []
+
+
+def test_a_grid_stops_on_a_full_disk_without_spending_attempts_and_continues_once_space_is_freed(
+        tiny_h5, small_disk, cli, tmp_path):
+    spec = tmp_path / "g.yaml"
+    spec.write_text(yaml.safe_dump({"name": "g", "datasets": {"SG": str(tiny_h5)}, "models": ["test_resnet"],
+                                    "setups": ["scratch"], "l2": [0.0, 0.1], "maxnorm": [0.0],
+                                    "optimizers": ["adam"], "train": {"epochs": 1, "batch_size": 16}}))
+    exp = small_disk / "exp"
+    code, _, err = cli("grid", "run", spec, "-e", exp, "-q", "--workers", "2", "--threads", "1")
+    assert code == 1 and one_line(err) and "no space left on the device" in err and "The grid stopped" in err
+    code, out, _ = cli("grid", "status", spec, "-e", exp)
+    assert code == 0 and "pending 2, running 0, done 0, failed 0" in out  # no attempt spent, nothing failed
+    assert [p.name for p in (exp / "runs").iterdir()] == []  # no attempt's files left
+    # the store moves elsewhere with room: the grid finishes every run
+    roomy = tmp_path / "exp"
+    import shutil
+
+    shutil.copytree(exp, roomy)
+    code, _, err = cli("grid", "run", spec, "-e", roomy, "-q", "--threads", "1")
+    assert code == 0, err
+    code, out, _ = cli("grid", "status", spec, "-e", roomy)
+    assert "done 2" in out
+
+
+def test_predict_on_a_full_disk_keeps_its_finished_parts_and_continues_once_space_is_freed(
+        tiny_h5, small_disk, cli, tmp_path):
+    code, _, err = cli("train", tiny_h5, "--model", "test_resnet", "--epochs", "1", "--batch-size", "16", "-q",
+                       "-o", tmp_path / "run")
+    assert code == 0, err
+    cat = data_set("aries_star_galaxy") / "labels.csv"
+    filler = fill(small_disk, 48 * 1024)
+    out = small_disk / "p.csv"
+    code, _, err = cli("predict", tmp_path / "run" / "checkpoint.pt", cat, "-o", out, "--part-size", "512", "-q")
+    assert code == 1 and one_line(err) and f"{out}: no space left on the device" in err
+    assert "parts finished are kept in" in err and "continues from them" in err and not out.exists()
+    kept = len(list((small_disk / ".p.csv.parts").glob("part-*.npz")))
+    assert kept >= 1
+    filler.unlink()
+    code, stdout, err = cli("predict", tmp_path / "run" / "checkpoint.pt", cat, "-o", out, "--part-size", "512")
+    assert code == 0, err
+    assert f"resuming: {kept} of" in stdout + err
+    assert len(out.read_text().splitlines()) == 1 + len(cat.read_text().splitlines()) - 1
+    assert not (small_disk / ".p.csv.parts").exists()
