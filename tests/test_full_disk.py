@@ -1,6 +1,7 @@
-"""A disk that really fills up: a small tmpfs mounted for the test (where the machine lets a test mount one;
-tests/test_robustness.py injects the same error where it does not). Every command ends in one line naming
-the file and what to do, leaves nothing half-written, and continues once space is freed."""
+"""A disk that really fills up, and one that cannot be written: small tmpfs mounted for the test (where the
+machine lets a test mount one; tests/test_robustness.py injects the same errors where it does not). Every
+command ends in one line naming the file and what to do, leaves nothing half-written, and continues once
+space is freed."""
 
 from __future__ import annotations
 
@@ -11,18 +12,27 @@ import pytest
 import yaml
 
 from conftest import data_set
+from test_robustness import tiny_grid
+
+
+def mounted(disk: Path, options: str):
+    disk.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(disk)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"this machine does not let a test mount a small file system ({done.stderr.decode().strip()})")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 @pytest.fixture
 def small_disk(tmp_path):
     """A 1 MiB file system at tmp_path / 'disk', unmounted afterwards."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"this machine does not let a test mount a small file system ({done.stderr.decode().strip()})")
-    yield disk
-    subprocess.run(["umount", "-l", str(disk)], check=False)
+    yield from mounted(tmp_path / "disk", "size=1m")
+
+
+@pytest.fixture
+def read_only_disk(tmp_path):
+    yield from mounted(tmp_path / "ro", "size=1m,ro")
 
 
 def fill(disk: Path, leave: int) -> Path:
@@ -96,3 +106,22 @@ def test_predict_on_a_full_disk_keeps_its_finished_parts_and_continues_once_spac
     assert f"resuming: {kept} of" in stdout + err
     assert len(out.read_text().splitlines()) == 1 + len(cat.read_text().splitlines()) - 1
     assert not (small_disk / ".p.csv.parts").exists()
+
+
+def test_every_output_on_a_read_only_file_system_is_one_line_before_any_work(tiny_h5, read_only_disk, cli,
+                                                                             tmp_path):
+    code, _, err = cli("train", tiny_h5, "--model", "test_resnet", "--epochs", "1", "-q", "-o",
+                       tmp_path / "run")
+    assert code == 0, err
+    ck = tmp_path / "run" / "checkpoint.pt"
+    cat = data_set("aries_star_galaxy") / "labels.csv"
+    ro = read_only_disk
+    for args in (("train", tiny_h5, "--model", "test_resnet", "--epochs", "1", "-q", "-o", ro / "run"),
+                 ("data", "import", "catalog", cat, "-o", ro / "d.h5"),
+                 ("predict", ck, cat, "-q", "-o", ro / "p.csv"),
+                 ("data", "info", tiny_h5, "--preview", ro / "x.png"),
+                 ("export", ck, "--onnx", ro / "m.onnx"),
+                 ("grid", "export", tiny_grid(tiny_h5, tmp_path).parent / "exp", "-o", ro / "r.csv")):
+        code, _, err = cli(*args)
+        assert code == 1 and one_line(err) and str(ro) in err, (args, err)
+        assert "read-only" in err or "not writable" in err, (args, err)
