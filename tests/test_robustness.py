@@ -349,3 +349,22 @@ def test_a_worker_reports_a_full_disk_to_the_driver_as_the_machines_not_the_runs
         text = outcome["machine"]
         assert "no space left on the device" in text and "Traceback" not in text and "\n" not in text
         assert outcome["result"]["status"] == "failed"
+
+
+def test_one_band_fits_beside_an_8_bit_image_points_to_channels_not_only_skip_bad(tmp_path, cli):
+    from astropy.io import fits
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in "ab":
+        (tmp_path / "tree" / c).mkdir(parents=True)
+        for i in range(12):
+            fits.PrimaryHDU(rng.normal(size=(32, 32)).astype(np.float32)).writeto(tmp_path / "tree" / c / f"{i}.fits")
+    code, _, err = cli("data", "import", "folder", tmp_path / "tree", "-o", tmp_path / "one.h5")
+    assert code == 0, err  # one-band FITS alone: one band, whatever --channels says
+    Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(tmp_path / "tree" / "a" / "grey.png")
+    code, _, err = cli("data", "import", "folder", tmp_path / "tree", "-o", tmp_path / "mixed.h5")
+    assert code == 1 and one_line(err) and "grey.png: has 3 band(s), while 24 other images have 1" in err
+    assert "--channels 1 reads them as 1" in err
+    code, _, err = cli("data", "import", "folder", tmp_path / "tree", "--channels", "1", "-o", tmp_path / "mixed.h5")
+    assert code == 0, err

@@ -191,8 +191,11 @@ def build_dataset(items: Sequence[Item], output: str | Path, spec: ImageSpec | N
             for i in keep:
                 shp = where[i][0][0]  # type: ignore[index]
                 if shp != main_shape:
+                    hint = f" (8-bit images are read as {spec.channels} channel(s); --channels " \
+                           f"{main_shape[0]} reads them as {main_shape[0]})" \
+                        if {shp[0], main_shape[0]} == {1, 3} and spec.channels == shp[0] else ""
                     bad.append((i, f"{items[i].source}: has {shp[0]} band(s), while {shapes[main_shape]} other "
-                                   f"images have {main_shape[0]}"))
+                                   f"images have {main_shape[0]}{hint}"))
             keep = [i for i in keep if where[i][0][0] == main_shape]  # type: ignore[index]
         if bad and not skip_bad:
             first = sorted(bad)[0][1]
