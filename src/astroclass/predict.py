@@ -97,7 +97,7 @@ class Classifier:
             except AstroclassError:
                 init = "timm"
         self.model = build_model(c["model"], len(self.class_names), self.in_chans, self.size, c.get("pooling", "avg"),
-                                 init=init)
+                                 init=init, arch=c.get("arch"))
         try:
             self.model.load_state_dict(ck["state_dict"])
         except RuntimeError as exc:

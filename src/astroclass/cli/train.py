@@ -54,7 +54,8 @@ def train_cmd(
     base = with_picked_backbone(base, typer.echo)
     cfg = RunConfig.from_dict(base)
     if output is None:
-        output = Path("runs") / (f"{dataset.stem}-{cfg.model}-{cfg.setup}-{cfg.optimizer}-l2{cfg.l2:g}-"
+        model = cfg.model.rstrip("/").rsplit("/", 1)[-1].rsplit(":", 1)[-1]  # hf_hub:owner/name → name
+        output = Path("runs") / (f"{dataset.stem}-{model}-{cfg.setup}-{cfg.optimizer}-l2{cfg.l2:g}-"
                                  f"mn{cfg.maxnorm:g}-s{cfg.seed}")
     if (output / "result.json").exists() and not overwrite and _status(output / "result.json") != "failed":
         raise AstroclassError(f"{output}: holds a finished run already (pass --overwrite, or choose -o)")

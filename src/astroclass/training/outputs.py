@@ -92,6 +92,7 @@ def save_checkpoint(model: torch.nn.Module, data: RunData, cfg: RunConfig, resul
         "dataset": str(data.path), "dataset_hash": data.content_hash, "config": cfg.to_dict(),
         "metrics": {"val": _headline(result.val), "test": _headline(result.test)},
         "best_epoch": result.best_epoch, "astroclass_version": __version__,
+        "arch": getattr(model, "arch", None),  # a hub model's config.json: predicting needs no network
     }
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_output(out_dir / "checkpoint.pt") as tmp:
