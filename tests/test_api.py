@@ -30,9 +30,12 @@ def test_the_readme_notebook_example_runs(tmp_path, monkeypatch):
     print(f"README notebook example: {time.perf_counter() - t0:.1f} s")
     run, ds, probs = names["run"], names["ds"], names["probs"]
     assert probs.shape == (4, 2) and np.allclose(probs.sum(1), 1, atol=1e-5)
-    assert 0 <= run.metrics["test"]["balanced_accuracy"] <= 1 and run.metrics["epochs_run"] == 2
+    assert run.metrics["test"]["balanced_accuracy"] > 0.5 and run.metrics["epochs_run"] == 3  # better than chance
     assert ds.class_names == ["galaxy", "star"] and len(ds) == 120 and sum(ds.counts["train"].values()) == 96
-    assert (tmp_path / "notebook-run" / "checkpoint.pt").exists() and len(run.history) == 2
+    assert (tmp_path / "notebook-run" / "checkpoint.pt").exists() and len(run.history) == 3
+    assert list(run.history["phase"]) == ["head", "finetune", "finetune"] and run.history["val_loss"].dtype.kind == "f"
+    assert "balanced accuracy" in run._repr_html_() and "data:image/png;base64" in run._repr_html_()
+    assert "contact sheet" in ds._repr_html_() and "<th>train</th>" in ds._repr_html_()
     saved = astroclass.load(tmp_path / "notebook-run" / "checkpoint.pt")
     paths = [str(REPO.parent / "shared/data/aries_star_galaxy" / p) for p in names["df"]["path"][:4]]
     np.testing.assert_allclose(saved.predict(paths), probs, atol=1e-5)

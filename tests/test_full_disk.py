@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_robustness import tiny_grid
 
 from conftest import data_set
-from test_robustness import tiny_grid
 
 
 def mounted(disk: Path, options: str):

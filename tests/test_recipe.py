@@ -183,7 +183,7 @@ def test_a_budget_with_no_model_named_picks_the_largest_backbone_that_fits_it(cl
     code, text, err = cli("train", str(tiny_h5), "--recipe", "modern", "--budget", "1h", "--epochs", "1",
                           "--head-epochs", "1", "--batch-size", "16", "--no-tta", "-q", "-o", str(tmp_path / "r"))
     assert code == 0, err
-    assert "recipe modern, budget 1h: timing backbones on this machine" in text and "resnet18: about" in text
+    assert "recipe modern, budget 1h: timing backbones on this machine" in err and "resnet18: about" in err
     saved = RunConfig.from_yaml(tmp_path / "r" / "config.yaml")
     assert (saved.model, saved.setup, saved.weights) == ("resnet18", "pretrained", str(weights))
     assert 3500 < parse_duration(saved.budget) < 3600

@@ -5,7 +5,13 @@ training run (checkpoint + metrics) → comparison grid (SQLite store) → repor
 checkpoint → predictions for new images.
 """
 
+import warnings
+
 __version__ = "0.1.0"
+
+# huggingface_hub (through timm) imports tqdm.auto, which in a notebook without ipywidgets warns on import; astroclass
+# draws no widget (its progress is plain lines there), so the warning says nothing about astroclass' output
+warnings.filterwarnings("ignore", message="IProgress not found")
 
 
 def load(checkpoint, device: str = "auto", amp: str = "auto"):

@@ -13,7 +13,6 @@ and returns a :class:`Run`: its metrics, history, checkpoint and predictions, in
 
 from __future__ import annotations
 
-import csv
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -44,6 +43,23 @@ class Dataset:
 
     def __repr__(self) -> str:
         return f"Dataset({str(self.path)!r}: {self.n_images} images, classes {self.class_names})"
+
+    def _repr_html_(self) -> str:
+        """In a notebook: objects per class in each split, and a contact sheet of examples per class."""
+        import html
+
+        from astroclass.data.prepared import PreparedDataset
+        from astroclass.data.preview import contact_sheet
+
+        splits = list(self.counts)
+        rows = "".join(f"<tr><td>{html.escape(c)}</td>" + "".join(f"<td>{self.counts[s].get(c, 0)}</td>"
+                                                                 for s in splits) + "</tr>"
+                       for c in self.class_names or ["(unlabelled)"])
+        table = (f"<table><tr><th>class</th>{''.join(f'<th>{s}</th>' for s in splits)}</tr>{rows}</table>")
+        with tempfile.TemporaryDirectory(prefix="astroclass-sheet-") as tmp, PreparedDataset(self.path) as ds:
+            sheet = _png_tag(contact_sheet(ds, Path(tmp) / "sheet.png", per_class=6), "contact sheet")
+        return (f"<div><b>{html.escape(str(self.path))}</b>: {self.n_images} images, content hash "
+                f"{self.content_hash[:12]}{table}{sheet}</div>")
 
     @classmethod
     def open(cls, path: str | Path) -> Dataset:
@@ -158,9 +174,53 @@ class Run:
                 "threshold": r.threshold}
 
     @property
-    def history(self) -> list[dict[str, str]]:
-        with open(self.path / "history.csv", newline="") as fh:
-            return list(csv.DictReader(fh))
+    def history(self) -> Any:
+        """One row per epoch (phase, epoch, losses, accuracies, learning rate, seconds) as a pandas DataFrame of
+        numbers."""
+        import pandas as pd
+
+        return pd.read_csv(self.path / "history.csv")
+
+    def __repr__(self) -> str:
+        t = self.result.test
+        return (f"Run({str(self.path)!r}: test accuracy {t['accuracy']:.4f}, balanced {t['balanced_accuracy']:.4f}, "
+                f"best epoch {self.result.best_epoch} of {self.result.epochs_run})")
+
+    def _repr_html_(self) -> str:
+        """In a notebook: val and test metrics with their 95% intervals, and the learning curve."""
+        import html
+
+        def interval(m: dict, key: str) -> str:
+            ci = m.get(f"{key}_ci95")
+            return f"{m[key]:.4f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+        rows = "".join(f"<tr><td>{split}</td><td>{m.get('n', '')}</td><td>{interval(m, 'accuracy')}</td>"
+                       f"<td>{interval(m, 'balanced_accuracy')}</td><td>{interval(m, 'macro_f1')}</td></tr>"
+                       for split, m in (("val", self.result.val), ("test", self.result.test)))
+        table = ("<table><tr><th></th><th>images</th><th>accuracy</th><th>balanced accuracy</th><th>macro-F1</th>"
+                 f"</tr>{rows}</table>")
+        return (f"<div><b>{html.escape(str(self.path))}</b>: {html.escape(str(self.result.config.get('model')))}, "
+                f"best epoch {self.result.best_epoch} of {self.result.epochs_run} (95% intervals){table}"
+                f"{self._curve()}</div>")
+
+    def _curve(self) -> str:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        h = self.history
+        fig, ax = plt.subplots(figsize=(4.5, 2.4))
+        x = np.arange(1, len(h) + 1)
+        ax.plot(x, h["train_loss"], label="train loss")
+        ax.plot(x, h["val_loss"], label="val loss")
+        ax.set_xlabel("epoch (all phases)")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        with tempfile.TemporaryDirectory(prefix="astroclass-curve-") as tmp:
+            fig.savefig(Path(tmp) / "curve.png", dpi=90)
+            plt.close(fig)
+            return _png_tag(Path(tmp) / "curve.png", "learning curve")
 
     def predict(self, images: Any, tta: bool = False) -> np.ndarray:
         """Class probabilities (N, K) for image files or stored-format arrays, as ``astroclass.load`` gives."""
@@ -189,11 +249,14 @@ def fit(dataset: Dataset | str | Path, output: str | Path | None = None, progres
         **options: Any) -> Run:
     """Train one run on ``dataset`` with any run option of ``astroclass train`` as a keyword (``model``,
     ``setup``, ``epochs``, ``l2``, ``unfreeze``...); ``output``: the run folder (default: a temporary one)."""
+    from astroclass.progress import say, show_messages
     from astroclass.training import RunConfig, train
     from astroclass.training.pick import with_picked_backbone
 
+    if progress:
+        show_messages()
     path = dataset.path if isinstance(dataset, Dataset) else Path(dataset)
-    options = with_picked_backbone({**options, "dataset": str(path)}, print if progress else (lambda line: None))
+    options = with_picked_backbone({**options, "dataset": str(path)}, say if progress else (lambda line: None))
     cfg = RunConfig.from_dict(options, "fit()")
     out, keep = (Path(output), None) if output is not None else _temporary("run", "astroclass-run-")
     return Run(out, train(cfg, out, progress=progress), keep)
@@ -212,3 +275,10 @@ def _temporary(name: str, prefix: str) -> tuple[Path, Any]:
     """``name`` in a new temporary folder, and the object that removes the folder when it is collected."""
     keep = tempfile.TemporaryDirectory(prefix=prefix)
     return Path(keep.name) / name, keep
+
+
+def _png_tag(path: Path, alt: str) -> str:
+    """An <img> holding the PNG at ``path`` (a notebook keeps it with its outputs)."""
+    import base64
+
+    return f'<img alt="{alt}" src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}"/>'

@@ -329,14 +329,14 @@ class PartStore:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def job_key(clf: Any, job: PredictJob, tta: bool) -> str:
+def job_key(clf: Any, job: PredictJob, tta: bool, embed: str | None = None) -> str:
     """What identifies a prediction's parts: the checkpoint's bytes, the job and the options that change results."""
     h = hashlib.sha256()
     with open(clf.path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
-    h.update(json.dumps({"job": job.describe, "tta": tta, "amp": clf.amp_setting, "parts": len(job.parts)},
-                        sort_keys=True, default=str).encode())
+    h.update(json.dumps({"job": job.describe, "tta": tta, "amp": clf.amp_setting, "parts": len(job.parts),
+                         **({"embed": embed} if embed else {})}, sort_keys=True, default=str).encode())
     return h.hexdigest()
 
 
@@ -429,11 +429,12 @@ def _taking_turns(parts: Sequence[Any], workers: int) -> Iterator[Any]:
             yield _joined([f.result() for f in futures])
 
 
-def predict_parts(clf: Any, parts: Sequence[Any], tta: bool, workers: int) -> Iterator[tuple[Any, np.ndarray,
-                                                                                                 list[str], dict]]:
+def predict_parts(clf: Any, parts: Sequence[Any], tta: bool, workers: int, embed: str | None = None
+                  ) -> Iterator[tuple[Any, np.ndarray, list[str], dict]]:
     """(part, probabilities (n, K) with NaN rows where it failed, errors, extra columns) for each part, in order,
-    on this machine. On a CPU the parts are read by ``workers`` processes taking turns with the model; with a
-    GPU they are read ahead, by a thread or by ``workers`` processes, while the GPU classifies."""
+    on this machine (with ``embed``, the representation of that layer (n, D) instead of probabilities). On a CPU
+    the parts are read by ``workers`` processes taking turns with the model; with a GPU they are read ahead, by a
+    thread or by ``workers`` processes, while the GPU classifies."""
     import torch
 
     from astroclass.parallel import parallel_imap
@@ -443,7 +444,7 @@ def predict_parts(clf: Any, parts: Sequence[Any], tta: bool, workers: int) -> It
     else:
         loaded = _ahead(load_part, parts) if workers <= 1 else \
             parallel_imap(load_part, list(parts), (), workers, chunk=1, ahead=2)
-    k = len(clf.class_names)
+    k = clf.embedding_size(embed) if embed else len(clf.class_names)
     for part, (arrays, errors, extra) in zip(parts, loaded):
         good = np.array([not e for e in errors], dtype=bool)
         probs = np.full((len(errors), k), np.nan, np.float32)
@@ -454,7 +455,8 @@ def predict_parts(clf: Any, parts: Sequence[Any], tta: bool, workers: int) -> It
             # few batch shapes, each of whose kernels a CPU backend prepares once, not once per part
             padded = np.zeros((-(-n // PAD_TO) * PAD_TO, *x.shape[1:]), x.dtype)
             padded[:n] = x
-            probs[good] = clf.predict_tensor(torch.from_numpy(padded), tta)[:n]
+            x = torch.from_numpy(padded)
+            probs[good] = (clf.embed_tensor(x, embed, tta) if embed else clf.predict_tensor(x, tta))[:n]
         yield part, probs, errors, extra
 
 
@@ -486,10 +488,12 @@ def card_meta(clf: Any, tta: bool) -> dict[str, tuple[Any, str]]:
 
 def run_job(clf: Any, job: PredictJob, output: str | Path, tta: bool | None = None, overwrite: bool = False,
             workers: int | None = None, progress: bool = True, engine: str = "local",
-            ray_address: str | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+            ray_address: str | None = None, log: Callable[[str], None] | None = None,
+            embed: str | None = None) -> dict[str, Any]:
     """Classify every part of ``job`` (resuming from the parts a killed run finished) and write the output
-    table. ``tta`` None: as the model's run evaluated. Returns counts, images/s, the output path and the table
-    written (an astropy ``Table``)."""
+    table. ``tta`` None: as the model's run evaluated. ``embed`` ("backbone" or "hidden"): each object's
+    representation from that layer instead of its class (an ``embedding`` column; ``embedding_<i>`` columns in
+    CSV). Returns counts, images/s, the output path and the table written (an astropy ``Table``)."""
     from astroclass.catalogs import output_format, write_catalog
     from astroclass.fileio import check_output
     from astroclass.progress import Bar
@@ -502,13 +506,13 @@ def run_job(clf: Any, job: PredictJob, output: str | Path, tta: bool | None = No
     if tta is None:
         tta = bool((clf.card.get("config") or {}).get("tta", False))
     n = len(job.table)
-    k = len(clf.class_names)
+    k = clf.embedding_size(embed) if embed else len(clf.class_names)
     probs = np.full((n, k), np.nan, np.float32)
     errors = [""] * n
     for r, why in job.failed.items():
         errors[r] = why
     extra = {name: values.copy() for name, values in job.extra.items()}
-    store = PartStore(output, job_key(clf, job, tta))
+    store = PartStore(output, job_key(clf, job, tta, embed))
     done = store.done()
 
     def keep(rows: np.ndarray, p: np.ndarray, errs: Sequence[str], ext: Mapping[str, np.ndarray]) -> None:
@@ -531,17 +535,20 @@ def run_job(clf: Any, job: PredictJob, output: str | Path, tta: bool | None = No
             if engine == "ray":
                 from astroclass.classify_ray import predict_parts_ray
 
-                results = predict_parts_ray(clf, job, todo, tta, ray_address)
+                results = predict_parts_ray(clf, job, todo, tta, ray_address, embed)
             else:
-                results = predict_parts(clf, todo, tta, workers or default_workers(clf.device))
+                results = predict_parts(clf, todo, tta, workers or default_workers(clf.device), embed)
             for part, p, errs, ext in results:
                 store.save(part.index, part.rows, p, errs, ext)
                 keep(part.rows, p, errs, ext)
                 predicted += len(part.rows)
                 bar.advance(len(part.rows))
         seconds = time.perf_counter() - t0
-        table = _output_table(clf, job, probs, errors, extra)
-        write_catalog(table, output, card_meta(clf, tta))
+        table = _output_table(clf, job, probs, errors, extra, embed, output_format(output) == "ascii.csv")
+        meta = card_meta(clf, tta)
+        if embed:
+            meta["ACEMBED"] = (embed, "embedding: backbone (pooled features) or hidden (head)")
+        write_catalog(table, output, meta)
     except OSError as exc:  # a full disk: the parts finished are kept, and the same command continues from them
         text = os_error_text(OSError(exc.errno, exc.strerror, str(output)))
         if text is None:
@@ -556,13 +563,23 @@ def run_job(clf: Any, job: PredictJob, output: str | Path, tta: bool | None = No
 
 
 def _output_table(clf: Any, job: PredictJob, probs: np.ndarray, errors: list[str],
-                  extra: dict[str, np.ndarray]) -> Any:
-    """The catalogue with each object's class, probabilities, status and error added."""
+                  extra: dict[str, np.ndarray], embed: str | None = None, flat: bool = False) -> Any:
+    """The catalogue with each object's class, probabilities, status and error added (with ``embed``, its
+    representation: one vector column, or ``flat`` one column per value, as CSV needs)."""
     k = len(clf.class_names)
     ok = np.array([not e for e in errors], dtype=bool) & np.isfinite(probs).all(axis=1)
     table = job.table.copy(copy_data=False)
     for name, values in extra.items():
         table[name] = values
+    if embed:
+        if flat:
+            for i in range(probs.shape[1]):
+                table[f"embedding_{i}"] = probs[:, i]
+        else:
+            table["embedding"] = probs
+        table["status"] = np.where(ok, "ok", "failed")
+        table["error"] = [e if not good else "" for e, good in zip(errors, ok)]
+        return table
     table["predicted"] = [clf.class_names[int(i)] if good else "" for i, good in
                           zip(np.nan_to_num(probs, nan=-1.0).argmax(axis=1), ok)]
     for c in range(k):

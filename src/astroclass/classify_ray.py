@@ -127,23 +127,24 @@ class _PredictActor:
         torch.set_num_threads(max(1, threads))
         self.clf = load(receive_file(ray, checkpoint), device, amp)
 
-    def predict(self, part: Any, files: dict[str, FileShipment], tta: bool) -> tuple[int, np.ndarray, list[str],
-                                                                                      dict]:
+    def predict(self, part: Any, files: dict[str, FileShipment], tta: bool, embed: str | None = None
+                ) -> tuple[int, np.ndarray, list[str], dict]:
         import ray
 
         from astroclass.classify import predict_parts
 
         local = {path: receive_file(ray, s) for path, s in files.items()}
         back = {v: k for k, v in local.items() if v != k}
-        _, probs, errors, extra = next(predict_parts(self.clf, [relocate(part, local)], tta, workers=0))
+        _, probs, errors, extra = next(predict_parts(self.clf, [relocate(part, local)], tta, workers=0, embed=embed))
         for local_path, driver_path in back.items():  # errors name the driver's files
             errors = [e.replace(local_path, driver_path) for e in errors]
         return part.index, probs, errors, extra
 
 
-def predict_parts_ray(clf: Any, job: Any, parts: Sequence[Any], tta: bool,
-                      address: str | None = None) -> Iterator[tuple[Any, np.ndarray, list[str], dict]]:
-    """(part, probabilities, errors, extra columns) for each part, in the order they finish on the cluster."""
+def predict_parts_ray(clf: Any, job: Any, parts: Sequence[Any], tta: bool, address: str | None = None,
+                      embed: str | None = None) -> Iterator[tuple[Any, np.ndarray, list[str], dict]]:
+    """(part, probabilities (with ``embed``, that layer's representation), errors, extra columns) for each part,
+    in the order they finish on the cluster."""
     from astroclass.extras import require
 
     if not parts:
@@ -180,7 +181,7 @@ def predict_parts_ray(clf: Any, job: Any, parts: Sequence[Any], tta: bool,
                     shipped[f] = ship_file(ray, f)
                 if f in shipped:
                     files[f] = shipped[f]
-            pending[actor.predict.remote(part, files, tta)] = actor
+            pending[actor.predict.remote(part, files, tta, embed)] = actor
 
         for actor in actors:
             for _ in range(IN_FLIGHT):

@@ -13,7 +13,7 @@ without a flip): galaxies have no preferred orientation.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,10 @@ from astroclass.errors import AstroclassError
 from astroclass.fileio import atomic_output
 from astroclass.models import load_torch_file
 from astroclass.training import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, predict_probs
+from astroclass.training.method import mean_over_views
+
+EMBED_LAYERS = ("backbone", "hidden")
+"""What ``embed`` gives: the pooled backbone features the head reads, or the head's hidden layer."""
 
 CARD_REQUIRED = ("model", "class_names", "in_chans", "input_size", "image_spec")
 """What prediction needs from a model card; the rest (metrics, config, provenance) is shown when present."""
@@ -109,41 +113,76 @@ class Classifier:
             matmul_1x1(self.model)
 
     # -- arrays ----------------------------------------------------------------------------
-    def predict_tensor(self, x: np.ndarray | torch.Tensor, tta: bool = False, batch_size: int = 256) -> np.ndarray:
-        """Softmax probabilities (N, K) for stored-format images (uint8, or float in [0, 1]), computed as
-        the training run's evaluation computes them."""
+    def _images(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Stored-format images as a (N, C, S, S) tensor, checked: the model's shape, no NaN."""
         t = torch.as_tensor(np.asarray(x)) if not isinstance(x, torch.Tensor) else x
         if t.ndim == 3:
             t = t[None]
         if t.ndim != 4 or t.shape[1:] != (self.in_chans, self.size, self.size):
             raise AstroclassError(f"expected images of shape (N, {self.in_chans}, {self.size}, {self.size}), got "
                                   f"{tuple(t.shape)}")
-        if not len(t):
-            return np.zeros((0, len(self.class_names)), np.float32)
-        if t.is_floating_point():
+        if t.is_floating_point() and len(t):
             bad = ~torch.isfinite(t).reshape(len(t), -1).all(dim=1)
             if bool(bad.any()):
                 raise AstroclassError(f"{int(bad.sum())} image(s) hold NaN or infinite values (the first: image "
-                                      f"{int(torch.nonzero(bad)[0])}): their probabilities would be NaN")
+                                      f"{int(torch.nonzero(bad)[0])}): their outputs would be NaN")
+        return t
+
+    def predict_tensor(self, x: np.ndarray | torch.Tensor, tta: bool = False, batch_size: int = 256) -> np.ndarray:
+        """Softmax probabilities (N, K) for stored-format images (uint8, or float in [0, 1]), computed as
+        the training run's evaluation computes them."""
+        t = self._images(x)
+        if not len(t):
+            return np.zeros((0, len(self.class_names)), np.float32)
         return predict_probs(self.model, t, self.device, batch_size, channels_last=True,
                              amp=torch.bfloat16 if self.amp else None, tta=tta)
+
+    def embed_tensor(self, x: np.ndarray | torch.Tensor, layer: str = "backbone", tta: bool = False,
+                     batch_size: int = 256) -> np.ndarray:
+        """The model's representation (N, D) of stored-format images: ``layer`` "backbone", the pooled backbone
+        features the head reads, or "hidden", the head's hidden layer after its activation (2048 values).
+        With ``tta``, averaged over the 8 flips/rotations (a representation blind to orientation)."""
+        t = self._images(x)
+        head = layer == "hidden"
+        if not len(t):
+            return np.zeros((0, self.embedding_size(layer)), np.float32)
+        m = self.model
+        return mean_over_views(lambda xb: m.act(m.hidden(m.features(xb).float())) if head else m.features(xb), m, t,
+                               self.device, batch_size, channels_last=True, amp=torch.bfloat16 if self.amp else None,
+                               tta=tta)
+
+    def embedding_size(self, layer: str = "backbone") -> int:
+        """How many values :meth:`embed_tensor` gives per object for ``layer``."""
+        if layer not in EMBED_LAYERS:
+            raise AstroclassError(f"layer must be one of {EMBED_LAYERS}, got {layer!r}")
+        return int(self.model.hidden.out_features if layer == "hidden" else self.model.hidden.in_features)
 
     def predict(self, images: np.ndarray | torch.Tensor | Sequence[str | Path], tta: bool = False) -> np.ndarray:
         """Probabilities (N, K) for an array of stored-format images or a list of image/FITS files.
 
         Files that cannot be read raise an error naming them (the CLI reports them per row instead).
         """
+        return self._over(images, lambda t: self.predict_tensor(t, tta), len(self.class_names))
+
+    def embed(self, images: np.ndarray | torch.Tensor | Sequence[str | Path], layer: str = "backbone",
+              tta: bool = False) -> np.ndarray:
+        """The model's representation (N, D) of an array of stored-format images or a list of image/FITS files
+        (see :meth:`embed_tensor`): for similarity search, clustering, anomaly hunting. A whole catalogue, with
+        its columns kept: ``astroclass embed``."""
+        size = self.embedding_size(layer)
+        return self._over(images, lambda t: self.embed_tensor(t, layer, tta), size)
+
+    def _over(self, images: np.ndarray | torch.Tensor | Sequence[str | Path],
+              fn: Callable[[torch.Tensor], np.ndarray], width: int) -> np.ndarray:
         if isinstance(images, (np.ndarray, torch.Tensor)):
-            x = torch.as_tensor(np.asarray(images)) if isinstance(images, np.ndarray) else images
-            return self.predict_tensor(x, tta)
+            return fn(torch.as_tensor(np.asarray(images)) if isinstance(images, np.ndarray) else images)
         arrays = []
         for p in images:
             arr, err = self.read(p)
             if arr is None:
                 raise AstroclassError(err)
             arrays.append(arr)
-        return self.predict_tensor(torch.from_numpy(np.stack(arrays)), tta) if arrays else \
-            np.zeros((0, len(self.class_names)), np.float32)
+        return fn(torch.from_numpy(np.stack(arrays))) if arrays else np.zeros((0, width), np.float32)
 
     def classify_catalog(self, catalog: str | Path, output: str | Path, bands: dict[str, list[str]] | None = None,
                          images: Sequence[str] = (), overwrite: bool = False, progress: bool = False,

@@ -10,7 +10,7 @@ from astroclass import __version__
 from astroclass.cli.data import data_app
 from astroclass.cli.demo import demo_cmd
 from astroclass.cli.grid import grid_app
-from astroclass.cli.predict import export_cmd, model_app, predict_cmd
+from astroclass.cli.predict import embed_cmd, export_cmd, model_app, predict_cmd
 from astroclass.cli.report import report_cmd
 from astroclass.cli.train import train_cmd
 from astroclass.errors import AstroclassError, os_error_text
@@ -29,6 +29,7 @@ app.add_typer(grid_app, name="grid")
 app.command("report")(report_cmd)
 app.command("demo")(demo_cmd)
 app.command("predict")(predict_cmd)
+app.command("embed")(embed_cmd)
 app.command("export")(export_cmd)
 app.add_typer(model_app, name="model")
 
@@ -42,6 +43,9 @@ def _root(version: bool = typer.Option(False, "--version", help="Print the versi
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors print one clear line on stderr and exit 1, never a traceback."""
+    from astroclass.progress import show_messages
+
+    show_messages()
     try:
         app(args=argv, standalone_mode=True)
     except AstroclassError as exc:

@@ -78,7 +78,9 @@ def run_cmd(spec: SpecArg, experiment: Experiment = None, data: DataOpt = None,
 @grid_app.command("status")
 def status_cmd(spec: SpecArg, experiment: Experiment = None, data: DataOpt = None,
                workers: Annotated[int | None, typer.Option(help="Concurrent runs assumed for the ETA (default: "
-                                                                  "grid run's on this machine).")] = None):
+                                                                  "grid run's on this machine).")] = None,
+               as_json: Annotated[bool, typer.Option("--json", help="Print the status as one JSON object (counts, "
+                                                                    "per dataset, ETA, failures).")] = False):
     """Counts by status, per-dataset progress, ETA from measured run times, failures with their first error line."""
     from rich.console import Console
     from rich.table import Table
@@ -93,6 +95,11 @@ def status_cmd(spec: SpecArg, experiment: Experiment = None, data: DataOpt = Non
 
         workers = len(local_slots())
     st = grid_status(gs, store, slots=workers)
+    if as_json:
+        import json
+
+        typer.echo(json.dumps({"experiment": str(exp), "workers": workers, **st}, indent=2, default=str))
+        return
     con = Console()
     con.print(f"{exp}: {st['total']} runs — " + ", ".join(f"{k} {v}" for k, v in st["counts"].items()))
     t = Table("dataset", "done", "total")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 import json
+import typing
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -53,17 +55,29 @@ def predict_cmd(checkpoint: Checkpoint,
                 part_size: Annotated[int, typer.Option(
                     help="Objects per part: the unit of work handed to a worker or Ray actor, and of resuming.",
                     min=1)] = 512,
-                quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False):
+                quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+                as_json: Annotated[bool, typer.Option("--json", help="Print the summary (counts, objects/s, "
+                                                                     "output, TTA) as one JSON object.")] = False):
     """Classify new objects with a trained model, exactly as its training data was prepared: image files, or a
     catalogue straight from survey images (--catalog with --band/--images). Rows that cannot be classified are
     'failed' rows with the reason and the rest continue (exit code 3 when some failed). A killed prediction
     resumes when run again with the same arguments."""
+    _classify(None, **locals())
+
+
+def _classify(layer: str | None, checkpoint: Path, inputs: list[Path] | None, output: Path | None,
+              catalog: Path | None, band: list[str] | None, images: list[str] | None, ra_col: str | None,
+              dec_col: str | None, frame: str | None, edge: str, tta: bool | None, overwrite: bool, path_col: str,
+              id_col: str | None, allow_outside: bool, device: str, amp: str, workers: int | None, engine: str,
+              ray_address: str | None, part_size: int, quiet: bool, as_json: bool = False) -> None:
+    """predict (``layer`` None) and embed (``layer``: the representation to write)."""
     from astroclass.classify import files_job, run_job, sky_job
     from astroclass.errors import AstroclassError
     from astroclass.predict import load
 
     if output is None:
-        raise AstroclassError("missing option --output / -o: the classified catalogue to write")
+        raise AstroclassError("missing option --output / -o: the " + ("table of representations" if layer else
+                                                                     "classified catalogue") + " to write")
     from astroclass.catalogs import output_format
 
     output_format(output)  # an unknown format is refused before the model is loaded
@@ -73,6 +87,9 @@ def predict_cmd(checkpoint: Checkpoint,
     if catalog is None and (band or images):
         raise AstroclassError("--band/--images are the survey images of --catalog: give --catalog too")
     clf = load(checkpoint, device, amp)
+    if layer is not None:
+        clf.embedding_size(layer)  # an unknown layer is refused before any work
+        tta = bool(tta)  # a representation is of the image as given unless asked
     if catalog is not None:
         if not band and not images:
             raise AstroclassError("--catalog classifies from survey images: give them with --band NAME=FILES or "
@@ -82,11 +99,48 @@ def predict_cmd(checkpoint: Checkpoint,
     else:
         job = files_job(clf, inputs or [], path_col, id_col, allow_outside, part_size)
     res = run_job(clf, job, output, tta=tta, overwrite=overwrite, workers=workers, progress=not quiet,
-                  engine=engine, ray_address=ray_address, log=lambda m: typer.echo(m, err=True))
-    typer.echo(f"wrote {res['output']}: {res['ok']} predicted, {res['failed']} failed, "
-               f"{res['images_per_s']:.0f} objects/s{' (8-fold TTA)' if res['tta'] else ''}")
+                  engine=engine, ray_address=ray_address, log=lambda m: typer.echo(m, err=True), embed=layer)
+    done = f"embedded ({layer}, {clf.embedding_size(layer)} values each)" if layer else "predicted"
+    if as_json:
+        summary = {k: (str(v) if k == "output" else v) for k, v in res.items() if k != "table"}
+        typer.echo(json.dumps({**summary, **({"layer": layer, "values": clf.embedding_size(layer)} if layer else {})},
+                              indent=2))
+    else:
+        typer.echo(f"wrote {res['output']}: {res['ok']} {done}, {res['failed']} failed, "
+                   f"{res['images_per_s']:.0f} objects/s{' (8-fold TTA)' if res['tta'] else ''}")
     if res["failed"]:
         raise typer.Exit(3)
+
+
+def embed_cmd(**params: Any) -> None:
+    """Each object's representation in a trained model, for similarity search, clustering and anomaly hunting:
+    the pooled backbone features the model's head reads (--layer backbone) or its head's hidden layer (--layer
+    hidden), from the same inputs as predict (image files, catalogues of them, or a catalogue straight from
+    survey images), every input column kept. Resumes like predict."""
+    _classify(params.pop("layer"), **params)
+
+
+# embed takes predict's parameters (the output's help says what it holds) and --layer
+_hints = typing.get_type_hints(predict_cmd, include_extras=True)
+_params = []
+for _p in inspect.signature(predict_cmd).parameters.values():
+    _kind = _hints[_p.name]
+    if _p.name == "output":
+        _kind = Annotated[Path | None, typer.Option(
+            "--output", "-o", show_default=False,
+            help="The table to write: .parquet, .fits, .vot/.xml or .ecsv hold an 'embedding' vector column, .csv "
+                 "one embedding_<i> column per value; every input catalogue column is kept, then status and "
+                 "error. Required.")]
+    if _p.name == "tta":
+        _kind = Annotated[bool | None, typer.Option(
+            "--tta/--no-tta", help="Average the representation over the 8 flips/rotations of the square (one "
+                                   "blind to orientation).", show_default=False)]
+    _params.append(_p.replace(annotation=_kind))
+_params.append(inspect.Parameter("layer", inspect.Parameter.KEYWORD_ONLY, default="backbone", annotation=Annotated[
+    str, typer.Option(help="backbone (the pooled features the head reads) or hidden (the head's 2048-value "
+                           "hidden layer).")]))
+embed_cmd.__signature__ = inspect.Signature(_params)  # type: ignore[attr-defined]
+embed_cmd.__annotations__ = {}
 
 
 @model_app.command("info")

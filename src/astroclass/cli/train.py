@@ -40,18 +40,21 @@ def train_cmd(
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Reuse a run folder that already holds a result.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or per-epoch lines.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the run's result (result.json: metrics, "
+                                                         "epochs, timing) instead of the summary lines.")] = False,
     **options: Any,
 ):
     """Train one model on one prepared dataset, as the paper does; writes config.yaml, history.csv,
     checkpoint.pt, predictions.npz and result.json to the run folder."""
     from astroclass.errors import AstroclassError
+    from astroclass.progress import say
     from astroclass.training import train
     from astroclass.training.pick import with_picked_backbone
 
     base = RunConfig.from_yaml(config).to_dict() if config else {}
     base["dataset"] = str(dataset)
     base.update({k: v for k, v in options.items() if v is not None})
-    base = with_picked_backbone(base, typer.echo)
+    base = with_picked_backbone(base, say)
     cfg = RunConfig.from_dict(base)
     if output is None:
         model = cfg.model.rstrip("/").rsplit("/", 1)[-1].rsplit(":", 1)[-1]  # hf_hub:owner/name → name
@@ -60,6 +63,9 @@ def train_cmd(
     if (output / "result.json").exists() and not overwrite and _status(output / "result.json") != "failed":
         raise AstroclassError(f"{output}: holds a finished run already (pass --overwrite, or choose -o)")
     result = train(cfg, output, progress=not quiet)
+    if as_json:
+        typer.echo((output / "result.json").read_text())
+        return
     v, t = result.val, result.test
     typer.echo(f"{cfg.model} {cfg.setup}: val accuracy {v['accuracy']:.4f}, test accuracy {t['accuracy']:.4f} "
                f"[{t['accuracy_ci95'][0]:.3f}, {t['accuracy_ci95'][1]:.3f}], balanced {t['balanced_accuracy']:.4f}, "

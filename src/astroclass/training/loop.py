@@ -27,7 +27,7 @@ import torch
 
 from astroclass.errors import AstroclassError
 from astroclass.models import AstroNet
-from astroclass.progress import Bar
+from astroclass.progress import Bar, say
 from astroclass.runconfig import auto_compile, parse_duration
 from astroclass.training.config import RunConfig, RunResult, TrainingFailed
 from astroclass.training.data import DataCache, DiskImages, Images, RunData, batches, training_order
@@ -563,8 +563,8 @@ class GroupTrainer:
         if self.progress:
             who = f"{r.cfg.model}" if len(self.runs) == 1 else f"{r.cfg.model} #{r.index} {r.cfg.optimizer} " \
                                                                  f"l2={r.cfg.l2:g} mn={r.cfg.maxnorm:g} s{r.cfg.seed}"
-            print(f"[{who} {phase} {epoch:3d}] loss {tl:.4f} acc {ta:.4f} | val loss {vl:.4f} acc {va:.4f} | "
-                  f"{seconds:.1f}s", flush=True)
+            say(f"[{who} {phase} {epoch:3d}] loss {tl:.4f} acc {ta:.4f} | val loss {vl:.4f} acc {va:.4f} | "
+                f"{seconds:.1f}s")
         if self.on_epoch:
             self.on_epoch(r.index, row)
 

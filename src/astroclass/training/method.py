@@ -302,6 +302,16 @@ def predict_probs(model: torch.nn.Module, x: Any, device: torch.device, batch_si
 
     ``runs`` > 1: ``model`` is a fused model of that many runs; every run sees the same images and the
     result is (runs, N, K)."""
+    return mean_over_views(lambda xb: torch.softmax(model(xb).float(), dim=1), model, x, device, batch_size,
+                           channels_last, amp, tta, runs)
+
+
+def mean_over_views(fn: Callable[[torch.Tensor], torch.Tensor], model: torch.nn.Module, x: Any,
+                    device: torch.device, batch_size: int = 256, channels_last: bool = False,
+                    amp: torch.dtype | None = None, tta: bool = False, runs: int = 1) -> np.ndarray:
+    """``fn`` (a batch of float images → (B, D) in fp32) over stored images x, ``model`` in eval mode, in
+    batches; with ``tta`` averaged over the 8 symmetries of the square. (N, D), or (runs, N, D) for a fused
+    model of ``runs`` runs."""
     model.eval()
     out = []
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -311,9 +321,9 @@ def predict_probs(model: torch.nn.Module, x: Any, device: torch.device, batch_si
         if runs > 1:
             xb = xb.repeat(runs, 1, 1, 1)
         total: torch.Tensor | None = None
-        with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+        with torch.no_grad(), torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
             for k in views:
-                q = torch.softmax(model(dihedral(xb, k).contiguous(memory_format=fmt)).float(), dim=1)
+                q = fn(dihedral(xb, k).contiguous(memory_format=fmt)).float()
                 total = q if total is None else total + q
         assert total is not None
         p = total / len(views)

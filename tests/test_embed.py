@@ -1,0 +1,78 @@
+"""Representations of objects (``Classifier.embed``, ``astroclass embed``): the features the model's head reads
+or its hidden layer, per object, with the catalogue's columns kept."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from astroclass.errors import AstroclassError
+from conftest import data_set
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_h5, tmp_path_factory) -> Path:
+    from astroclass.training import RunConfig, train
+
+    out = tmp_path_factory.mktemp("embed") / "run"
+    train(RunConfig(dataset=str(tiny_h5), model="test_resnet", epochs=2, batch_size=16, amp="off"), out,
+          progress=False)
+    return out / "checkpoint.pt"
+
+
+def test_embed_gives_the_features_the_head_reads_and_its_hidden_layer(trained, tiny_h5):
+    import astroclass
+    from astroclass.data.prepared import PreparedDataset
+
+    clf = astroclass.load(trained, device="cpu", amp="off")
+    with PreparedDataset(tiny_h5) as ds:
+        x = ds.images(np.arange(20))
+    feats = clf.embed(x)
+    with torch.no_grad():
+        m = clf.model.eval()
+        direct = m.features(torch.from_numpy(x).float() / 255).numpy()
+        hidden = m.act(m.hidden(torch.from_numpy(direct))).numpy()
+        probs = torch.softmax(m.classifier(torch.from_numpy(hidden)), 1).numpy()
+    assert feats.shape == (20, clf.embedding_size()) and feats.dtype == np.float32
+    np.testing.assert_allclose(feats, direct, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(clf.embed(x, layer="hidden"), hidden, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(probs, clf.predict(x), atol=1e-5)  # the head reads exactly these features
+    # averaged over the 8 flips/rotations: the same representation for a galaxy however it lies on the sky
+    turned = np.ascontiguousarray(np.rot90(x, 1, axes=(2, 3)))
+    np.testing.assert_allclose(clf.embed(turned, tta=True), clf.embed(x, tta=True), rtol=1e-4, atol=1e-4)
+    assert not np.allclose(clf.embed(turned), feats, atol=1e-3)
+    with pytest.raises(AstroclassError, match="layer must be one of"):
+        clf.embed(x, layer="logits")
+
+
+def test_embed_writes_every_catalogue_column_and_a_vector_or_one_column_per_value(trained, tmp_path, cli):
+    from astropy.table import Table
+
+    root = data_set("aries_star_galaxy")
+    rows = list(csv.DictReader(open(root / "labels.csv")))[:50]
+    cat = tmp_path / "cat.csv"
+    with open(cat, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["path", "label", "note"])
+        w.writeheader()
+        w.writerows({"path": str(root / r["path"]), "label": r["label"], "note": f"n{i}"} for i, r in enumerate(rows))
+    code, out, err = cli("embed", trained, cat, "--allow-outside", "-o", tmp_path / "e.parquet", "-q")
+    assert code == 0, err
+    assert "50 embedded (backbone" in out
+    t = Table.read(tmp_path / "e.parquet")
+    assert t.colnames == ["path", "label", "note", "embedding", "status", "error"]
+    assert list(t["note"]) == [f"n{i}" for i in range(50)] and t["embedding"].shape[0] == 50
+    import astroclass
+
+    clf = astroclass.load(trained)
+    np.testing.assert_allclose(np.asarray(t["embedding"]), clf.embed([r for r in t["path"]]), rtol=1e-3, atol=1e-4)
+    code, out, err = cli("embed", trained, cat, "--allow-outside", "--layer", "hidden", "-o", tmp_path / "e.csv",
+                         "-q")
+    assert code == 0, err
+    header = (tmp_path / "e.csv").read_text().splitlines()[0].split(",")
+    assert header[:3] == ["path", "label", "note"] and header[3] == "embedding_0" and header[-3] == "embedding_2047"
+    code, _, err = cli("embed", trained, cat, "--allow-outside", "--layer", "logits", "-o", tmp_path / "x.parquet")
+    assert code == 1 and "layer must be one of ('backbone', 'hidden')" in err
