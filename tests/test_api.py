@@ -103,3 +103,22 @@ def test_a_script_without_a_main_guard_can_use_the_decoding_pool(tmp_path):
     res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.count("images 80") == 1  # the script ran once, not once per worker
+
+
+def test_fit_names_every_run_option_with_its_type_for_editors():
+    """fit's keyword options are RunConfig's fields, each with its type (or None: the recipe's value)."""
+    import inspect
+    import typing
+    from dataclasses import fields
+
+    from astroclass.api import RUN_OPTION_NAMES
+    from astroclass.runconfig import RunConfig
+
+    params = inspect.signature(astroclass.fit).parameters
+    keywords = {n for n, p in params.items() if p.kind is p.KEYWORD_ONLY}
+    assert keywords == set(RUN_OPTION_NAMES) == {f.name for f in fields(RunConfig)} - {"dataset"}
+    fit_types, run_types = typing.get_type_hints(astroclass.fit), typing.get_type_hints(RunConfig)
+    for name in keywords:
+        assert fit_types[name] == run_types[name] | None, name
+        assert params[name].default is None
+    assert (Path(astroclass.__file__).parent / "py.typed").is_file()

@@ -22,6 +22,10 @@ from typing import Any
 import numpy as np
 
 from astroclass.errors import AstroclassError
+from astroclass.runconfig import RunConfig
+
+RUN_OPTION_NAMES = frozenset(f for f in RunConfig.__dataclass_fields__ if f != "dataset")
+"""fit()'s keyword options: every run option (tests check the two stay one list)."""
 
 
 class Dataset:
@@ -245,12 +249,31 @@ class Run:
         return Run(path, self.result)
 
 
-def fit(dataset: Dataset | str | Path, output: str | Path | None = None, progress: bool = False,
-        **options: Any) -> Run:
+def fit(dataset: Dataset | str | Path, output: str | Path | None = None, progress: bool = False, *,
+        model: str | None = None, setup: str | None = None, l2: float | None = None, maxnorm: float | None = None,
+        optimizer: str | None = None, seed: int | None = None, epochs: int | None = None,
+        patience: int | None = None, batch_size: int | None = None, eval_batch_size: int | None = None,
+        device: str | None = None, augment: bool | None = None, augment_shift: float | None = None,
+        tta: bool | None = None, tta_each_epoch: bool | None = None, schedule: str | None = None,
+        warmup_epochs: int | None = None, label_smoothing: float | None = None, ema: float | None = None,
+        recipe: str | None = None, budget: str | None = None, lr: float | None = None,
+        head_epochs: int | None = None, unfreeze: str | None = None, finetune_bn: str | None = None,
+        frozen_bn: str | None = None, finetune_lr: float | None = None, finetune_momentum: float | None = None,
+        finetune_optimizer: str | None = None, weights: str | None = None, init: str | None = None,
+        pooling: str | None = None, class_weights: str | None = None, sampler: str | None = None,
+        monitor: str | None = None, train_fraction: float | None = None, classes: str | None = None,
+        subset_seed: int | None = None, paper_exact: bool | None = None, channels_last: bool | None = None,
+        amp: str | None = None, compile: str | None = None, max_memory: str | None = None, fuse: str | None = None,
+        **unknown: Any) -> Run:
     """Train one run on ``dataset`` with any run option of ``astroclass train`` as a keyword (``model``,
-    ``setup``, ``epochs``, ``l2``, ``unfreeze``...); ``output``: the run folder (default: a temporary one)."""
+    ``setup``, ``epochs``, ``l2``, ``unfreeze``...: see ``astroclass train --help`` or :class:`RunConfig`; an
+    option left at None takes the recipe's value or RunConfig's default); ``output``: the run folder (default:
+    a temporary one); ``progress``: a line per epoch (and plain progress lines) on stderr, through the
+    ``astroclass`` logger."""
+    given = {k: v for k, v in locals().items() if k in RUN_OPTION_NAMES and v is not None}
+    options = {**given, **unknown}  # unknown names are refused by RunConfig with the names it knows
     from astroclass.progress import say, show_messages
-    from astroclass.training import RunConfig, train
+    from astroclass.training import train
     from astroclass.training.pick import with_picked_backbone
 
     if progress:

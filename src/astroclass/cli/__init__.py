@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import sys
+import typing
+from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -41,13 +44,52 @@ def _root(version: bool = typer.Option(False, "--version", help="Print the versi
         raise typer.Exit()
 
 
+_METAVARS = {Path: "PATH", int: "N", float: "NUMBER", str: "TEXT"}
+
+
+def _plain_help(command: Any) -> Any:
+    """``command`` and its subcommands with help in plain words: an argument by its name (CATALOG, INPUTS...),
+    an option by what it takes (PATH, N, NUMBER, TEXT, or its choices), a flag by nothing, instead of typer's
+    type placeholders (<path>, <list[Path]>, <bool>, {catalog})."""
+    for param in command.params:
+        if param.metavar is not None and param.param_type_name != "argument":
+            continue
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+            continue
+        kind = param.type_descriptor.annotation
+        while typing.get_args(kind):  # list[Path], Path | None → Path
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        takes = _METAVARS.get(kind, getattr(kind, "__name__", str(kind)).upper())
+        if param.param_type_name == "argument":
+            name = param.metavar or param.name.upper()
+            param.metavar = name
+            more = "..." if param.nargs != 1 else ""
+            param._usage_display_name = (lambda n=name, r=param.required, m=more: (n if r else f"[{n}]") + m)
+            param.display_type_rich = (lambda ctx, t=takes + more: t)
+        else:
+            param.metavar = takes
+    help_option = command.get_help_option
+
+    def plain_help_option(ctx: Any, made: Any = help_option) -> Any:
+        option = made(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+    command.get_help_option = plain_help_option
+    for sub in getattr(command, "commands", {}).values():
+        _plain_help(sub)
+    return command
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors print one clear line on stderr and exit 1, never a traceback."""
     from astroclass.progress import show_messages
 
     show_messages()
     try:
-        app(args=argv, standalone_mode=True)
+        _plain_help(typer.main.get_command(app)).main(args=argv, prog_name="astroclass", standalone_mode=True)
     except AstroclassError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         sys.exit(1)

@@ -216,8 +216,7 @@ def info_cmd(file: Annotated[Path, typer.Argument(help="A prepared dataset (.h5)
              overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the preview if it exists.")] = False,
              check: Annotated[bool, typer.Option(help="Read every image once and list the rows of damaged blocks "
                                                       "(exit 1 if any).")] = True):
-    """Classes, counts per split, image shape and dtype, provenance; every image read once to find damage;
-    optionally a contact sheet."""
+    """Classes, counts per split, image shape, provenance; every image read back to find damage; a preview."""
     if preview is not None:
         from astroclass.fileio import check_output
 
