@@ -28,7 +28,7 @@ def say(message: str) -> None:
 class _Stderr(logging.StreamHandler):
     """A handler writing to whatever ``sys.stderr`` is at the time (a notebook's, a test's capture)."""
 
-    @property  # type: ignore[override]
+    @property
     def stream(self):
         return sys.stderr
 
