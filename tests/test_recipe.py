@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 
 import numpy as np
 import pytest
@@ -224,3 +225,45 @@ def test_a_budget_is_each_runs_in_a_fused_group(tiny_h5, tmp_path):
         assert r.status == "done" and r.environment["budget"]["seconds"] == 12
         assert r.environment["budget"]["group_runs"] == 2
         assert r.epochs_run >= alone.epochs_run
+
+
+def test_a_budget_replans_every_epoch_down_under_load_and_up_when_it_goes(tiny_h5, tmp_path):
+    """The machine is busy for the first two epochs (each clock reading 8x later), then quiet: the plan made
+    under load is raised again once epochs are fast, the cosine schedule follows without a jump, and the run
+    uses its budget: it ends within it, or past it by less than one epoch."""
+    cfg = RunConfig(dataset=str(tiny_h5), model="test_resnet", epochs=500, patience=500, batch_size=16, seed=0,
+                    budget="40s", schedule="cosine")
+    clock = StepClock(0.4)
+    rows: list[dict] = []
+
+    def on_epoch(row: dict) -> None:
+        rows.append(row)
+        if len(rows) == 2:
+            clock.step = 0.05  # the other work ends
+
+    res = train(cfg, tmp_path / "b", progress=False, on_epoch=on_epoch, clock=clock)
+    busy = rows[1]["seconds"]
+    planned_under_load = 2 + math.floor((40 - 2 * busy) / busy)
+    assert res.epochs_run > 2 * planned_under_load  # raised again once the load went away
+    lrs = [r["lr"] for r in rows]
+    assert all(b <= a * (1 + 1e-9) for a, b in zip(lrs, lrs[1:]))  # never rises: the decay follows the plan
+    assert lrs[-1] < 0.2 * lrs[0]  # and ends near 0 with the run
+    used = res.environment["budget"]["seconds_used"]
+    assert 40 - 4 * rows[-1]["seconds"] - 3 <= used <= 40 + rows[-1]["seconds"]
+
+
+def test_a_budget_spent_by_the_first_epoch_is_said_at_once(tiny_h5, tmp_path, monkeypatch):
+    from astroclass import progress
+
+    said: list[str] = []
+    monkeypatch.setattr(progress, "say", said.append)
+    import astroclass.training.loop as loop
+
+    monkeypatch.setattr(loop, "say", said.append)
+    cfg = RunConfig(dataset=str(tiny_h5), model="test_resnet", epochs=50, batch_size=16, budget="1s")
+    seen_at: list[int] = []
+    res = train(cfg, tmp_path / "b", progress=True, on_epoch=lambda row: seen_at.append(len(said)),
+                clock=StepClock(0.5))
+    notes = [s for s in said if s.startswith("note: the budget (1s) is spent after the first epoch")]
+    assert len(notes) == 1 and res.epochs_run == 1
+    assert said.index(notes[0]) < seen_at[0]  # said when the first epoch ended, not at the end of the run

@@ -167,6 +167,11 @@ class GroupTrainer:
         self.seconds = {"setup": 0.0, "train": 0.0, "validation": 0.0, "regroup": 0.0}
         self.model_reused: bool | None = None
         self.scheduled, self.phase_steps = False, 0
+        self.last_phase = False
+        self.cosine_t0: float | None = None  # under a budget: when the cosine (after the warm-up) began
+        self.reserve = 2.0  # under a budget: seconds kept for the final evaluation and the outputs
+        self.planned_at: float | None = None  # when the epochs were last planned
+        self.said_over = False
         self.ema: list[torch.Tensor] | None = None
         self.ema_src: list[torch.Tensor] = []
         self.ema_steps = 0
@@ -282,6 +287,7 @@ class GroupTrainer:
                     r.phase_over = False
                     r.stopper = EarlyStopping(r.cfg.patience) if early else None
                 self.scheduled, self.phase_steps = early, 0  # warm-up and schedule: the early-stopped phase
+                self.cosine_t0 = None
                 self._make_optimizers()
                 self._ema_track()  # each phase's average starts from the weights it starts from
                 self._phase(phase, fixed_epochs, dev, last=phase == phases[-1][0])
@@ -325,6 +331,8 @@ class GroupTrainer:
     def _phase(self, phase: str, fixed_epochs: int | None, dev: dict, last: bool) -> None:
         (xt, yt), (xv, yv) = dev["train"], dev["val"]
         epoch = 0
+        self.last_phase = last and fixed_epochs is None
+        self.planned_at = self.clock()
         while True:
             active = [r for r in self._live() if not r.phase_over]
             if not active:
@@ -370,25 +378,48 @@ class GroupTrainer:
                 if last:
                     self._finish(r, stopped=stop)
 
+    def _time_fraction(self) -> float:
+        """Under a budget: the share of the time from the cosine's start to the budget's end (less the final
+        evaluation's reserve) gone now."""
+        assert self.budget is not None
+        now = self.clock()
+        if self.cosine_t0 is None:
+            self.cosine_t0 = now
+        end = self.t_start + self.budget - self.reserve
+        return (now - self.cosine_t0) / max(end - self.cosine_t0, 1e-6)
+
     def _epochs(self, cfg: RunConfig) -> int:
         """The last phase's epochs for a run: its ``epochs``, or fewer where the budget allows fewer."""
         return cfg.epochs if self.epoch_limit is None else min(cfg.epochs, self.epoch_limit)
 
     def _size_to_budget(self, epoch: int, epoch_seconds: float, val_seconds: float, active: list[_Run]) -> None:
-        """Size the last phase's epochs to the group's budget (each run's times the runs) after its first epoch
-        (training and validation timed), and after every later one lower them if epochs got slower; never raise
-        them (a cosine schedule sized to them would rise again). What is left must also hold the final evaluation
-        on val and test (about two validations, each 8 times one of these where only the final evaluation uses
-        TTA) and writing the outputs."""
+        """Plan the last phase's epochs to the group's budget (each run's times the runs) after every epoch, from
+        that epoch's time (training and validation): fewer when epochs got slower (other work on the machine),
+        more when they got faster, so that the run ends within the budget, or past it by less than one epoch
+        when the last epoch is slower than the one before. A cosine schedule follows the clock to the budget's
+        end (:meth:`_time_fraction`), so it ends near 0 however the plan moved. Each epoch's cost is the time
+        from one plan to the next (the loop's work between epochs included). What is left must also hold the
+        final evaluation on val and test (about
+        two validations, each 8 times one of these where only the final evaluation uses TTA) and writing the
+        outputs. A budget the first epoch alone has spent is said at once."""
         assert self.budget is not None
         c0 = self.configs[0]
-        final_eval = 2 * val_seconds * (TTA_VIEWS if c0.tta and not c0.epoch_tta else 1)
-        left = self.budget - (self.clock() - self.t_start) - final_eval - 2.0
-        fit = epoch + max(0, math.floor(left / max(epoch_seconds, 1e-6)))
-        if self.epoch_limit is None or fit < self.epoch_limit:
-            self.epoch_limit = fit
+        self.reserve = 2 * val_seconds * (TTA_VIEWS if c0.tta and not c0.epoch_tta else 1) + 2.0
+        now = self.clock()
+        used = now - self.t_start
+        # an epoch's whole cost: training, validation, and what the loop does between epochs
+        cost = now - self.planned_at if self.planned_at is not None and epoch > 1 else epoch_seconds
+        self.planned_at = now
+        left = self.budget - used - self.reserve
+        fit = epoch + max(0, math.floor(left / max(cost, 1e-6)))
+        self.epoch_limit = fit
         if epoch == 1:
             self.first_epoch_seconds = round(epoch_seconds, 3)
+        if fit <= epoch and epoch == 1 and not self.said_over and self.progress:
+            self.said_over = True
+            say(f"note: the budget ({c0.budget}) is spent after the first epoch of {self.phase} "
+                f"({epoch_seconds:.0f} s, {used:.0f} s in all): the run ends after it; a smaller model, fewer images "
+                f"or a longer budget fit it")
         for r in active:
             r.result.environment["budget"] = {"seconds": self.budget / len(self.configs),
                                               "group_runs": len(self.configs), "epochs": self._epochs(r.cfg),
@@ -478,7 +509,8 @@ class GroupTrainer:
             if self.scheduled:
                 for opt in self.optimizers:
                     cfg = self.schedule_of[id(opt)]
-                    f = lr_factor(cfg, self.phase_steps, len(starts), self._epochs(cfg))
+                    f = lr_factor(cfg, self.phase_steps, len(starts), self._epochs(cfg),
+                                  self._time_fraction if self.budget is not None and self.last_phase else None)
                     for pg in opt.param_groups:
                         pg["lr"] = pg["initial_lr"] * f
                 self.phase_steps += 1

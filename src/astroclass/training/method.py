@@ -261,15 +261,19 @@ def run_losses(logits: torch.Tensor, y: torch.Tensor, weights: torch.Tensor,
     return (nll * w).sum(1) / w.sum(1)
 
 
-def lr_factor(cfg: RunConfig, step: int, steps_per_epoch: int, epochs: int) -> float:
+def lr_factor(cfg: RunConfig, step: int, steps_per_epoch: int, epochs: int,
+              time_fraction: Callable[[], float] | None = None) -> float:
     """The learning rate at ``step`` of the early-stopped phase, as a fraction of the optimiser's own: linear
-    warm-up over ``warmup_epochs``, then constant or a cosine decay to 0 at the end of ``epochs`` (the run's,
-    or fewer where a budget sized them)."""
+    warm-up over ``warmup_epochs``, then constant or a cosine decay to 0 at the end of ``epochs``. Under a
+    budget (``time_fraction``: how much of the time left after the warm-up has gone, 0 to 1) the cosine follows
+    the clock to the budget's end instead, however many epochs the machine's load lets fit."""
     warm = cfg.warmup_epochs * steps_per_epoch
     if step < warm:
         return (step + 1) / warm
     if cfg.schedule == "constant":
         return 1.0
+    if time_fraction is not None:
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, max(0.0, time_fraction()))))
     total = max(1, epochs * steps_per_epoch - warm)
     return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / total)))
 
