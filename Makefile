@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint docs bench clean
 
 install: $(VENV)/.installed
 
@@ -19,6 +19,9 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q
 
+docs: install
+	$(BIN)/mkdocs build --strict
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
@@ -32,4 +35,4 @@ bench: install
 	$(BIN)/python benchmarks/bench_predict.py
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache
+	rm -rf $(VENV) build site src/*.egg-info .pytest_cache

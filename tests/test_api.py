@@ -1,4 +1,4 @@
-"""The notebook API: the README's example runs as written; datasets made in memory are real prepared
+"""The notebook API: the notebook guide's example runs as written; datasets made in memory are real prepared
 datasets (split, hash, provenance); options are validated as the CLI validates them."""
 
 from __future__ import annotations
@@ -18,16 +18,16 @@ from astroclass.errors import AstroclassError
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_the_readme_notebook_example_runs(tmp_path, monkeypatch):
-    text = (REPO / "README.md").read_text()
-    block = re.search(r"## In a notebook.*?```python\n(.*?)```", text, re.S).group(1)
+def test_the_notebook_guides_example_runs(tmp_path, monkeypatch):
+    text = (REPO / "docs" / "guides" / "notebook.md").read_text()
+    block = re.search(r"# In a notebook.*?```python\n(.*?)```", text, re.S).group(1)
     monkeypatch.chdir(REPO)  # the example's paths are relative to the repository root
     block = block.replace('"notebook-run/"', repr(str(tmp_path / "notebook-run"))) \
                  .replace('"notebook-sg.h5"', repr(str(tmp_path / "notebook-sg.h5")))
     names: dict = {}
     t0 = time.perf_counter()
-    exec(compile(block, "README.md", "exec"), names)
-    print(f"README notebook example: {time.perf_counter() - t0:.1f} s")
+    exec(compile(block, "docs/guides/notebook.md", "exec"), names)
+    print(f"notebook guide's example: {time.perf_counter() - t0:.1f} s")
     run, ds, probs = names["run"], names["ds"], names["probs"]
     assert probs.shape == (4, 2) and np.allclose(probs.sum(1), 1, atol=1e-5)
     assert run.metrics["test"]["balanced_accuracy"] > 0.5 and run.metrics["epochs_run"] == 3  # better than chance

@@ -76,3 +76,28 @@ def test_embed_writes_every_catalogue_column_and_a_vector_or_one_column_per_valu
     assert header[:3] == ["path", "label", "note"] and header[3] == "embedding_0" and header[-3] == "embedding_2047"
     code, _, err = cli("embed", trained, cat, "--allow-outside", "--layer", "logits", "-o", tmp_path / "x.parquet")
     assert code == 1 and "layer must be one of ('backbone', 'hidden')" in err
+
+
+def test_predictions_say_how_unfamiliar_each_object_looks(trained, tiny_h5, tmp_path, cli):
+    """1 - the largest probability per object, and a flag above the threshold the run chose on validation (what
+    95% of validation objects stay under): in the result, the checkpoint's card and every prediction table."""
+    import json
+
+    from astropy.table import Table
+
+    from astroclass.data.prepared import PreparedDataset
+
+    result = json.loads((trained.parent / "result.json").read_text())
+    threshold = result["unfamiliar"]["threshold"]
+    val = np.load(trained.parent / "predictions.npz")["val_probs"]
+    assert threshold == pytest.approx(float(np.quantile(1 - val.max(1), 0.95)), rel=1e-6)
+    code, _, err = cli("predict", trained, tiny_h5, "-o", tmp_path / "p.fits", "-q")
+    assert code == 0, err
+    t = Table.read(tmp_path / "p.fits")
+    probs = np.stack([t["p_galaxy"], t["p_star"]], axis=1)
+    np.testing.assert_allclose(t["unfamiliar_score"], 1 - probs.max(1), atol=1e-6)
+    assert (np.asarray(t["unfamiliar"]) == (np.asarray(t["unfamiliar_score"]) > threshold)).all()
+    assert t.meta["ACUNFTH"] == pytest.approx(threshold, rel=1e-5)
+    with PreparedDataset(tiny_h5) as ds:
+        val_rows = ds.indices("val")
+    assert np.asarray(t["unfamiliar"])[val_rows].mean() <= 0.05 + 1 / len(val_rows)  # by construction, on val

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 
 import numpy as np
 import pytest
@@ -178,7 +179,10 @@ def test_a_budget_with_no_model_named_picks_the_largest_backbone_that_fits_it(cl
     tight = pick.pick_backbone(options, 0.5, candidates)
     assert (tight.model, tight.weights) == ("efficientnet_lite0", "package")
     assert "(fewer than 10)" in tight.lines[1]
-    assert tight.lines[2] == "efficientnet_lite0: chosen (the smallest candidate)"
+    assert re.fullmatch(r"efficientnet_lite0: about [0-9.]+ s per epoch here, 0 fine-tuning epochs in the budget: "
+                        r"chosen \(the smallest candidate\)", tight.lines[2]), tight.lines[2]  # timed too
+    missing = pick.pick_backbone(options, 0.5, (("resnet34", str(tmp_path / "missing.pth")),) + candidates[1:])
+    assert missing.lines[0] == f"resnet34: passed over ({tmp_path / 'missing.pth'}: weights file not found)"
     # the CLI: the pick trains, fine-tuned from its weights, with what is left of the budget
     monkeypatch.setattr(pick, "CANDIDATES", candidates)
     code, text, err = cli("train", str(tiny_h5), "--recipe", "modern", "--budget", "1h", "--epochs", "1",

@@ -386,3 +386,18 @@ def test_settings_are_compared_over_the_seeds_they_all_have(tmp_path):
         if r.setting[0] == 0.1:
             r.seed = 5
     assert Tables(runs).best_regularisation(("SG", "vgg16", "scratch")).setting[0] == 0.1
+
+
+def test_the_report_says_how_scratch_backbones_were_initialised():
+    from types import SimpleNamespace
+
+    from astroclass.report.build import _initialisations
+
+    runs = [SimpleNamespace(setup="scratch", metrics={"environment": {"init": "keras"}}),
+            SimpleNamespace(setup="scratch", metrics={"environment": {"init": "keras"}}),
+            SimpleNamespace(setup="scratch", metrics={"environment": {}}),  # before the option: timm's
+            SimpleNamespace(setup="pretrained", metrics={"environment": {"init": "timm"}})]
+    assert _initialisations(runs) == ("Scratch backbones: 2 run(s) initialised as Keras Applications builds them "
+                                      "(Glorot-uniform kernels, Keras' batch norms); 1 run(s) initialised as timm "
+                                      "builds them.")
+    assert _initialisations(runs[3:]) == ""

@@ -296,7 +296,8 @@ def test_survey_images_to_a_classified_fits_catalogue_in_three_commands(field390
     assert code == 0, err
     got = Table.read(out)
     cat = Table.read(field / "catalog.fits")
-    assert got.colnames == [*cat.colnames, "cutout_coverage", "predicted", "p_galaxy", "p_star", "status", "error"]
+    assert got.colnames == [*cat.colnames, "cutout_coverage", "predicted", "p_galaxy", "p_star", "unfamiliar_score",
+                            "unfamiliar", "status", "error"]
     assert (got["objid"] == cat["objid"]).all() and np.allclose(got["ra"], cat["ra"])
     assert set(got["status"]) == {"ok"} and set(got["predicted"]) <= {"galaxy", "star"}
     assert got.meta["ACMODEL"] == "test_resnet" and got.meta["ACCLASS"] == "galaxy,star"

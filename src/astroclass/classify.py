@@ -475,6 +475,9 @@ def card_meta(clf: Any, tta: bool) -> dict[str, tuple[Any, str]]:
         "ACTTA": (bool(tta), "probabilities averaged over the 8 flips/rotations"),
         "ACAMP": ("bf16" if clf.amp else "fp32", "precision of the model"),
     }
+    threshold = (card.get("unfamiliar") or {}).get("threshold")
+    if threshold is not None:
+        meta["ACUNFTH"] = (round(float(threshold), 6), "unfamiliar: unfamiliar_score above this (val q95)")
     for split, tag in (("val", "V"), ("test", "T")):
         m = (card.get("metrics") or {}).get(split) or {}
         if "accuracy" in m:
@@ -584,6 +587,14 @@ def _output_table(clf: Any, job: PredictJob, probs: np.ndarray, errors: list[str
                           zip(np.nan_to_num(probs, nan=-1.0).argmax(axis=1), ok)]
     for c in range(k):
         table[f"p_{clf.class_names[c]}"] = probs[:, c]
+    from astroclass.training.outputs import unfamiliarity
+
+    score = unfamiliarity(np.nan_to_num(probs, nan=0.0))
+    score[~ok] = np.nan
+    table["unfamiliar_score"] = score
+    threshold = (clf.card.get("unfamiliar") or {}).get("threshold")
+    if threshold is not None:  # checkpoints from before the score have no threshold: the score alone
+        table["unfamiliar"] = ok & (score > threshold)
     table["status"] = np.where(ok, "ok", "failed")
     table["error"] = [e if not good else "" for e, good in zip(errors, ok)]
     return table

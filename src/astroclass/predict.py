@@ -191,7 +191,8 @@ class Classifier:
         ``images``: file patterns whose headers name their bands), as ``astroclass predict --catalog`` does;
         ``options``: ``ra_col``, ``dec_col``, ``frame``, ``edge``, ``part_size``. Writes ``output`` (its format
         by its extension) and returns the table (astropy ``Table``): every catalogue column, then
-        ``cutout_coverage``, ``predicted``, ``p_<class>``, ``status`` and ``error``."""
+        ``cutout_coverage``, ``predicted``, ``p_<class>``, ``unfamiliar_score``, ``unfamiliar``, ``status`` and
+        ``error``."""
         from astroclass.classify import run_job, sky_job
 
         job = sky_job(self, catalog, bands, images, **options)

@@ -25,7 +25,8 @@ def predict_cmd(checkpoint: Checkpoint,
                     "--output", "-o", show_default=False,
                     help="The classified catalogue: .csv, .fits, .parquet, .vot/.xml (VOTable) "
                                            "or .ecsv, by its extension. Every input catalogue column is kept, then "
-                                           "predicted, p_<class> per class, status and error. Required.")] = None,
+                                           "predicted, p_<class> per class, unfamiliar_score and unfamiliar (an object "
+                                           "unlike the training data), status and error. Required.")] = None,
                 catalog: Annotated[Path | None, typer.Option(
                     help="Classify this catalogue of positions (RA/Dec or l/b) straight from survey images "
                          "(--band/--images), cut out as the model's training cut-outs were.")] = None,

@@ -67,10 +67,13 @@ def train_cmd(
         typer.echo((output / "result.json").read_text())
         return
     v, t = result.val, result.test
+    phases = [line.split(",", 1)[0] for line in (output / "history.csv").read_text().splitlines()[1:]]
+    head = phases.count("head")
+    epochs = f"best epoch {result.best_epoch} of {result.epochs_run - head} fine-tuning epochs (after {head} " \
+             f"head-only)" if head else f"best epoch {result.best_epoch} of {result.epochs_run}"
     typer.echo(f"{cfg.model} {cfg.setup}: val accuracy {v['accuracy']:.4f}, test accuracy {t['accuracy']:.4f} "
                f"[{t['accuracy_ci95'][0]:.3f}, {t['accuracy_ci95'][1]:.3f}], balanced {t['balanced_accuracy']:.4f}, "
-               f"macro-F1 {t['macro_f1']:.4f}; best epoch {result.best_epoch} of {result.epochs_run}; "
-               f"{result.train_images_per_s:.0f} train images/s")
+               f"macro-F1 {t['macro_f1']:.4f}; {epochs}; {result.train_images_per_s:.0f} train images/s")
     if result.threshold:
         th = result.threshold
         typer.echo(f"threshold on P({th['positive_class']}) chosen on val: {th['value']:.3f}; test balanced accuracy "

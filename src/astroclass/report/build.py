@@ -61,6 +61,20 @@ def _precisions(done: list) -> str:
             f"metric are computed in fp32.")
 
 
+def _initialisations(done: list) -> str:
+    """How the scratch runs' backbones were initialised, as a sentence (runs of versions before the option:
+    timm's)."""
+    from collections import Counter
+
+    kinds = Counter(str((r.metrics.get("environment") or {}).get("init", "timm")) for r in done if r.setup == "scratch")
+    if not kinds:
+        return ""
+    said = {"keras": "as Keras Applications builds them (Glorot-uniform kernels, Keras' batch norms)",
+            "timm": "as timm builds them"}
+    return "Scratch backbones: " + "; ".join(f"{n} run(s) initialised {said.get(k, k)}"
+                                             for k, n in sorted(kinds.items())) + "."
+
+
 def _finetuning(done: list) -> str:
     """How the pretrained runs fine-tuned, as a sentence: which layers phase 2 trained, and how frozen batch
     norms normalised (runs of versions before these options: params:N, moving statistics)."""
@@ -113,7 +127,7 @@ def build_report(experiment: str | Path, output: str | Path) -> Path:
     page.h1(f"astroclass report: {experiment.name}")
     page.p(f"{len(all_runs)} run(s) in the store: {len(done)} done, {len(failed)} failed, {len(unfinished)} not "
            f"finished. Accuracies are validation accuracies (the paper's metric) unless marked test. "
-           f"{_precisions(done)} {_finetuning(done)}".rstrip())
+           f"{_precisions(done)} {_initialisations(done)} {_finetuning(done)}".replace("  ", " ").rstrip())
     if not done:
         page.h2("Nothing to report yet")
         page.p("No run has finished, so there are no tables. " +

@@ -48,6 +48,16 @@ def write_result(out_dir: Path, result: RunResult) -> None:
     atomic_write_text(out_dir / "result.json", json.dumps(result.to_dict(), indent=2))
 
 
+UNFAMILIAR_QUANTILE = 0.95
+"""Objects scoring above what this share of validation objects score are flagged unfamiliar."""
+
+
+def unfamiliarity(probs: np.ndarray) -> np.ndarray:
+    """How unlike the training data each object looks to the model: 1 - its largest class probability (the
+    maximum-softmax baseline of Hendrycks & Gimpel 2017); NaN where the probabilities are."""
+    return 1.0 - np.asarray(probs, dtype=np.float32).max(axis=1) if len(probs) else np.zeros(0, np.float32)
+
+
 def evaluate(model: torch.nn.Module, data: RunData, cfg: RunConfig, device: torch.device, fast: dict,
              result: RunResult, out_dir: Path, seconds: dict[str, float] | None = None) -> None:
     """Val and test metrics of the (best-weights) model into ``result``; predictions.npz. ``seconds`` gets the
@@ -70,6 +80,10 @@ def evaluate(model: torch.nn.Module, data: RunData, cfg: RunConfig, device: torc
         preds[f"{split}_probs"] = probs.astype(np.float32)
         preds[f"{split}_labels"] = y.numpy()
         preds[f"{split}_index"] = data.splits[split][2]
+    val_score = unfamiliarity(preds["val_probs"])
+    if len(val_score):
+        result.unfamiliar = {"score": "1 - the largest class probability", "quantile": UNFAMILIAR_QUANTILE,
+                             "threshold": float(np.quantile(val_score, UNFAMILIAR_QUANTILE))}
     if data.num_classes == 2:
         from astroclass.metrics import binary_report
 
@@ -93,6 +107,7 @@ def save_checkpoint(model: torch.nn.Module, data: RunData, cfg: RunConfig, resul
         "metrics": {"val": _headline(result.val), "test": _headline(result.test)},
         "best_epoch": result.best_epoch, "astroclass_version": __version__,
         "arch": getattr(model, "arch", None),  # a hub model's config.json: predicting needs no network
+        "unfamiliar": result.unfamiliar,
     }
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_output(out_dir / "checkpoint.pt") as tmp:

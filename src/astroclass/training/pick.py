@@ -96,7 +96,8 @@ def pick_backbone(options: dict[str, Any], budget_s: float, candidates: tuple[tu
         try:
             seconds = epoch_seconds(model, weights, options)
         except (AstroclassError, OSError, RuntimeError) as exc:  # no network, no weights, does not fit memory
-            lines.append(f"{model}: passed over ({str(exc).splitlines()[0][:160]})")
+            why = str(exc).splitlines()[0].split(". ")[0]  # the reason, whole; what to do instead follows it
+            lines.append(f"{model}: passed over ({why})")
             continue
         fit = budget_s / seconds - head
         if fit >= min_epochs:
@@ -106,7 +107,13 @@ def pick_backbone(options: dict[str, Any], budget_s: float, candidates: tuple[tu
         lines.append(f"{model}: about {seconds:.1f} s per epoch here, {max(0, int(fit))} fine-tuning epochs in the "
                      f"budget (fewer than {min_epochs})")
     model, weights = candidates[-1]
-    lines.append(f"{model}: chosen (the smallest candidate)")
+    try:
+        seconds = epoch_seconds(model, weights, options)
+        fit = max(0, int(budget_s / seconds - head))
+        lines.append(f"{model}: about {seconds:.1f} s per epoch here, {fit} fine-tuning epochs in the budget: "
+                     f"chosen (the smallest candidate)")
+    except (AstroclassError, OSError, RuntimeError) as exc:  # training will say what is wrong with it
+        lines.append(f"{model}: chosen (the smallest candidate; not timed: {str(exc).splitlines()[0].split('. ')[0]})")
     return Pick(model, weights, lines)
 
 
