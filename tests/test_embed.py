@@ -101,3 +101,44 @@ def test_predictions_say_how_unfamiliar_each_object_looks(trained, tiny_h5, tmp_
     with PreparedDataset(tiny_h5) as ds:
         val_rows = ds.indices("val")
     assert np.asarray(t["unfamiliar"])[val_rows].mean() <= 0.05 + 1 / len(val_rows)  # by construction, on val
+
+
+def test_two_operating_points_from_one_model_chosen_on_validation(trained, tiny_h5, tmp_path, cli):
+    """The run chooses, on validation alone, the prior correction with the best plain accuracy and the one with
+    the best balanced accuracy; the card keeps both with their val and test scores, and predict applies the one
+    asked for (and says which)."""
+    import json
+
+    from astropy.table import Table
+
+    from astroclass.metrics import OPERATING_TAUS, balanced_accuracy_and_macro_f1, confusion, prior_adjusted
+
+    result = json.loads((trained.parent / "result.json").read_text())
+    points = result["operating_points"]
+    saved = np.load(trained.parent / "predictions.npz")
+    prior = np.asarray(points["prior"])
+    assert prior.sum() == pytest.approx(1.0)
+    y = saved["val_labels"]
+
+    def val_scores(tau: float) -> dict:
+        pred = prior_adjusted(saved["val_probs"], prior, tau)
+        return {"accuracy": float(np.mean(pred == y)),
+                "balanced_accuracy": balanced_accuracy_and_macro_f1(confusion(y, pred, 2))[0]}
+
+    for target in ("accuracy", "balanced_accuracy"):  # the best over every τ tried, on validation only
+        assert points[target]["val"][target] == pytest.approx(max(val_scores(t)[target] for t in OPERATING_TAUS))
+        assert points[target]["val"] == pytest.approx(val_scores(points[target]["tau"]))
+    assert points["balanced_accuracy"]["val"]["balanced_accuracy"] >= points["accuracy"]["val"]["balanced_accuracy"]
+    assert points["accuracy"]["val"]["accuracy"] >= points["balanced_accuracy"]["val"]["accuracy"]
+    # τ = 0 is the model's own argmax
+    np.testing.assert_array_equal(prior_adjusted(saved["test_probs"], prior, 0.0), saved["test_probs"].argmax(1))
+    code, _, err = cli("predict", trained, tiny_h5, "-o", tmp_path / "b.fits", "-q", "--operating-point", "balanced")
+    assert code == 0, err
+    t = Table.read(tmp_path / "b.fits")
+    probs = np.stack([t["p_galaxy"], t["p_star"]], axis=1)
+    expected = prior_adjusted(probs, prior, points["balanced_accuracy"]["tau"])
+    assert list(t["predicted"]) == [["galaxy", "star"][i] for i in expected] and t.meta["ACOPPT"] == "balanced"
+    code, out, _ = cli("model", "info", trained)
+    assert "rule balanced:" in out and "rule accuracy:" in out
+    code, _, err = cli("predict", trained, tiny_h5, "-o", tmp_path / "x.fits", "--operating-point", "best")
+    assert code == 1 and "operating point must be one of ('model', 'accuracy', 'balanced')" in err

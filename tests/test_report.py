@@ -239,6 +239,8 @@ def test_report_of_a_real_grid_has_statistics_and_plots(tiny_experiment, tmp_pat
     plots = {p.name for p in (tmp_path / "r" / "plots").iterdir()}
     assert {"heatmap_scratch.png", "curves_SG.png", "confusion_SG.png", "reliability_SG.png"} <= plots
     assert "gallery_SG.png" in plots or "no misclassified test image" in page
+    assert "Two decision rules from each chosen model" in page and "balanced rule: test acc" in page
+    assert "Scratch backbones: 4 run(s) initialised as timm builds them." in page
 
 
 def test_report_opens_in_headless_chromium(tiny_experiment, tmp_path):

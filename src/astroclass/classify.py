@@ -492,11 +492,12 @@ def card_meta(clf: Any, tta: bool) -> dict[str, tuple[Any, str]]:
 def run_job(clf: Any, job: PredictJob, output: str | Path, tta: bool | None = None, overwrite: bool = False,
             workers: int | None = None, progress: bool = True, engine: str = "local",
             ray_address: str | None = None, log: Callable[[str], None] | None = None,
-            embed: str | None = None) -> dict[str, Any]:
+            embed: str | None = None, operating_point: str = "model") -> dict[str, Any]:
     """Classify every part of ``job`` (resuming from the parts a killed run finished) and write the output
     table. ``tta`` None: as the model's run evaluated. ``embed`` ("backbone" or "hidden"): each object's
     representation from that layer instead of its class (an ``embedding`` column; ``embedding_<i>`` columns in
-    CSV). Returns counts, images/s, the output path and the table written (an astropy ``Table``)."""
+    CSV). ``operating_point``: how probabilities become the ``predicted`` class (``Classifier.decide``). Returns
+    counts, images/s, the output path and the table written (an astropy ``Table``)."""
     from astroclass.catalogs import output_format, write_catalog
     from astroclass.fileio import check_output
     from astroclass.progress import Bar
@@ -504,6 +505,8 @@ def run_job(clf: Any, job: PredictJob, output: str | Path, tta: bool | None = No
     output = Path(output)
     output_format(output)
     check_output(output, overwrite, [*job.files, *job.inputs, clf.path], "output")
+    if not embed:
+        clf.decide(np.full((1, len(clf.class_names)), 1.0 / len(clf.class_names)), operating_point)  # refused now
     if engine not in ("local", "ray"):
         raise AstroclassError(f"engine must be local or ray, got {engine!r}")
     if tta is None:
@@ -547,8 +550,11 @@ def run_job(clf: Any, job: PredictJob, output: str | Path, tta: bool | None = No
                 predicted += len(part.rows)
                 bar.advance(len(part.rows))
         seconds = time.perf_counter() - t0
-        table = _output_table(clf, job, probs, errors, extra, embed, output_format(output) == "ascii.csv")
+        table = _output_table(clf, job, probs, errors, extra, embed, output_format(output) == "ascii.csv",
+                              operating_point)
         meta = card_meta(clf, tta)
+        if not embed:
+            meta["ACOPPT"] = (operating_point, "predicted: model (argmax), accuracy or balanced rule")
         if embed:
             meta["ACEMBED"] = (embed, "embedding: backbone (pooled features) or hidden (head)")
         write_catalog(table, output, meta)
@@ -566,7 +572,8 @@ def run_job(clf: Any, job: PredictJob, output: str | Path, tta: bool | None = No
 
 
 def _output_table(clf: Any, job: PredictJob, probs: np.ndarray, errors: list[str],
-                  extra: dict[str, np.ndarray], embed: str | None = None, flat: bool = False) -> Any:
+                  extra: dict[str, np.ndarray], embed: str | None = None, flat: bool = False,
+                  operating_point: str = "model") -> Any:
     """The catalogue with each object's class, probabilities, status and error added (with ``embed``, its
     representation: one vector column, or ``flat`` one column per value, as CSV needs)."""
     k = len(clf.class_names)
@@ -584,7 +591,7 @@ def _output_table(clf: Any, job: PredictJob, probs: np.ndarray, errors: list[str
         table["error"] = [e if not good else "" for e, good in zip(errors, ok)]
         return table
     table["predicted"] = [clf.class_names[int(i)] if good else "" for i, good in
-                          zip(np.nan_to_num(probs, nan=-1.0).argmax(axis=1), ok)]
+                          zip(clf.decide(np.nan_to_num(probs, nan=1.0 / k), operating_point), ok)]
     for c in range(k):
         table[f"p_{clf.class_names[c]}"] = probs[:, c]
     from astroclass.training.outputs import unfamiliarity

@@ -27,6 +27,10 @@ from astroclass.models import load_torch_file
 from astroclass.training import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, predict_probs
 from astroclass.training.method import mean_over_views
 
+OPERATING_POINTS = ("model", "accuracy", "balanced")
+"""How predict turns probabilities into a class: the largest probability, or the rule chosen on validation for
+the best plain accuracy or the best balanced accuracy."""
+
 EMBED_LAYERS = ("backbone", "hidden")
 """What ``embed`` gives: the pooled backbone features the head reads, or the head's hidden layer."""
 
@@ -150,6 +154,23 @@ class Classifier:
         return mean_over_views(lambda xb: m.act(m.hidden(m.features(xb).float())) if head else m.features(xb), m, t,
                                self.device, batch_size, channels_last=True, amp=torch.bfloat16 if self.amp else None,
                                tta=tta)
+
+    def decide(self, probs: np.ndarray, operating_point: str = "model") -> np.ndarray:
+        """Each object's class index from its probabilities: ``model``, the largest probability; ``accuracy`` or
+        ``balanced``, the rule the training run chose on validation for the best plain or balanced accuracy (a
+        prior correction of the probabilities, see ``metrics.operating_points``)."""
+        if operating_point not in OPERATING_POINTS:
+            raise AstroclassError(f"operating point must be one of {OPERATING_POINTS}, got {operating_point!r}")
+        if operating_point == "model":
+            return np.asarray(probs).argmax(axis=1)
+        points = self.card.get("operating_points") or {}
+        chosen = points.get("accuracy" if operating_point == "accuracy" else "balanced_accuracy")
+        if not chosen:
+            raise AstroclassError(f"{self.path}: this checkpoint has no operating points (it was trained by an "
+                                  f"astroclass before they were chosen on validation): use --operating-point model")
+        from astroclass.metrics import prior_adjusted
+
+        return prior_adjusted(probs, np.asarray(points["prior"]), float(chosen["tau"]))
 
     def embedding_size(self, layer: str = "backbone") -> int:
         """How many values :meth:`embed_tensor` gives per object for ``layer``."""

@@ -58,7 +58,12 @@ def predict_cmd(checkpoint: Checkpoint,
                     min=1)] = 512,
                 quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
                 as_json: Annotated[bool, typer.Option("--json", help="Print the summary (counts, objects/s, "
-                                                                     "output, TTA) as one JSON object.")] = False):
+                                                                     "output, TTA) as one JSON object.")] = False,
+                operating_point: Annotated[str, typer.Option(
+                    help="How probabilities become the predicted class: model (the largest probability), "
+                         "accuracy (the rule the training run chose on validation for the best plain accuracy: a "
+                         "pure catalogue) or balanced (for the best balanced accuracy: every class found). "
+                         "`model info` shows each rule's scores.")] = "model"):
     """Classify new objects with a trained model, exactly as its training data was prepared: image files, or a
     catalogue straight from survey images (--catalog with --band/--images). Rows that cannot be classified are
     'failed' rows with the reason and the rest continue (exit code 3 when some failed). A killed prediction
@@ -70,7 +75,8 @@ def _classify(layer: str | None, checkpoint: Path, inputs: list[Path] | None, ou
               catalog: Path | None, band: list[str] | None, images: list[str] | None, ra_col: str | None,
               dec_col: str | None, frame: str | None, edge: str, tta: bool | None, overwrite: bool, path_col: str,
               id_col: str | None, allow_outside: bool, device: str, amp: str, workers: int | None, engine: str,
-              ray_address: str | None, part_size: int, quiet: bool, as_json: bool = False) -> None:
+              ray_address: str | None, part_size: int, quiet: bool, as_json: bool = False,
+              operating_point: str = "model") -> None:
     """predict (``layer`` None) and embed (``layer``: the representation to write)."""
     from astroclass.classify import files_job, run_job, sky_job
     from astroclass.errors import AstroclassError
@@ -100,7 +106,8 @@ def _classify(layer: str | None, checkpoint: Path, inputs: list[Path] | None, ou
     else:
         job = files_job(clf, inputs or [], path_col, id_col, allow_outside, part_size)
     res = run_job(clf, job, output, tta=tta, overwrite=overwrite, workers=workers, progress=not quiet,
-                  engine=engine, ray_address=ray_address, log=lambda m: typer.echo(m, err=True), embed=layer)
+                  engine=engine, ray_address=ray_address, log=lambda m: typer.echo(m, err=True), embed=layer,
+                  operating_point=operating_point)
     done = f"embedded ({layer}, {clf.embedding_size(layer)} values each)" if layer else "predicted"
     if as_json:
         summary = {k: (str(v) if k == "output" else v) for k, v in res.items() if k != "table"}
@@ -125,6 +132,8 @@ def embed_cmd(**params: Any) -> None:
 _hints = typing.get_type_hints(predict_cmd, include_extras=True)
 _params = []
 for _p in inspect.signature(predict_cmd).parameters.values():
+    if _p.name == "operating_point":  # a representation has no class to decide
+        continue
     _kind = _hints[_p.name]
     if _p.name == "output":
         _kind = Annotated[Path | None, typer.Option(
@@ -172,6 +181,14 @@ def info_cmd(checkpoint: Checkpoint,
             typer.echo(f"{split + ':':13s} accuracy {x['accuracy']:.4f} [{x['accuracy_ci95'][0]:.4f}, "
                        f"{x['accuracy_ci95'][1]:.4f}], balanced {x['balanced_accuracy']:.4f}, macro-F1 "
                        f"{x['macro_f1']:.4f}, ECE {x['ece']:.4f} (n={x['n']})")
+    points = card.get("operating_points") or {}
+    for name, key in (("accuracy", "accuracy"), ("balanced", "balanced_accuracy")):
+        if key in points:
+            r = points[key]
+            typer.echo(f"{'rule ' + name + ':':13s} prior exponent {r['tau']:+.2f}; val accuracy "
+                       f"{r['val']['accuracy']:.4f}, balanced {r['val']['balanced_accuracy']:.4f}; test accuracy "
+                       f"{r['test']['accuracy']:.4f}, balanced {r['test']['balanced_accuracy']:.4f} "
+                       f"(predict --operating-point {name})")
     typer.echo(f"astroclass:   {card.get('astroclass_version')}")
 
 

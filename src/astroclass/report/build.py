@@ -61,6 +61,20 @@ def _precisions(done: list) -> str:
             f"metric are computed in fp32.")
 
 
+def _operating_point_rows(chosen: dict) -> list[list[str]]:
+    """Per dataset's chosen model: the test accuracy and balanced accuracy of its two validation-chosen decision
+    rules, mean over its runs (runs from before the rules have none and are left out)."""
+    rows = []
+    for d, (_g, m, s, ch) in chosen.items():
+        pts = [r.metrics["operating_points"] for r in ch.runs if (r.metrics.get("operating_points") or {}).get("prior")]
+        if not pts:
+            continue
+        cells = [fmt(float(np.mean([p[rule]["test"][key] for p in pts])))
+                 for rule in ("accuracy", "balanced_accuracy") for key in ("accuracy", "balanced_accuracy")]
+        rows.append([d, display_name(m), s, *cells])
+    return rows
+
+
 def _initialisations(done: list) -> str:
     """How the scratch runs' backbones were initialised, as a sentence (runs of versions before the option:
     timm's)."""
@@ -192,6 +206,14 @@ def build_report(experiment: str | Path, output: str | Path) -> Path:
                "the seed (and device, evaluation batch size, fusion), and they resolved to the same precision and "
                "storage order." +
                (" The options column says which option set the best runs had." if several else ""))
+    points = _operating_point_rows(chosen)
+    if points:
+        page.table(["dataset", "best model", "setup", "accuracy rule: test acc", "test balanced acc",
+                    "balanced rule: test acc", "test balanced acc"], points,
+                   "Two decision rules from each chosen model, both chosen on the validation split alone (a prior "
+                   "correction of its probabilities): the best plain accuracy (a pure catalogue) and the best "
+                   "balanced accuracy (every class found); test metrics, mean over the chosen runs' seeds. "
+                   "`astroclass predict --operating-point accuracy|balanced` applies one.")
     if several:
         page.p(f"The runs differ in options besides the paper's axes and the seed, so they form {len(groups)} option "
                f"sets that are never pooled: " + "; ".join(f"{g.label} ({len(g.runs)} run(s))" for g in groups) +

@@ -45,6 +45,9 @@ class RunResult:
     """Training images per class actually used (after class grouping and train_fraction)."""
     threshold: dict[str, Any] = field(default_factory=dict)
     """Binary tasks: the decision threshold chosen on val (max balanced accuracy) and test metrics at it."""
+    operating_points: dict[str, Any] = field(default_factory=dict)
+    """Two decision rules from the one model, chosen on val: the best plain accuracy and the best balanced
+    accuracy (``metrics.operating_points``), each with its val and test scores."""
     unfamiliar: dict[str, Any] = field(default_factory=dict)
     """How unlike its training data an object is (1 - its largest class probability), and the threshold above
     which an object counts as unfamiliar: the score that 95% of validation objects stay at or below."""

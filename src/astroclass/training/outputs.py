@@ -80,6 +80,12 @@ def evaluate(model: torch.nn.Module, data: RunData, cfg: RunConfig, device: torc
         preds[f"{split}_probs"] = probs.astype(np.float32)
         preds[f"{split}_labels"] = y.numpy()
         preds[f"{split}_index"] = data.splits[split][2]
+    from astroclass.metrics import operating_points
+
+    train_counts_all = np.bincount(data.splits["train"][1].numpy(), minlength=data.num_classes)
+    if len(preds["val_labels"]) and train_counts_all.sum():
+        result.operating_points = operating_points(preds["val_labels"], preds["val_probs"], preds["test_labels"],
+                                                   preds["test_probs"], train_counts_all / train_counts_all.sum())
     val_score = unfamiliarity(preds["val_probs"])
     if len(val_score):
         result.unfamiliar = {"score": "1 - the largest class probability", "quantile": UNFAMILIAR_QUANTILE,
@@ -108,6 +114,7 @@ def save_checkpoint(model: torch.nn.Module, data: RunData, cfg: RunConfig, resul
         "best_epoch": result.best_epoch, "astroclass_version": __version__,
         "arch": getattr(model, "arch", None),  # a hub model's config.json: predicting needs no network
         "unfamiliar": result.unfamiliar,
+        "operating_points": result.operating_points,
     }
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_output(out_dir / "checkpoint.pt") as tmp:
