@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_robustness import tiny_grid
+from test_robustness import one_line, tiny_grid
 
 from conftest import data_set
 
@@ -45,8 +45,6 @@ def fill(disk: Path, leave: int) -> Path:
     return filler
 
 
-def one_line(err: str) -> bool:
-    return err.count("\n") == 1 and "Traceback" not in err
 
 
 def test_train_on_a_full_disk_names_the_checkpoint_and_leaves_no_run_folder(tiny_h5, small_disk, cli):

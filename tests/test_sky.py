@@ -404,8 +404,8 @@ def test_a_killed_prediction_resumes_without_redoing_finished_parts(field3900, t
     real = classify.predict_parts
     done = []
 
-    def dies_after_two(clf_, parts, tta, workers):
-        for item in real(clf_, parts, tta, workers):
+    def dies_after_two(clf_, parts, tta, workers, embed=None):
+        for item in real(clf_, parts, tta, workers, embed):
             if len(done) == 2:
                 raise KeyboardInterrupt
             done.append(item[0].index)
@@ -418,9 +418,9 @@ def test_a_killed_prediction_resumes_without_redoing_finished_parts(field3900, t
     assert not out.exists() and len(list((tmp_path / ".out.fits.parts").glob("part-*.npz"))) == 2
     processed: list[int] = []
 
-    def counting(clf_, parts, tta, workers):
+    def counting(clf_, parts, tta, workers, embed=None):
         processed.extend(p.index for p in parts)
-        yield from real(clf_, parts, tta, workers)
+        yield from real(clf_, parts, tta, workers, embed)
 
     monkeypatch.setattr(classify, "predict_parts", counting)
     again = classify.run_job(clf, job(), out, progress=False)
@@ -542,8 +542,8 @@ def test_a_ray_cluster_without_shared_storage_classifies_a_catalogue_and_resumes
     full = classify.run_job(clf, job(), driver / "local.fits", progress=False)
     real = classify.predict_parts
 
-    def dies_after_two(clf_, parts, tta, workers):
-        for k, item in enumerate(real(clf_, parts, tta, workers)):
+    def dies_after_two(clf_, parts, tta, workers, embed=None):
+        for k, item in enumerate(real(clf_, parts, tta, workers, embed)):
             if k == 2:
                 raise KeyboardInterrupt
             yield item

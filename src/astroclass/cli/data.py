@@ -37,13 +37,14 @@ Workers = Annotated[int | None, typer.Option(help="Decoding processes (default: 
 SkipBad = Annotated[bool, typer.Option("--skip-bad", help="Leave out unreadable images instead of failing; they are "
                                                          "listed in OUTPUT.skipped.csv.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace the output file if it exists.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or progress lines.")]
 MinPerClass = Annotated[int, typer.Option(help="Warn when a class has fewer images than this.")]
 Duplicates = Annotated[str, typer.Option(help="Identical images: 'together' keeps each group in one split, "
                                               "'drop' keeps the first copy, 'error' refuses.")]
 
 
 def _common(size, channels, bands, stretch, interval, percentile, magnitudes, split, seed, workers, skip_bad, overwrite,
-            min_per_class, duplicates, band_scaling="per-band", pad_square=False) -> dict:
+            min_per_class, duplicates, band_scaling="per-band", pad_square=False, quiet=False) -> dict:
     from astroclass.data.images import ImageSpec
     from astroclass.data.splits import parse_fractions
 
@@ -52,7 +53,7 @@ def _common(size, channels, bands, stretch, interval, percentile, magnitudes, sp
                      fits_interval=interval, fits_percentile=percentile, fits_stretch=stretch,
                      fits_magnitudes=magnitudes, band_scaling=band_scaling, pad_square=pad_square)
     return dict(spec=spec, fractions=parse_fractions(split), seed=seed, workers=workers, skip_bad=skip_bad,
-                overwrite=overwrite, min_per_class=min_per_class, duplicates=duplicates)
+                overwrite=overwrite, min_per_class=min_per_class, duplicates=duplicates, show_progress=not quiet)
 
 
 def _done(report) -> None:
@@ -68,13 +69,13 @@ def import_folder_cmd(root: Annotated[Path, typer.Argument(help="ROOT/CLASS/imag
                       fits_magnitudes: Magnitudes = False, band_scaling: BandScaling = "per-band",
                       pad_square: PadSquare = False, split: Split = "0.8,0.1,0.1", seed: Seed = 0,
                       workers: Workers = None, skip_bad: SkipBad = False, overwrite: Overwrite = False,
-                      min_per_class: MinPerClass = 10, duplicates: Duplicates = "together"):
+                      min_per_class: MinPerClass = 10, duplicates: Duplicates = "together", quiet: Quiet = False):
     """Import an ImageFolder-style tree: one sub-folder per class."""
     from astroclass.data.importers import import_folder
 
     _done(import_folder(root, output, **_common(size, channels, bands, stretch, interval, percentile, fits_magnitudes,
                                                 split, seed, workers, skip_bad, overwrite, min_per_class, duplicates,
-                                                band_scaling, pad_square)))
+                                                band_scaling, pad_square, quiet=quiet)))
 
 
 @import_app.command("catalog")
@@ -94,7 +95,7 @@ def import_catalog_cmd(catalog: Annotated[Path, typer.Argument(
                        fits_magnitudes: Magnitudes = False, band_scaling: BandScaling = "per-band",
                        pad_square: PadSquare = False, split: Split = "0.8,0.1,0.1",
                        seed: Seed = 0, workers: Workers = None, skip_bad: SkipBad = False, overwrite: Overwrite = False,
-                       min_per_class: MinPerClass = 10, duplicates: Duplicates = "together"):
+                       min_per_class: MinPerClass = 10, duplicates: Duplicates = "together", quiet: Quiet = False):
     """Import cut-out image files listed in a catalogue (CSV, FITS table, VOTable, Parquet, ECSV) with a path
     and a label column. For a catalogue of RA/Dec positions on survey images, use 'data import sky'."""
     from astroclass.data.importers import import_catalog
@@ -103,7 +104,7 @@ def import_catalog_cmd(catalog: Annotated[Path, typer.Argument(
                          allow_outside=allow_outside,
                          **_common(size, channels, bands, stretch, interval, percentile, fits_magnitudes, split,
                                    seed, workers, skip_bad, overwrite, min_per_class, duplicates, band_scaling,
-                                   pad_square)))
+                                   pad_square, quiet=quiet)))
 
 
 BandOption = Annotated[list[str] | None, typer.Option(
@@ -164,7 +165,7 @@ def import_sky_cmd(catalog: Annotated[Path, typer.Argument(
                    interval: Interval = "percentile", percentile: Percentile = 99.5,
                    split: Split = "0.8,0.1,0.1", seed: Seed = 0, workers: Workers = None,
                    skip_bad: SkipBad = False, overwrite: Overwrite = False, min_per_class: MinPerClass = 10,
-                   duplicates: Duplicates = "together"):
+                   duplicates: Duplicates = "together", quiet: Quiet = False):
     """Cut objects out of survey images (FITS with a WCS) at the RA/Dec (or l/b) of a catalogue: one cut-out
     per object and band, centred on its position in each band's image and aligned on the sky, stacked in band
     order. Every catalogue column is kept with its object, with the image file, HDU and pixel position per
@@ -172,7 +173,7 @@ def import_sky_cmd(catalog: Annotated[Path, typer.Argument(
     from astroclass.data.sky import import_sky
 
     common = _common(size, 3, None, stretch, interval, percentile, False, split, seed, workers, skip_bad, overwrite,
-                     min_per_class, duplicates, band_scaling)
+                     min_per_class, duplicates, band_scaling, quiet=quiet)
     order = [b.strip() for b in bands.split(",") if b.strip()] if bands else None
     _done(import_sky(catalog, output, bands=band_patterns(band), images=images or [], band_order=order,
                      ra_col=ra_col, dec_col=dec_col, frame=frame, label_col=label_col, id_col=id_col,
@@ -186,26 +187,26 @@ def import_efigi_cmd(catalog: Annotated[Path, typer.Argument(help="EFIGI_attribu
                      view: Annotated[str, typer.Option(help="EF-2, EF-4 or EF-15 (the paper's groupings).")] = "EF-4",
                      size: Size = 76, split: Split = "0.8,0.1,0.1", seed: Seed = 0, workers: Workers = None,
                      skip_bad: SkipBad = False, overwrite: Overwrite = False, min_per_class: MinPerClass = 10,
-                     duplicates: Duplicates = "together"):
+                     duplicates: Duplicates = "together", quiet: Quiet = False):
     """Import EFIGI galaxies as the paper's EF-2, EF-4 or EF-15 view."""
     from astroclass.data.importers import import_efigi
 
     _done(import_efigi(catalog, images, view, output, **_common(size, 3, None, "asinh", "percentile", 99.5, False,
                                                                 split,
                                                                 seed, workers, skip_bad, overwrite, min_per_class,
-                                                                duplicates)))
+                                                                duplicates, quiet=quiet)))
 
 
 @import_app.command("galaxy10")
 def import_galaxy10_cmd(h5: Annotated[Path, typer.Argument(help="Galaxy10_DECals.h5 or Galaxy10.h5 (SDSS).")],
                         output: Output, size: Size = 76, split: Split = "0.8,0.1,0.1", seed: Seed = 0,
                         workers: Workers = None, skip_bad: SkipBad = False, overwrite: Overwrite = False,
-                        min_per_class: MinPerClass = 10, duplicates: Duplicates = "together"):
+                        min_per_class: MinPerClass = 10, duplicates: Duplicates = "together", quiet: Quiet = False):
     """Import an official Galaxy10 file (DECaLS or SDSS layout) with its 10 class names."""
     from astroclass.data.importers import import_galaxy10
 
     _done(import_galaxy10(h5, output, **_common(size, 3, None, "asinh", "percentile", 99.5, False, split, seed, workers,
-                                                skip_bad, overwrite, min_per_class, duplicates)))
+                                                skip_bad, overwrite, min_per_class, duplicates, quiet=quiet)))
 
 
 @data_app.command("info")
@@ -283,7 +284,8 @@ def synth_cmd(task: Annotated[str, typer.Argument(help="sg (stars vs galaxies), 
               classes: Annotated[str | None, typer.Option(help="morph only: classes, from elliptical, lenticular, "
                                                                   "spiral, irregular, barred_spiral, edge_on.")] = None,
               fraction: Annotated[float, typer.Option(help="sg: fraction of stars; mg: fraction of mergers.")] = 0.5,
-              split: Split = "0.8,0.1,0.1", workers: Workers = None, overwrite: Overwrite = False):
+              split: Split = "0.8,0.1,0.1", workers: Workers = None, overwrite: Overwrite = False,
+              quiet: Quiet = False):
     """Render labelled multi-band cutouts with GalSim (stored with their true parameters)."""
     from astroclass.data.splits import parse_fractions
     from astroclass.data.synth import SynthConfig, synthesize
@@ -293,5 +295,6 @@ def synth_cmd(task: Annotated[str, typer.Argument(help="sg (stars vs galaxies), 
                       pixel_scale=pixel_scale, seeing=seeing, mag_min=mag_min, mag_max=mag_max, sky_mag=sky_mag,
                       read_noise=read_noise, star_fraction=fraction,
                       classes=tuple(c.strip() for c in classes.split(",")) if classes else None).validate()
-    path = synthesize(cfg, output, parse_fractions(split), workers=workers, overwrite=overwrite)
+    path = synthesize(cfg, output, parse_fractions(split), workers=workers, overwrite=overwrite,
+                      show_progress=not quiet)
     typer.echo(f"wrote {path} ({n} {task} objects, classes {cfg.class_names()}, bands {list(cfg.bands)})")
