@@ -135,9 +135,13 @@ def train_astroclass(method: str, h5: Path, classes: str | None, budget: float, 
     cfg = RunConfig.from_dict(options)
     t0 = time.perf_counter()
     r = train(cfg, folder / f"{h5.stem}-{method}-{seed}", progress=False)
+    points = r.operating_points or {}
     return {"model": cfg.model, "setup": cfg.setup, "val_accuracy": r.val["accuracy"], "epochs": r.epochs_run,
             "best_epoch": r.best_epoch, "seconds": time.perf_counter() - t0,
-            **{key: r.test[key] for key in TEST_KEYS}}
+            **{key: r.test[key] for key in TEST_KEYS},
+            # the two decision rules the run chose on validation (predict --operating-point accuracy|balanced)
+            **{f"rule_{rule}": {"tau": points[key]["tau"], **points[key]["test"]}
+               for rule, key in (("accuracy", "accuracy"), ("balanced", "balanced_accuracy")) if key in points}}
 
 
 def main() -> None:
@@ -194,6 +198,11 @@ def main() -> None:
                           f"{r['balanced_accuracy']:.3f} [{r['balanced_accuracy_ci95'][0]:.3f}, "
                           f"{r['balanced_accuracy_ci95'][1]:.3f}]; val accuracy {r['val_accuracy']:.3f}; "
                           f"{r['epochs']} epochs in {r['seconds']:.0f} s", flush=True)
+                    for rule in ("accuracy", "balanced"):
+                        if f"rule_{rule}" in r:
+                            q = r[f"rule_{rule}"]
+                            print(f"{'':>10} {'':>17} {rule} rule (τ {q['tau']:+.1f}): test accuracy "
+                                  f"{q['accuracy']:.3f}, balanced {q['balanced_accuracy']:.3f}", flush=True)
                     runs = rows["runs"][method]
                     rows["mean"][method] = {
                         key: statistics.mean(x[key] for x in runs) for key in ("accuracy", "balanced_accuracy")}
