@@ -553,10 +553,10 @@ def run_job(clf: Any, job: PredictJob, output: str | Path, tta: bool | None = No
         table = _output_table(clf, job, probs, errors, extra, embed, output_format(output) == "ascii.csv",
                               operating_point)
         meta = card_meta(clf, tta)
-        if not embed:
-            meta["ACOPPT"] = (operating_point, "predicted: model (argmax), accuracy or balanced rule")
         if embed:
             meta["ACEMBED"] = (embed, "embedding: backbone (pooled features) or hidden (head)")
+        else:
+            meta["ACOPPT"] = (operating_point, "predicted: model (argmax), accuracy or balanced rule")
         write_catalog(table, output, meta)
     except OSError as exc:  # a full disk: the parts finished are kept, and the same command continues from them
         text = os_error_text(OSError(exc.errno, exc.strerror, str(output)))

@@ -509,8 +509,11 @@ class GroupTrainer:
             if self.scheduled:
                 for opt in self.optimizers:
                     cfg = self.schedule_of[id(opt)]
+                    # under a budget that ends the run before its own epochs do, the cosine follows the clock
+                    by_clock = self.budget is not None and self.last_phase and self.epoch_limit is not None \
+                        and self.epoch_limit < cfg.epochs
                     f = lr_factor(cfg, self.phase_steps, len(starts), self._epochs(cfg),
-                                  self._time_fraction if self.budget is not None and self.last_phase else None)
+                                  self._time_fraction if by_clock else None)
                     for pg in opt.param_groups:
                         pg["lr"] = pg["initial_lr"] * f
                 self.phase_steps += 1
