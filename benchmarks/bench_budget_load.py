@@ -80,7 +80,8 @@ def main() -> None:
     print(f"loaded - quiet: wall {loaded['wall_seconds'] - quiet['wall_seconds']:+.0f} s, test accuracy "
           f"{100 * (loaded['test_accuracy'] - quiet['test_accuracy']):+.1f} points, balanced "
           f"{100 * (loaded['test_balanced_accuracy'] - quiet['test_balanced_accuracy']):+.1f} points")
-    print(f"saved {save('budget_load', {'budget': args.budget, 'hog_seconds': args.hog_seconds, 'runs': rows})}")
+    name = f"budget_load_hogs{args.hog_seconds:.0f}s"
+    print(f"saved {save(name, {'budget': args.budget, 'hog_seconds': args.hog_seconds, 'runs': rows})}")
 
 
 if __name__ == "__main__":

@@ -208,13 +208,11 @@ class Run:
                 f"{self._curve()}</div>")
 
     def _curve(self) -> str:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure  # no pyplot: a notebook's own plotting backend stays as it is
 
         h = self.history
-        fig, ax = plt.subplots(figsize=(4.5, 2.4))
+        fig = Figure(figsize=(4.5, 2.4))
+        ax = fig.subplots()
         x = np.arange(1, len(h) + 1)
         ax.plot(x, h["train_loss"], label="train loss")
         ax.plot(x, h["val_loss"], label="val loss")
@@ -223,7 +221,6 @@ class Run:
         fig.tight_layout()
         with tempfile.TemporaryDirectory(prefix="astroclass-curve-") as tmp:
             fig.savefig(Path(tmp) / "curve.png", dpi=90)
-            plt.close(fig)
             return _png_tag(Path(tmp) / "curve.png", "learning curve")
 
     def predict(self, images: Any, tta: bool = False) -> np.ndarray:

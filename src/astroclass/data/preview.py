@@ -31,15 +31,13 @@ def display_rgb(img: np.ndarray) -> np.ndarray:
 
 def contact_sheet(ds: PreparedDataset, output: str | Path, per_class: int = 8, seed: int = 0) -> Path:
     """Save a PNG with ``per_class`` random images of every class (one row per class)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: a notebook's own plotting backend stays as it is
 
     rng = np.random.default_rng(seed)
     names = ds.class_names if ds.labelled else ["(unlabelled)"]
     k = len(names)
-    fig, axes = plt.subplots(k, per_class, figsize=(per_class * 1.1, k * 1.15 + 0.3), squeeze=False)
+    fig = Figure(figsize=(per_class * 1.1, k * 1.15 + 0.3))
+    axes = fig.subplots(k, per_class, squeeze=False)
     for c, name in enumerate(names):
         idx = np.flatnonzero(ds.labels == c) if ds.labelled else np.arange(len(ds))
         pick = np.sort(rng.choice(idx, size=min(per_class, len(idx)), replace=False))
@@ -59,5 +57,4 @@ def contact_sheet(ds: PreparedDataset, output: str | Path, per_class: int = 8, s
     from astroclass.fileio import save_figure
 
     save_figure(fig, output, dpi=100)
-    plt.close(fig)
     return output
