@@ -19,6 +19,9 @@ os.environ.setdefault("TORCH_HOME", os.path.join(_home, "torch"))
 os.environ.setdefault("HF_HOME", os.path.join(_home, "hf"))
 os.environ.setdefault("XDG_CACHE_HOME", os.path.join(_home, "cache"))
 os.environ.setdefault("RAY_TMPDIR", os.path.join(_home, "ray"))
+os.environ.setdefault("JUPYTER_RUNTIME_DIR", os.path.join(_home, "jupyter-runtime"))  # kernels of the notebook tests
+os.environ.setdefault("JUPYTER_CONFIG_DIR", os.path.join(_home, "jupyter-config"))
+os.environ.setdefault("IPYTHONDIR", os.path.join(_home, "ipython"))
 
 
 def data_set(name: str) -> Path:
