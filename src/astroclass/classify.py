@@ -506,7 +506,7 @@ def run_job(clf: Any, job: PredictJob, output: str | Path, tta: bool | None = No
     output_format(output)
     check_output(output, overwrite, [*job.files, *job.inputs, clf.path], "output")
     if not embed:
-        clf.decide(np.full((1, len(clf.class_names)), 1.0 / len(clf.class_names)), operating_point)  # refused now
+        clf.decision_rule(operating_point)  # an unknown or missing rule is refused before any work
     if engine not in ("local", "ray"):
         raise AstroclassError(f"engine must be local or ray, got {engine!r}")
     if tta is None:

@@ -159,18 +159,26 @@ class Classifier:
         """Each object's class index from its probabilities: ``model``, the largest probability; ``accuracy`` or
         ``balanced``, the rule the training run chose on validation for the best plain or balanced accuracy (a
         prior correction of the probabilities, see ``metrics.operating_points``)."""
+        rule = self.decision_rule(operating_point)
+        if rule is None:
+            return np.asarray(probs).argmax(axis=1)
+        from astroclass.metrics import prior_adjusted
+
+        return prior_adjusted(probs, *rule)
+
+    def decision_rule(self, operating_point: str = "model") -> tuple[np.ndarray, float] | None:
+        """(training prior, exponent τ) of an operating point; None for ``model`` (the largest probability).
+        An unknown point, or one the checkpoint does not have, is an error."""
         if operating_point not in OPERATING_POINTS:
             raise AstroclassError(f"operating point must be one of {OPERATING_POINTS}, got {operating_point!r}")
         if operating_point == "model":
-            return np.asarray(probs).argmax(axis=1)
+            return None
         points = self.card.get("operating_points") or {}
         chosen = points.get("accuracy" if operating_point == "accuracy" else "balanced_accuracy")
         if not chosen:
             raise AstroclassError(f"{self.path}: this checkpoint has no operating points (it was trained by an "
                                   f"astroclass before they were chosen on validation): use --operating-point model")
-        from astroclass.metrics import prior_adjusted
-
-        return prior_adjusted(probs, np.asarray(points["prior"]), float(chosen["tau"]))
+        return np.asarray(points["prior"]), float(chosen["tau"])
 
     def embedding_size(self, layer: str = "backbone") -> int:
         """How many values :meth:`embed_tensor` gives per object for ``layer``."""

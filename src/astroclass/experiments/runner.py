@@ -51,6 +51,11 @@ class GridOptions:
         for name, v in (("lease", self.lease_s), ("heartbeat", self.heartbeat_s)):
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise AstroclassError(f"--{name} must be a positive number of seconds, got {v}")
+        if self.heartbeat_s >= self.lease_s:
+            raise AstroclassError(f"--lease must be a positive number of seconds longer than the heartbeat "
+                                  f"({self.heartbeat_s:g} s), got {self.lease_s:g}")
+        if self.keep not in KEEP_POLICIES:
+            raise AstroclassError(f"--keep must be one of {KEEP_POLICIES}, got {self.keep!r}")
 
 
 def store_path(experiment: str | Path) -> Path:
@@ -141,14 +146,7 @@ def run_grid(spec: GridSpec, experiment: str | Path, options: GridOptions | None
     one worker (``options.fuse``, else the spec's ``fuse`` run option: auto, off or a group size)."""
     from astroclass.training import fuse_key
 
-    options = options or GridOptions()
-    if options.keep not in KEEP_POLICIES:
-        raise AstroclassError(f"--keep must be one of {KEEP_POLICIES}, got {options.keep!r}")
-    if options.max_attempts < 1:
-        raise AstroclassError(f"max attempts must be at least 1, got {options.max_attempts}")
-    if not options.lease_s > 0 or not 0 < options.heartbeat_s < options.lease_s:
-        raise AstroclassError(f"--lease must be a positive number of seconds (and the heartbeat, "
-                              f"{options.heartbeat_s:g} s, shorter than it), got {options.lease_s:g}")
+    options = options or GridOptions()  # its options are checked when it is made
     fuse = str(options.fuse or spec.train.get("fuse") or "auto")
     if fuse not in ("auto", "off") and not (fuse.isdigit() and int(fuse) >= 1):
         raise AstroclassError(f"--fuse must be auto, off or a group size >= 1, got {fuse!r}")
