@@ -171,7 +171,6 @@ class GroupTrainer:
         self.cosine_t0: float | None = None  # under a budget: when the cosine (after the warm-up) began
         self.reserve = 2.0  # under a budget: seconds kept for the final evaluation and the outputs
         self.planned_at: float | None = None  # when the epochs were last planned
-        self.said_over = False
         self.ema: list[torch.Tensor] | None = None
         self.ema_src: list[torch.Tensor] = []
         self.ema_steps = 0
@@ -415,8 +414,7 @@ class GroupTrainer:
         self.epoch_limit = fit
         if epoch == 1:
             self.first_epoch_seconds = round(epoch_seconds, 3)
-        if fit <= epoch and epoch == 1 and not self.said_over and self.progress:
-            self.said_over = True
+        if epoch == 1 and fit <= epoch and self.progress:  # the last phase's first epoch: said once
             say(f"note: the budget ({c0.budget}) is spent after the first epoch of {self.phase} "
                 f"({epoch_seconds:.0f} s, {used:.0f} s in all): the run ends after it; a smaller model, fewer images "
                 f"or a longer budget fit it")
