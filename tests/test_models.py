@@ -407,23 +407,55 @@ def test_keras_init_draws_every_kernel_by_glorot_and_sets_keras_batch_norms(name
     assert all(bn.momentum == 0.1 for bn in timm_bns)
 
 
-@pytest.mark.parametrize("name", ["vgg16", "inception_v3", "inception_resnet_v2", "densenet121"])
-def test_keras_init_matches_keras_3_layer_by_layer(name, monkeypatch):
-    """Keras 3 builds the application (weights=None, include_top=False, 76x76x3): its convolutions' Glorot limits
-    and biases, and its batch norms' momentum, ε, scale and centre, are ours, as multisets over the layers."""
-    import collections
+def _keras_application(name: str, monkeypatch):
+    """The paper backbone ``name`` as Keras builds it (weights=None, include_top=False, 76x76x3), by Keras 3 on its
+    torch backend: keras.applications' own, and ResNeXt50 (not in Keras 3) by keras-applications 1.0.8's code
+    (the release Keras 2.2 and 2.3 load), handed Keras 3's layers and a backend of the four functions it calls."""
     import importlib
     import sys
+    import types
 
     monkeypatch.setenv("KERAS_BACKEND", "torch")
     if "keras" in sys.modules and importlib.import_module("keras").backend.backend() != "torch":
         pytest.fail("keras was imported with another backend before this test")
     import keras
 
+    keras.backend.clear_session()
+    if name == "resnext50_32x4d":
+        from keras_applications import resnet_common
+
+        backend = types.SimpleNamespace(image_data_format=lambda: "channels_last", backend=lambda: "torch",
+                                        int_shape=lambda t: tuple(t.shape),
+                                        is_keras_tensor=lambda t: isinstance(t, keras.KerasTensor))
+        return resnet_common.ResNeXt50(include_top=False, weights=None, input_shape=(76, 76, 3), backend=backend,
+                                       layers=keras.layers, models=keras.models, utils=keras.utils)
     builder = {"vgg16": "VGG16", "inception_v3": "InceptionV3", "inception_resnet_v2": "InceptionResNetV2",
                "densenet121": "DenseNet121"}[name]
-    keras.backend.clear_session()
-    km = getattr(keras.applications, builder)(weights=None, include_top=False, input_shape=(76, 76, 3))
+    return getattr(keras.applications, builder)(weights=None, include_top=False, input_shape=(76, 76, 3))
+
+
+@pytest.mark.parametrize("name", list(PAPER_MODELS))
+def test_keras_init_and_tail_match_keras_layer_by_layer(name, monkeypatch):
+    """Keras builds the application (see _keras_application): its convolutions' Glorot limits and biases, and its
+    batch norms' momentum, ε, scale and centre, are ours, as multisets over the layers. ResNeXt50's depthwise
+    kernels (3, 3, C, c) have the fans of timm's grouped (C, c, 3, 3) kernels, swapped: the same limit. The
+    shipped Keras tail (keras:N) is its last layers: count, order, types and trainable weights (auto-numbered
+    names aside: Keras numbers them per session)."""
+    import collections
+    import re
+
+    from astroclass.models import keras_tails
+
+    km = _keras_application(name, monkeypatch)
+    body = [layer for layer in km.layers if type(layer).__name__ != "InputLayer"]
+    shipped = keras_tails()[name]
+    assert shipped["keras_layers"] == len(body)
+    auto = re.compile(r"(activation|conv2d|batch_normalization|reshape)_\d+")
+    for entry, layer in zip(shipped["tail"], body[-len(shipped["tail"]):], strict=True):
+        assert entry["type"] == type(layer).__name__
+        assert entry["keras"] == layer.name or auto.fullmatch(entry["keras"]) and auto.fullmatch(layer.name), entry
+        keras2 = {"kernel": "depthwise_kernel"} if type(layer).__name__ == "DepthwiseConv2D" else {}  # Keras 2's name
+        assert entry["weights"] == {keras2.get(w.name, w.name): list(w.shape) for w in layer.trainable_weights}, entry
     theirs_conv, theirs_bn = collections.Counter(), collections.Counter()
     for layer in km.layers:
         kind = type(layer).__name__
@@ -443,6 +475,64 @@ def test_keras_init_matches_keras_3_layer_by_layer(name, monkeypatch):
             ours_bn[(round(mod.momentum, 9), mod.eps, isinstance(mod.weight, torch.nn.Parameter), True)] += 1
     assert sum(ours_conv.values()) >= 13 and ours_conv == theirs_conv
     assert ours_bn == theirs_bn
+
+
+def test_keras_applications_resnext50_computes_what_timms_grouped_resnext50_does(monkeypatch):
+    """keras-applications 1.0.8 builds each ResNeXt block's grouped 3x3 convolution as a depthwise convolution
+    (multiplier c = width / 32) and a Lambda summing, per group, the outputs of the group's c input channels.
+    That is a grouped convolution: with random weights and batch-norm statistics in the Keras model, mapped
+    onto timm's ResNeXt50 (depthwise kernel[:, :, g·c + a, m] → grouped weight[g·c + m, a]), both compute the
+    same features of the same images (inference mode)."""
+    import re
+
+    import keras
+
+    km = _keras_application("resnext50_32x4d", monkeypatch)
+    rng = np.random.default_rng(0)
+    parts = {"0_conv": "downsample.0", "0_bn": "downsample.1", "1_conv": "conv1", "1_bn": "bn1", "2_conv": "conv2",
+             "2_bn": "bn2", "3_conv": "conv3", "3_bn": "bn3"}
+    state = {}
+    for layer in km.layers:
+        if not layer.weights:
+            continue
+        kind = type(layer).__name__
+        if kind == "BatchNormalization":  # γ, β, moving mean and variance, all away from their initial values
+            ws = [rng.uniform(0.5, 1.5, w.shape).astype("float32") for w in layer.get_weights()]
+        else:
+            ws = [(rng.standard_normal(w.shape) * math.sqrt(2 / math.prod(w.shape[:-1]))).astype("float32")
+                  for w in layer.get_weights()]
+        layer.set_weights(ws)
+        if layer.name.startswith("conv1_"):
+            target = {"conv1_conv": "conv1", "conv1_bn": "bn1"}[layer.name]
+        else:
+            stage, block, part = re.fullmatch(r"conv(\d)_block(\d+)_(\d_\w+)", layer.name).groups()
+            target = f"layer{int(stage) - 1}.{int(block) - 1}.{parts[part]}"
+        if kind == "BatchNormalization":
+            state.update({f"{target}.{k}": torch.from_numpy(w)
+                          for k, w in zip(("weight", "bias", "running_mean", "running_var"), ws)})
+        elif kind == "DepthwiseConv2D":
+            k = torch.from_numpy(ws[0])
+            width, c = k.shape[2], k.shape[3]
+            state[f"{target}.weight"] = (k.permute(2, 3, 0, 1).reshape(width // c, c, c, 3, 3).transpose(1, 2)
+                                         .reshape(width, c, 3, 3))
+        else:
+            state[f"{target}.weight"] = torch.from_numpy(ws[0]).permute(3, 2, 0, 1)
+    ours = build_model("resnext50_32x4d", 2, input_size=76, init="keras").backbone.eval()
+    ours.load_state_dict(state)  # strict: every tensor of ours has its Keras counterpart
+    x = rng.standard_normal((2, 76, 76, 3)).astype("float32")
+    theirs = keras.ops.convert_to_numpy(km(x, training=False))
+    with torch.no_grad():
+        mine = ours.forward_features(torch.from_numpy(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()
+    assert theirs.shape == mine.shape == (2, 3, 3, 2048)
+    assert np.abs(theirs).max() > 1
+    np.testing.assert_allclose(mine, theirs, rtol=1e-4, atol=1e-4 * np.abs(theirs).max())
+    # the comparison tells the index orders apart: the kernels mapped without swapping input and multiplier differ
+    swapped = {k: v.reshape(v.shape[0] // v.shape[1], v.shape[1], v.shape[1], 3, 3).transpose(1, 2).reshape(v.shape)
+               if k.endswith("conv2.weight") else v for k, v in state.items()}
+    ours.load_state_dict(swapped)
+    with torch.no_grad():
+        other = ours.forward_features(torch.from_numpy(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()
+    assert np.abs(other - theirs).max() > 1e-2 * np.abs(theirs).max()
 
 
 def test_init_auto_is_keras_for_paper_exact_scratch_runs_and_init_keras_only_for_paper_backbones():

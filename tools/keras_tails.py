@@ -15,13 +15,13 @@ keras-applications 1.0.8 ``resnet_common.py`` (``block3``), whose blocks end in 
 the code order. Keras names auto-numbered layers per session (``conv2d_93``); Keras 2.2 counted from 1, so
 the paper's session named the same layer ``conv2d_94``; the names are for reading, the order is what counts.
 keras-applications 1.0.8 (its last release) builds ResNeXt's grouped convolution as a depthwise convolution
-and a sum over the multiplier (a Lambda between two Reshapes): measured with Keras 3, that is a depthwise
-convolution with the multiplier's kernels summed, not a grouped one (``RESNEXT_NOTE``).
+and a Lambda summing each group's input channels (between two Reshapes): a grouped convolution
+(``RESNEXT_NOTE``; the model itself, run by Keras 3, is compared with timm's in tests/test_models.py).
 
 Each Keras layer maps to the timm parameters holding its trainable weights (``[]`` for layers without
 any). Keras' BatchNormalization with ``scale=False`` (InceptionV3, InceptionResNetV2) trains only beta:
-the timm layer's ``bias``. ResNeXt's ``_2_conv`` (depthwise, as many weights) maps to timm's grouped
-``conv2``.
+the timm layer's ``bias``. ResNeXt's ``_2_conv`` (depthwise, the same weights in another order) maps to
+timm's grouped ``conv2``.
 """
 
 from __future__ import annotations
@@ -34,11 +34,13 @@ from pathlib import Path
 import yaml
 
 TAIL = 20
-RESNEXT_NOTE = ("keras-applications 1.0.8 builds the 3x3 stage of each block as a depthwise convolution "
-                "(multiplier 32) whose outputs a Lambda sums per input channel: a depthwise convolution, not "
-                "the grouped one of ResNeXt (and of timm's conv2, which holds its weights here). Its later, "
-                "unreleased code made it grouped with a constant Conv2D, _2_gconv. keras:7 trains the same "
-                "weights with either: _2_bn, _3_conv and _3_bn of the last block.")
+RESNEXT_NOTE = ("keras-applications 1.0.8 builds each block's grouped 3x3 convolution as a depthwise convolution "
+                '(_2_conv, multiplier c = width / 32) and a Lambda (_2_reduce, between two Reshapes) that sums, '
+                "in each group, the outputs of the group's c input channels: a grouped convolution, the one "
+                "timm's conv2 computes with the same weights reordered (tests/test_models.py runs the 1.0.8 model"
+                " in Keras 3 against timm's). Its later, unreleased code replaced the Reshape, Lambda and Reshape"
+                ' by one constant Conv2D, _2_gconv (trainable=False). keras:7 trains the same weights with '
+                'either: _2_bn, _3_conv and _3_bn of the last block.')
 OUT = Path(__file__).resolve().parents[1] / "src/astroclass/reference/keras_tails.yaml"
 
 
@@ -62,8 +64,9 @@ def resnext50_tail() -> tuple[int, list]:
     """conv5_block2 and conv5_block3 of keras-applications 1.0.8's ResNeXt50 (filters 1024, groups 32, c = 32).
 
     1.0.8, the last release (the one Keras 2.2 and 2.3 load), builds each block's 3x3 stage as a DepthwiseConv2D
-    (multiplier c), a Reshape to (groups, c, c), a Lambda ``_2_reduce`` summing the last axis and a Reshape back:
-    three layers without weights. (The repository's later, unreleased code replaced them by one constant
+    (multiplier c), a Reshape to (groups, c, c), a Lambda ``_2_reduce`` summing over each group's c input channels
+    (``x[:, :, :, :, i]``) and a Reshape back: three layers without weights, which with the DepthwiseConv2D
+    compute a grouped convolution. (The repository's later, unreleased code replaced the three by one constant
     Conv2D, ``_2_gconv``.) Reshape layers are auto-named; Keras 2.2 numbered them from 1, two per block."""
     def block(b: str, cin: int, k: int) -> list:
         return [(f"{b}_1_conv", "Conv2D", [["kernel", [1, 1, cin, 1024]]]),
