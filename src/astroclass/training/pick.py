@@ -46,26 +46,38 @@ class Pick:
 
 def epoch_seconds(model: str, weights: str, options: dict[str, Any], steps: int = 3) -> float:
     """Seconds one fine-tuning epoch (all layers training, validation included) takes on the run's device:
-    a few optimiser steps on batches of the run's shape, timed after one warm-up step."""
+    a few optimiser steps on batches of the run's shape, timed after one warm-up step, computed as training
+    computes them (the run's fine-tuning optimiser, memory format, 1x1 convolutions as matrix products and
+    autocast on this device; on a CPU its threads and memory reuse)."""
     from astroclass.data.prepared import PreparedDataset
-    from astroclass.models import build_model, set_trainable
+    from astroclass.models import build_model, matmul_1x1, set_trainable
     from astroclass.runconfig import RunConfig
-    from astroclass.training.speed import resolve_device
+    from astroclass.training.method import finetune_optimizer
+    from astroclass.training.speed import keep_freed_memory, resolve_device, threads_within_cores
 
     cfg = RunConfig.from_dict({**options, "model": model})
     with PreparedDataset(cfg.dataset) as ds:
         n_train, channels, size, classes = len(ds.indices("train")), ds.channels, ds.image_shape[-1], \
             len(ds.class_names)
     device = resolve_device(cfg.device)
+    fast = cfg.speed(device)
+    if device.type == "cpu":
+        keep_freed_memory()
+        threads_within_cores()
     net = build_model(model, classes, channels, size, cfg.pooling, weights).to(device)
+    layout = torch.channels_last if fast["channels_last"] else torch.contiguous_format
+    net = net.to(memory_format=layout)
+    if fast["matmul_1x1"]:
+        matmul_1x1(net)
     set_trainable(net, "all")
     net.train()
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-5)
-    x = torch.randn(cfg.batch_size, channels, size, size, device=device)
+    opt = finetune_optimizer(cfg, [p for p in net.parameters() if p.requires_grad], fast["fused_optimizer"])
+    x = torch.randn(cfg.batch_size, channels, size, size, device=device).contiguous(memory_format=layout)
     y = torch.randint(0, classes, (cfg.batch_size,), device=device)
 
     def step() -> None:
-        loss = torch.nn.functional.cross_entropy(net(x), y)
+        with torch.autocast(device.type, dtype=fast["amp"] or torch.bfloat16, enabled=fast["amp"] is not None):
+            loss = torch.nn.functional.cross_entropy(net(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
