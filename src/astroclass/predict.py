@@ -74,8 +74,8 @@ class Classifier:
         for an ``--amp bf16`` run, and for an ``--amp auto`` run bf16 autocast on CUDA GPUs and CPUs with AMX,
         fp32 elsewhere), "off" (fp32) or "bf16". bf16 moves probabilities by up to ~1e-2."""
         from astroclass.data.images import ImageSpec
-        from astroclass.models import build_model, matmul_1x1
-        from astroclass.training import auto_amp, keep_freed_memory, resolve_device, threads_within_cores
+        from astroclass.models import build_model
+        from astroclass.training.speed import auto_amp, cpu_process_setup, fast_layout, resolve_device
 
         self.path = Path(checkpoint)
         ck = read_checkpoint(self.path)
@@ -87,8 +87,7 @@ class Classifier:
         self.in_chans, self.size = int(c["in_chans"]), int(c["input_size"])
         self.device = resolve_device(device)
         if self.device.type == "cpu":
-            keep_freed_memory()  # each batch's activations reuse memory instead of being mapped afresh
-            threads_within_cores()
+            cpu_process_setup()  # each batch's activations reuse memory instead of being mapped afresh
         if amp not in ("off", "bf16", "auto"):
             raise AstroclassError(f"amp must be off, bf16 or auto, got {amp!r}")
         self.amp_setting = amp
@@ -112,9 +111,8 @@ class Classifier:
             raise AstroclassError(f"{self.path}: the weights do not fit the architecture its card names "
                                   f"({c['model']}): {str(exc).splitlines()[0][:200]}") from None
         # the training fast path's layout: channels-last, and on CPU 1x1 convolutions as matrix products
-        self.model.to(self.device).to(memory_format=torch.channels_last).eval()
-        if self.device.type == "cpu":
-            matmul_1x1(self.model)
+        self.model = fast_layout(self.model.to(self.device), {"channels_last": True,
+                                                                "matmul_1x1": self.device.type == "cpu"}).eval()
 
     # -- arrays ----------------------------------------------------------------------------
     def _images(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -55,9 +55,9 @@ from astroclass.training.speed import (
     TORCH_CUDA_GRAPHS,
     StepGraph,
     compiled,
-    keep_freed_memory,
+    cpu_process_setup,
+    fast_layout,
     resolve_device,
-    threads_within_cores,
 )
 
 PER_RUN_OPTIONS = frozenset({"l2", "maxnorm", "optimizer", "seed", "lr", "class_weights", "sampler", "monitor",
@@ -183,7 +183,7 @@ class GroupTrainer:
     def _build_runs(self, data: RunData) -> tuple[list[_Run], list[dict], AstroNet]:
         """Each run's initial weights, built as if it trained alone (its seed, then the model), and a plain
         model on the device (evaluation, and the pattern the fused model is made from)."""
-        from astroclass.models import build_model, matmul_1x1
+        from astroclass.models import build_model
 
         runs, states, template = [], [], None
         for i, (cfg, out) in enumerate(zip(self.configs, self.out_dirs)):
@@ -196,11 +196,7 @@ class GroupTrainer:
                                 pooling=cfg.pooling, weights=cfg.resolved_weights(), init=cfg.resolved_init())
             states.append(model.state_dict())
             if template is None:
-                template = model.to(self.device)
-                if self.fast["channels_last"]:
-                    template = template.to(memory_format=torch.channels_last)
-                if self.fast["matmul_1x1"]:
-                    matmul_1x1(template)
+                template = fast_layout(model.to(self.device), self.fast)
             result = RunResult(status="failed", config=cfg.to_dict(), dataset_hash=data.content_hash,
                                environment=environment(self.device))
             result.environment["speed"] = {**self.fast, "amp": str(self.fast["amp"]).replace("torch.", "")
@@ -239,8 +235,7 @@ class GroupTrainer:
         self.device = resolve_device(c0.device)
         self.fast = c0.speed(self.device)
         if self.device.type == "cpu":
-            self.fast["keep_freed_memory"] = keep_freed_memory()
-            threads_within_cores()
+            self.fast["keep_freed_memory"] = cpu_process_setup()
         if c0.compile == "auto":  # of the whole group: each run's steps must be graphs for the group's to be
             self.fast["compile"] = auto_compile(self.configs, self.device)
         if self.device.type == "cuda":

@@ -50,10 +50,10 @@ def epoch_seconds(model: str, weights: str, options: dict[str, Any], steps: int 
     computes them (the run's fine-tuning optimiser, memory format, 1x1 convolutions as matrix products and
     autocast on this device; on a CPU its threads and memory reuse)."""
     from astroclass.data.prepared import PreparedDataset
-    from astroclass.models import build_model, matmul_1x1, set_trainable
+    from astroclass.models import build_model, set_trainable
     from astroclass.runconfig import RunConfig
     from astroclass.training.method import finetune_optimizer
-    from astroclass.training.speed import keep_freed_memory, resolve_device, threads_within_cores
+    from astroclass.training.speed import cpu_process_setup, fast_layout, resolve_device
 
     cfg = RunConfig.from_dict({**options, "model": model})
     with PreparedDataset(cfg.dataset) as ds:
@@ -62,13 +62,9 @@ def epoch_seconds(model: str, weights: str, options: dict[str, Any], steps: int 
     device = resolve_device(cfg.device)
     fast = cfg.speed(device)
     if device.type == "cpu":
-        keep_freed_memory()
-        threads_within_cores()
-    net = build_model(model, classes, channels, size, cfg.pooling, weights).to(device)
+        cpu_process_setup()
+    net = fast_layout(build_model(model, classes, channels, size, cfg.pooling, weights).to(device), fast)
     layout = torch.channels_last if fast["channels_last"] else torch.contiguous_format
-    net = net.to(memory_format=layout)
-    if fast["matmul_1x1"]:
-        matmul_1x1(net)
     set_trainable(net, "all")
     net.train()
     opt = finetune_optimizer(cfg, [p for p in net.parameters() if p.requires_grad], fast["fused_optimizer"])

@@ -7,7 +7,7 @@ import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -35,6 +35,28 @@ def threads_within_cores() -> int:
     if torch.get_num_threads() > cores:
         torch.set_num_threads(cores)
     return torch.get_num_threads()
+
+
+_M = TypeVar("_M", bound=torch.nn.Module)
+
+
+def cpu_process_setup() -> bool:
+    """What a process computing on the CPU sets before its work: torch's threads within the cores it may use, and
+    freed memory kept for reuse (:func:`keep_freed_memory`, whose answer is returned)."""
+    threads_within_cores()
+    return keep_freed_memory()
+
+
+def fast_layout(model: _M, fast: dict[str, Any]) -> _M:
+    """``model`` in the fast path's layout (``RunConfig.speed``'s ``channels_last`` and ``matmul_1x1``): channels-last
+    tensors, and 1x1 convolutions as matrix products (the CPU's)."""
+    from astroclass.models import matmul_1x1
+
+    if fast["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+    if fast["matmul_1x1"]:
+        matmul_1x1(model)
+    return model
 
 
 @functools.lru_cache(maxsize=1)
